@@ -1,0 +1,112 @@
+//! `diaryd`: the diary server. Parses the command line, opens the diary and
+//! runs the event loop until SIGINT or SIGTERM.
+
+use clap::Parser;
+use diary::event_loop::{Limits, Server};
+use diary::store::{FsyncPolicy, Store};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Serve one diary over UDP and TCP on the same port.
+///
+/// Every line a client sends is stored as an entry with an id and a time;
+/// `p` lists past entries, `h` shows help, `e` ends a session. Try it with
+/// `nc 127.0.0.1 8888` or `nc -u 127.0.0.1 8888`.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Address to listen on; UDP and TCP share the port (0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:8888", env = "DIARYD_LISTEN")]
+    listen: SocketAddr,
+
+    /// The diary file: one entry per line, created if missing.
+    #[arg(long, default_value = "diary.log", env = "DIARYD_FILE")]
+    file: PathBuf,
+
+    /// When writes reach the disk before they are acknowledged:
+    /// `always` = fdatasync once per loop iteration, before any reply;
+    /// `interval` = about once a second; `never` = left to the OS.
+    #[arg(long, value_enum, default_value_t = FsyncPolicy::Always)]
+    fsync: FsyncPolicy,
+
+    /// Largest entry, in bytes; longer ones get an error.
+    #[arg(long, default_value_t = Limits::default().max_entry)]
+    max_entry: usize,
+
+    /// TCP connections served at once; more are refused with an error line.
+    #[arg(long, default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+
+    /// Reply bytes queued for one TCP client before the server stops reading it.
+    #[arg(long, default_value_t = Limits::default().max_output)]
+    max_output: usize,
+
+    /// Seconds without traffic after which a TCP connection is closed.
+    #[arg(long, default_value_t = Limits::default().idle_timeout.as_secs())]
+    idle_timeout: u64,
+
+    /// Tagged UDP writes remembered so that a retry is answered, not stored twice.
+    #[arg(long, default_value_t = Limits::default().replay_memory)]
+    replay_memory: usize,
+
+    /// Reply size for tagged UDP requests that do not ask for another (bytes).
+    #[arg(long, default_value_t = Limits::default().udp_reply)]
+    udp_reply: usize,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let (store, recovery) = match Store::open(&args.file, args.fsync) {
+        Ok(opened) => opened,
+        Err(e) => {
+            eprintln!("diaryd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some((bytes, side)) = &recovery.torn_tail {
+        eprintln!(
+            "diaryd: warning: {} ended in an unfinished line ({bytes} bytes, from a crash \
+             mid-write); it was cut off and kept in {}",
+            args.file.display(),
+            side.display()
+        );
+    }
+    let entries = store.len();
+    let limits = Limits {
+        max_entry: args.max_entry,
+        max_connections: args.max_connections,
+        max_output: args.max_output.max(1024),
+        idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+        replay_memory: args.replay_memory,
+        udp_reply: args.udp_reply,
+        ..Limits::default()
+    };
+    let mut server = match Server::bind(args.listen, store, limits) {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!(
+                "diaryd: cannot listen on {}: {e}; is another server using the port? \
+                 Pick another with --listen",
+                args.listen
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let path = std::fs::canonicalize(&args.file).unwrap_or(args.file.clone());
+    println!(
+        "diaryd: listening on {} (UDP and TCP), writing {} ({} entries, fsync {:?})",
+        server.local_addr(),
+        path.display(),
+        entries,
+        args.fsync
+    );
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("diaryd: event loop failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! One diary entry as one line of text: `ID<TAB>TIMESTAMP<TAB>TEXT\n`.
+//!
+//! The same bytes are the file's line and the wire's history line, so a
+//! history reply is a slice of the file and needs no re-encoding. Inside TEXT,
+//! backslash, newline, tab and carriage return are escaped so that one entry
+//! is always one line and the two tabs are always the field separators.
+
+use std::fmt;
+
+/// A decoded line, borrowing from the bytes it was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryLine<'a> {
+    pub id: u64,
+    /// The RFC 3339 timestamp exactly as stored.
+    pub timestamp: &'a str,
+    /// The timestamp as milliseconds since the Unix epoch.
+    pub millis: i64,
+    /// The text still escaped, as stored.
+    pub escaped_text: &'a str,
+}
+
+impl EntryLine<'_> {
+    /// The entry's text with escapes undone.
+    pub fn text(&self) -> String {
+        unescape(self.escaped_text).expect("decode_line checked the escapes")
+    }
+}
+
+/// Why a stored line is not a valid entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineError {
+    NotUtf8,
+    MissingField(&'static str),
+    BadId,
+    BadTimestamp,
+    BadEscape,
+    RawControl,
+}
+
+impl fmt::Display for LineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LineError::NotUtf8 => write!(f, "the line is not valid UTF-8"),
+            LineError::MissingField(name) => write!(f, "the {name} field is missing"),
+            LineError::BadId => write!(f, "the id is not a positive decimal number"),
+            LineError::BadTimestamp => write!(f, "the timestamp is not RFC 3339"),
+            LineError::BadEscape => write!(f, "the text has an unknown backslash escape"),
+            LineError::RawControl => write!(f, "the text has a raw tab or control byte"),
+        }
+    }
+}
+
+/// Appends `text` with backslash, newline, tab and carriage return escaped.
+pub fn escape_into(text: &str, out: &mut Vec<u8>) {
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\t' => b"\\t",
+            b'\r' => b"\\r",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(escaped);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
+/// Undoes [`escape_into`]; `None` when an escape is unknown or unfinished.
+pub fn unescape(escaped: &str) -> Option<String> {
+    let mut out = String::with_capacity(escaped.len());
+    let mut chars = escaped.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        out.push(match chars.next()? {
+            '\\' => '\\',
+            'n' => '\n',
+            't' => '\t',
+            'r' => '\r',
+            _ => return None,
+        });
+    }
+    Some(out)
+}
+
+/// Appends a whole entry line, newline included.
+pub fn encode_line(id: u64, timestamp: &str, text: &str, out: &mut Vec<u8>) {
+    let mut digits = itoa::Buffer::new();
+    out.extend_from_slice(digits.format(id).as_bytes());
+    out.push(b'\t');
+    out.extend_from_slice(timestamp.as_bytes());
+    out.push(b'\t');
+    escape_into(text, out);
+    out.push(b'\n');
+}
+
+/// Decodes one line, without its trailing newline.
+pub fn decode_line(line: &[u8]) -> Result<EntryLine<'_>, LineError> {
+    let line = std::str::from_utf8(line).map_err(|_| LineError::NotUtf8)?;
+    let mut fields = line.splitn(3, '\t');
+    let id_field = fields.next().unwrap_or("");
+    let timestamp = fields.next().ok_or(LineError::MissingField("timestamp"))?;
+    let escaped_text = fields.next().ok_or(LineError::MissingField("text"))?;
+    let id = parse_id(id_field).ok_or(LineError::BadId)?;
+    let millis = parse_timestamp(timestamp).ok_or(LineError::BadTimestamp)?;
+    check_escaped(escaped_text)?;
+    Ok(EntryLine {
+        id,
+        timestamp,
+        millis,
+        escaped_text,
+    })
+}
+
+fn parse_id(field: &str) -> Option<u64> {
+    if field.is_empty() || field.starts_with('0') || !field.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    field.parse().ok()
+}
+
+fn check_escaped(text: &str) -> Result<(), LineError> {
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'\\' => match bytes.next() {
+                Some(b'\\' | b'n' | b't' | b'r') => {}
+                _ => return Err(LineError::BadEscape),
+            },
+            b'\t' | b'\n' | b'\r' | 0 => return Err(LineError::RawControl),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Parses an RFC 3339 timestamp with an offset into Unix milliseconds.
+///
+/// The store's own format (`2026-11-25T06:00:28.123+00:00`) takes a fast path
+/// because startup parses one per entry; anything else RFC 3339 falls back to
+/// chrono.
+pub fn parse_timestamp(s: &str) -> Option<i64> {
+    fast_timestamp(s.as_bytes()).or_else(|| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.timestamp_millis())
+    })
+}
+
+fn fast_timestamp(b: &[u8]) -> Option<i64> {
+    // YYYY-MM-DDTHH:MM:SS.mmm+HH:MM
+    if b.len() != 29
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'.'
+        || b[26] != b':'
+    {
+        return None;
+    }
+    let num = |range: std::ops::Range<usize>| -> Option<i64> {
+        let mut v = 0i64;
+        for &c in &b[range] {
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + i64::from(c - b'0');
+        }
+        Some(v)
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second, milli) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
+    let sign = match b[23] {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let (off_h, off_m) = (num(24..26)?, num(27..29)?);
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if day == 0 || day > days_in_month || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    if off_h > 23 || off_m > 59 {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    let secs =
+        days * 86_400 + hour * 3600 + minute * 60 + second - sign * (off_h * 3600 + off_m * 60);
+    Some(secs * 1000 + milli)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The store's timestamp format for `millis` in the server's local offset.
+pub fn format_timestamp(millis: i64) -> String {
+    use chrono::TimeZone;
+    let utc = chrono::Utc
+        .timestamp_millis_opt(millis)
+        .single()
+        .unwrap_or_default();
+    utc.with_timezone(&chrono::Local)
+        .format("%Y-%m-%dT%H:%M:%S%.3f%:z")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_round_trip() {
+        for text in [
+            "plain",
+            "tab\there",
+            "a\\b",
+            "line\nbreak",
+            "\r\n\\n",
+            "中文日记",
+            "",
+        ] {
+            let mut out = Vec::new();
+            escape_into(text, &mut out);
+            let escaped = String::from_utf8(out).unwrap();
+            assert!(!escaped.contains(['\n', '\t', '\r']));
+            assert_eq!(unescape(&escaped).as_deref(), Some(text));
+        }
+    }
+
+    #[test]
+    fn line_round_trips() {
+        let ts = "2026-11-25T06:00:28.123+08:00";
+        let mut out = Vec::new();
+        encode_line(42, ts, "今天\t很好\\n", &mut out);
+        assert_eq!(out.last(), Some(&b'\n'));
+        let line = decode_line(&out[..out.len() - 1]).unwrap();
+        assert_eq!(line.id, 42);
+        assert_eq!(line.timestamp, ts);
+        assert_eq!(line.text(), "今天\t很好\\n");
+    }
+
+    #[test]
+    fn fast_timestamp_agrees_with_chrono() {
+        for ts in [
+            "2026-11-25T06:00:28.123+00:00",
+            "2024-02-29T23:59:59.999-05:30",
+            "1999-12-31T00:00:00.000+14:00",
+        ] {
+            let chrono_ms = chrono::DateTime::parse_from_rfc3339(ts)
+                .unwrap()
+                .timestamp_millis();
+            assert_eq!(fast_timestamp(ts.as_bytes()), Some(chrono_ms), "{ts}");
+        }
+        assert_eq!(fast_timestamp(b"2023-02-29T00:00:00.000+00:00"), None);
+    }
+
+    #[test]
+    fn formatted_timestamps_parse_back() {
+        let ms = 1_795_000_000_123;
+        assert_eq!(parse_timestamp(&format_timestamp(ms)), Some(ms));
+    }
+
+    #[test]
+    fn bad_lines_are_rejected() {
+        assert_eq!(
+            decode_line(b"x\t2026-11-25T06:00:28.123+00:00\thi"),
+            Err(LineError::BadId)
+        );
+        assert_eq!(
+            decode_line(b"01\t2026-11-25T06:00:28.123+00:00\thi"),
+            Err(LineError::BadId)
+        );
+        assert_eq!(
+            decode_line(b"1\tyesterday\thi"),
+            Err(LineError::BadTimestamp)
+        );
+        assert_eq!(
+            decode_line(b"1\t2026-11-25T06:00:28.123+00:00\tbad\\q"),
+            Err(LineError::BadEscape)
+        );
+        assert_eq!(
+            decode_line(b"1\t2026-11-25T06:00:28.123+00:00\ta\tb"),
+            Err(LineError::RawControl)
+        );
+        assert_eq!(decode_line(b"1"), Err(LineError::MissingField("timestamp")));
+        assert_eq!(decode_line(b"\xff"), Err(LineError::NotUtf8));
+    }
+}

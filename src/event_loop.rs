@@ -1,0 +1,641 @@
+//! The server: one thread, one `mio::Poll` over a UDP socket, a TCP listener
+//! and the TCP connections (in a slab).
+//!
+//! Each iteration: gather readiness, run every complete request through the
+//! handler (replies only queued), commit the store once (group commit), fix
+//! up the replies of a failed commit, then flush replies to the sockets.
+//! Nothing is sent before the commit that makes it true, and no connection
+//! is removed from the slab before the end of the iteration, so neither a
+//! patched reply nor a stale event can reach the wrong client.
+
+use crate::handler::{Handler, Outcome, Transport};
+use crate::protocol::{self, Command, Request};
+use crate::store::Store;
+use crate::tcp::{Conn, Frame, Mode};
+use crate::udp::{self, ReplayMemory, UdpEndpoint};
+use mio::net::{TcpListener, UdpSocket};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const UDP: Token = Token(usize::MAX - 1);
+const LISTENER: Token = Token(usize::MAX - 2);
+const WAKER: Token = Token(usize::MAX - 3);
+
+/// Datagrams read per iteration before the loop turns to other work.
+const UDP_BUDGET: usize = 1024;
+/// Bytes a streamed reply adds per fill.
+const STREAM_FILL: usize = 128 * 1024;
+
+/// Per-client limits; see README "Limits and safety".
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest entry text, in bytes.
+    pub max_entry: usize,
+    /// TCP connections served at once; more are refused with an error line.
+    pub max_connections: usize,
+    /// Reply bytes queued per connection before it stops being read.
+    pub max_output: usize,
+    /// A connection with no traffic either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Tagged UDP writes remembered to answer retries.
+    pub replay_memory: usize,
+    /// Reply size for tagged UDP requests that do not say `max=`.
+    pub udp_reply: usize,
+    /// UDP replies waiting for the socket; beyond it replies are dropped.
+    pub udp_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_entry: 64 * 1024,
+            max_connections: 10_000,
+            max_output: 1024 * 1024,
+            idle_timeout: Duration::from_secs(300),
+            replay_memory: 100_000,
+            udp_reply: 1232,
+            udp_queue: 4096,
+        }
+    }
+}
+
+/// Stops a running [`Server`] from another thread (tests) or a signal.
+#[derive(Clone)]
+pub struct StopHandle {
+    flag: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl StopHandle {
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
+}
+
+/// Where a write's `ok` line waits, so a failed commit can replace it.
+#[derive(Debug, Clone, Copy)]
+enum AckSite {
+    Tcp { key: usize, at: usize },
+    Udp { slot: usize, at: usize },
+}
+
+pub struct Server {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    udp: UdpEndpoint,
+    udp_buf: Vec<u8>,
+    udp_readable: bool,
+    udp_writable_interest: bool,
+    replay: ReplayMemory,
+    conns: Slab<Conn>,
+    handler: Handler,
+    limits: Limits,
+    local_addr: SocketAddr,
+    acks: Vec<AckSite>,
+    /// Connections with output to flush or state to check this iteration.
+    touched: Vec<usize>,
+    /// Connections to serve again next iteration without a new event.
+    resume: Vec<usize>,
+    /// Connections to remove at the end of the iteration.
+    dead: Vec<usize>,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    last_sweep: Instant,
+}
+
+impl Server {
+    /// Binds UDP and TCP on the same port (an ephemeral one for port 0).
+    pub fn bind(addr: SocketAddr, store: Store, limits: Limits) -> io::Result<Server> {
+        let (listener, socket) = bind_pair(addr)?;
+        let local_addr = listener.local_addr()?;
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let mut server = Server {
+            listener: Some(listener),
+            udp: UdpEndpoint::new(socket, limits.udp_queue),
+            udp_buf: vec![0; 65_536],
+            udp_readable: false,
+            udp_writable_interest: false,
+            replay: ReplayMemory::new(limits.replay_memory),
+            conns: Slab::new(),
+            handler: Handler::new(store),
+            limits,
+            local_addr,
+            acks: Vec::new(),
+            touched: Vec::new(),
+            resume: Vec::new(),
+            dead: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            waker,
+            last_sweep: Instant::now(),
+            poll,
+        };
+        let registry = server.poll.registry();
+        registry.register(
+            server.listener.as_mut().expect("just bound"),
+            LISTENER,
+            Interest::READABLE,
+        )?;
+        registry.register(&mut server.udp.socket, UDP, Interest::READABLE)?;
+        Ok(server)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            flag: self.stop.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+
+    /// Serves until stopped, then commits, answers what is queued and returns.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        while !self.stop.load(Ordering::SeqCst) {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for event in events.iter() {
+                match event.token() {
+                    UDP => {
+                        if event.is_readable() {
+                            self.udp_readable = true;
+                        }
+                    }
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    Token(key) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.service(key);
+                        }
+                        if event.is_writable() {
+                            self.touched.push(key);
+                        }
+                    }
+                }
+            }
+            if self.udp_readable {
+                self.drain_udp();
+            }
+            for key in std::mem::take(&mut self.resume) {
+                self.service(key);
+            }
+            self.end_iteration();
+        }
+        self.shut_down();
+        Ok(())
+    }
+
+    fn poll_timeout(&self) -> Duration {
+        if self.udp_readable || !self.resume.is_empty() {
+            return Duration::ZERO;
+        }
+        let mut timeout = Duration::from_secs(1);
+        if let Some(deadline) = self.handler.store().sync_deadline() {
+            timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
+        }
+        timeout
+    }
+
+    /// Group commit, replies out, dead connections removed.
+    fn end_iteration(&mut self) {
+        self.commit();
+        let now = Instant::now();
+        if let Err(e) = self.handler.store_mut().sync_if_due(now) {
+            eprintln!("diaryd: fdatasync failed: {e}");
+        }
+        if now.duration_since(self.last_sweep) >= Duration::from_secs(1) {
+            self.last_sweep = now;
+            self.sweep_idle(now);
+        }
+        self.flush();
+        self.remove_dead();
+        self.handler.stats.tcp_clients = self.conns.len() as u64;
+        self.handler.stats.udp_sources = self.replay.len() as u64;
+    }
+
+    fn accept(&mut self) {
+        let Some(listener) = self.listener.as_ref() else {
+            return;
+        };
+        loop {
+            let (mut stream, peer) = match listener.accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of descriptors and the like: shed this one, keep serving.
+                    eprintln!("diaryd: accept failed: {e}");
+                    return;
+                }
+            };
+            if self.conns.len() >= self.limits.max_connections {
+                use std::io::Write;
+                let _ = stream.write_all(
+                    format!(
+                        "err busy the server has its maximum of {} connections; try again later\n",
+                        self.limits.max_connections
+                    )
+                    .as_bytes(),
+                );
+                continue;
+            }
+            // Replies are already one write per iteration; Nagle would only add latency.
+            let _ = stream.set_nodelay(true);
+            let max_line = self.limits.max_entry + 128;
+            let entry = self.conns.vacant_entry();
+            let key = entry.key();
+            if self
+                .poll
+                .registry()
+                .register(&mut stream, Token(key), Interest::READABLE)
+                .is_err()
+            {
+                continue;
+            }
+            entry.insert(Conn::new(stream, peer, max_line));
+            // Data may already be waiting; edge-triggered readiness will not repeat it.
+            self.resume.push(key);
+        }
+    }
+
+    /// Reads and answers what a connection has sent, as far as its limits allow.
+    fn service(&mut self, key: usize) {
+        match self.conns.get_mut(key) {
+            Some(conn) if !conn.dead => conn.stalled = false,
+            _ => return,
+        }
+        self.touched.push(key);
+        loop {
+            self.continue_stream(key);
+            if !self.answer_lines(key) {
+                self.conns[key].stalled = true;
+                return;
+            }
+            let conn = &mut self.conns[key];
+            match conn.framer.read_from(&mut conn.stream) {
+                Ok(0) => {
+                    // The client is done sending; answer what it asked, then close.
+                    if !matches!(conn.mode, Mode::Following { .. }) {
+                        conn.closing = true;
+                    }
+                    return;
+                }
+                Ok(_) => conn.last_active = Instant::now(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    conn.dead = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn paused(&self, key: usize) -> bool {
+        let conn = &self.conns[key];
+        conn.closing
+            || !matches!(conn.mode, Mode::Requests)
+            || conn.out.queued() >= self.limits.max_output
+    }
+
+    /// Answers complete lines; false when the connection must wait (output
+    /// full, a reply still streaming, or the session over).
+    fn answer_lines(&mut self, key: usize) -> bool {
+        loop {
+            if self.paused(key) {
+                return false;
+            }
+            let Some(frame) = self.conns[key].framer.peek() else {
+                return true;
+            };
+            let range = match &frame {
+                Frame::TooLong => {
+                    let conn = &mut self.conns[key];
+                    protocol::push_error(
+                        &mut conn.out.buf,
+                        "too-long",
+                        &format_args!(
+                            "line is over the limit of {} bytes; nothing stored",
+                            self.limits.max_entry
+                        ),
+                    );
+                    conn.framer.consume(&frame);
+                    continue;
+                }
+                Frame::Line(range) => range.clone(),
+            };
+            if self.handler.store().has_pending() {
+                let line = self.conns[key].framer.line(range.clone());
+                if reads_store(&protocol::parse(line, self.limits.max_entry)) {
+                    self.commit();
+                }
+            }
+            let conn = &mut self.conns[key];
+            let request = protocol::parse(conn.framer.line(range), self.limits.max_entry);
+            let outcome = self
+                .handler
+                .handle(&request, Transport::Tcp, &mut conn.out.buf);
+            conn.framer.consume(&frame);
+            match outcome {
+                Outcome::Replied => {}
+                Outcome::Wrote { ack_at, .. } => self.acks.push(AckSite::Tcp { key, at: ack_at }),
+                Outcome::Quit => conn.closing = true,
+                Outcome::Stream(cursor) => conn.mode = Mode::Streaming(cursor),
+                Outcome::Follow { after } => conn.mode = Mode::Following { after },
+            }
+        }
+    }
+
+    /// Tops up a streamed reply once the client has read most of what was queued.
+    fn continue_stream(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        let Mode::Streaming(cursor) = &mut conn.mode else {
+            return;
+        };
+        if conn.out.queued() > self.limits.max_output / 2 {
+            return;
+        }
+        match self.handler.fill(cursor, &mut conn.out.buf, STREAM_FILL) {
+            Ok(false) => {}
+            Ok(true) => conn.mode = Mode::Requests,
+            Err(e) => {
+                protocol::push_error(
+                    &mut conn.out.buf,
+                    "io",
+                    &format_args!("cannot read the diary: {e}"),
+                );
+                conn.mode = Mode::Requests;
+                conn.closing = true;
+            }
+        }
+    }
+
+    fn drain_udp(&mut self) {
+        let mut buf = std::mem::take(&mut self.udp_buf);
+        for _ in 0..UDP_BUDGET {
+            match self.udp.socket.recv_from(&mut buf) {
+                Ok((n, from)) => self.answer_datagram(&buf[..n], from),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.udp_readable = false;
+                    break;
+                }
+                // ICMP errors from earlier sends surface here; they concern no one now.
+                Err(_) => {}
+            }
+        }
+        self.udp_buf = buf;
+    }
+
+    fn answer_datagram(&mut self, datagram: &[u8], from: SocketAddr) {
+        let request = protocol::parse(udp::request_bytes(datagram), self.limits.max_entry);
+        if let (Some(envelope), Ok(Command::Write(_))) = (&request.envelope, &request.command)
+            && let Some(seen) = self.replay.get(from, envelope.tag)
+        {
+            let (id, copy) = (seen.id, seen.reply.clone());
+            let at = copy.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+            // A retry of a write still in this batch shares its fate.
+            if let Some(slot) = self.udp.queue_reply(from, copy)
+                && id > self.handler.store().len()
+            {
+                self.acks.push(AckSite::Udp { slot, at });
+            }
+            return;
+        }
+        if self.handler.store().has_pending() && reads_store(&request) {
+            self.commit();
+        }
+        let limit = udp::reply_limit(request.envelope.as_ref(), self.limits.udp_reply);
+        let transport = Transport::Udp {
+            limit,
+            raw: request.envelope.is_none(),
+        };
+        let mut reply = self.udp.buffer();
+        let outcome = self.handler.handle(&request, transport, &mut reply);
+        if let Outcome::Wrote { id, ack_at } = outcome {
+            if let Some(envelope) = &request.envelope {
+                self.replay.remember(from, envelope.tag, id, &reply);
+            }
+            if let Some(slot) = self.udp.queue_reply(from, reply) {
+                self.acks.push(AckSite::Udp { slot, at: ack_at });
+            }
+        } else {
+            self.udp.queue_reply(from, reply);
+        }
+    }
+
+    /// Writes this iteration's entries to the file; if that fails, every
+    /// waiting `ok` becomes an error and the batch is forgotten.
+    fn commit(&mut self) {
+        let result = self.handler.store_mut().commit();
+        let acks = std::mem::take(&mut self.acks);
+        let Err(failure) = result else {
+            self.acks = acks;
+            self.acks.clear();
+            return;
+        };
+        eprintln!("diaryd: could not store entries: {}", failure.error);
+        self.handler.stats.failed_commits += 1;
+        self.replay.forget_from(failure.first_lost);
+        let mut line = Vec::new();
+        protocol::push_error(
+            &mut line,
+            "io",
+            &format_args!(
+                "could not store the entry: {}; nothing stored",
+                failure.error
+            ),
+        );
+        // Later sites first, so that earlier offsets in the same buffer stay valid.
+        for site in acks.iter().rev() {
+            let (buf, at) = match *site {
+                AckSite::Tcp { key, at } => match self.conns.get_mut(key) {
+                    Some(conn) => (&mut conn.out.buf, at),
+                    None => continue,
+                },
+                AckSite::Udp { slot, at } => match self.udp.queue.get_mut(slot) {
+                    Some((_, reply)) => (reply, at),
+                    None => continue,
+                },
+            };
+            let end = buf[at..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(buf.len(), |i| at + i + 1);
+            buf.splice(at..end, line.iter().copied());
+        }
+    }
+
+    fn flush(&mut self) {
+        let udp_left = self.udp.flush();
+        if udp_left != self.udp_writable_interest {
+            let interest = if udp_left {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if self
+                .poll
+                .registry()
+                .reregister(&mut self.udp.socket, UDP, interest)
+                .is_ok()
+            {
+                self.udp_writable_interest = udp_left;
+            }
+        }
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.sort_unstable();
+        touched.dedup();
+        for &key in &touched {
+            self.flush_conn(key);
+        }
+        touched.clear();
+        self.touched = touched;
+    }
+
+    fn flush_conn(&mut self, key: usize) {
+        let max_output = self.limits.max_output;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.dead {
+            return;
+        }
+        let before = conn.out.queued();
+        if conn.out.flush_to(&mut conn.stream).is_err() {
+            conn.dead = true;
+            return;
+        }
+        let queued = conn.out.queued();
+        if queued < before {
+            conn.last_active = Instant::now();
+        }
+        let streaming = matches!(conn.mode, Mode::Streaming(_));
+        if queued == 0 && conn.closing && !streaming {
+            conn.dead = true;
+            return;
+        }
+        let want_writable = queued > 0;
+        if want_writable != conn.writable_interest {
+            let interest = if want_writable {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if self
+                .poll
+                .registry()
+                .reregister(&mut conn.stream, Token(key), interest)
+                .is_err()
+            {
+                conn.dead = true;
+                return;
+            }
+            conn.writable_interest = want_writable;
+        }
+        let room = queued < max_output / 2;
+        if room && (conn.stalled || streaming) {
+            self.resume.push(key);
+        }
+    }
+
+    fn sweep_idle(&mut self, now: Instant) {
+        let idle = self.limits.idle_timeout;
+        for (key, conn) in self.conns.iter_mut() {
+            let following = matches!(conn.mode, Mode::Following { .. });
+            if conn.dead || following || now.duration_since(conn.last_active) < idle {
+                continue;
+            }
+            protocol::push_error(
+                &mut conn.out.buf,
+                "idle",
+                &format_args!("no traffic for {} s; closing", idle.as_secs()),
+            );
+            conn.closing = true;
+            conn.mode = Mode::Requests;
+            // One last try to say why; a client that never reads will not see it.
+            let _ = conn.out.flush_to(&mut conn.stream);
+            conn.dead = true;
+            self.dead.push(key);
+        }
+    }
+
+    fn remove_dead(&mut self) {
+        self.dead
+            .extend(self.conns.iter().filter(|(_, c)| c.dead).map(|(k, _)| k));
+        self.dead.sort_unstable();
+        self.dead.dedup();
+        for key in self.dead.drain(..) {
+            if let Some(mut conn) = self.conns.try_remove(key) {
+                let _ = self.poll.registry().deregister(&mut conn.stream);
+            }
+        }
+        let conns = &self.conns;
+        self.resume.retain(|&k| conns.contains(k));
+    }
+
+    /// Stop accepting, store what was written, answer what is queued.
+    fn shut_down(&mut self) {
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        self.commit();
+        if let Err(e) = self.handler.store_mut().sync_now() {
+            eprintln!("diaryd: final fdatasync failed: {e}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            self.udp.flush();
+            let mut pending = false;
+            for (_, conn) in self.conns.iter_mut() {
+                if !conn.dead && conn.out.flush_to(&mut conn.stream).is_ok() {
+                    pending |= conn.out.queued() > 0;
+                }
+            }
+            if (!pending && self.udp.queue.is_empty()) || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Requests that read the store see every write before them, so a pending
+/// batch is committed first.
+fn reads_store(request: &Request) -> bool {
+    matches!(
+        request.command,
+        Ok(Command::Past { .. } | Command::Stats | Command::Follow { .. })
+    )
+}
+
+/// Binds a TCP listener and a UDP socket on one port. With port 0 the
+/// listener picks the port and UDP follows; a UDP clash there is retried.
+fn bind_pair(addr: SocketAddr) -> io::Result<(TcpListener, UdpSocket)> {
+    let mut last_err = None;
+    for _ in 0..16 {
+        let listener = TcpListener::bind(addr)?;
+        let port = listener.local_addr()?.port();
+        let mut udp_addr = addr;
+        udp_addr.set_port(port);
+        match UdpSocket::bind(udp_addr) {
+            Ok(socket) => return Ok((listener, socket)),
+            Err(e) if addr.port() == 0 => last_err = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_err.expect("the loop ran"))
+}

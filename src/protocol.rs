@@ -1,0 +1,469 @@
+//! The text protocol: bytes of one request → [`Request`], and the reply lines.
+//!
+//! Pure functions, no I/O. Framing (TCP lines, UDP datagrams) is the
+//! transports' job; they hand over one request without its line ending.
+//! docs/PROTOCOL.md is the user-facing grammar; keep the two in step.
+
+use std::fmt;
+
+/// Longest request tag the official client may use.
+pub const MAX_TAG_LEN: usize = 32;
+/// Last line of every multi-line reply.
+pub const END: &[u8] = b"end\n";
+/// Reply to `e` / `/quit`.
+pub const BYE: &[u8] = b"bye\n";
+
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// Store this text as a new entry.
+    Write(&'a str),
+    /// `p` (`seed: true`) or `/past …`.
+    Past {
+        query: PastQuery<'a>,
+        seed: bool,
+    },
+    Help,
+    Quit,
+    /// Send entries after this id, then every new one as it is committed.
+    Follow {
+        after: u64,
+    },
+    Stats,
+}
+
+/// Which entries `/past` selects: those after `since`, containing `grep`,
+/// the newest `last` of them; always sent oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PastQuery<'a> {
+    pub last: Option<u64>,
+    pub since: Option<Since>,
+    pub grep: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// Entries with a greater id.
+    Id(u64),
+    /// Entries written at or after this time (Unix milliseconds).
+    Time(i64),
+}
+
+/// The official client's wrapper around a request: `/id TAG [max=N] [cookie=C] REQUEST`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Envelope<'a> {
+    pub tag: &'a str,
+    /// Largest UDP reply the client can take.
+    pub max_reply: Option<usize>,
+    pub cookie: Option<&'a str>,
+}
+
+/// A parsed request. The envelope is read even when the command is bad so
+/// that the error reply still carries the tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request<'a> {
+    pub envelope: Option<Envelope<'a>>,
+    pub command: Result<Command<'a>, RequestError>,
+}
+
+/// Why a request was refused; the reply is `err CODE MESSAGE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestError {
+    InvalidUtf8 { at: usize },
+    ControlByte { byte: u8, at: usize },
+    Empty,
+    TooLong { len: usize, max: usize },
+    UnknownCommand(String),
+    BadArgument(String),
+}
+
+impl RequestError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            RequestError::InvalidUtf8 { .. } => "bad-utf8",
+            RequestError::ControlByte { .. } => "bad-byte",
+            RequestError::Empty => "empty",
+            RequestError::TooLong { .. } => "too-long",
+            RequestError::UnknownCommand(_) => "unknown-command",
+            RequestError::BadArgument(_) => "bad-argument",
+        }
+    }
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestError::InvalidUtf8 { at } => {
+                write!(f, "request is not valid UTF-8 (byte {at}); nothing stored")
+            }
+            RequestError::ControlByte { byte, at } => write!(
+                f,
+                "request has control byte 0x{byte:02x} at byte {at}; nothing stored"
+            ),
+            RequestError::Empty => write!(f, "empty entry; nothing stored"),
+            RequestError::TooLong { len, max } => {
+                write!(
+                    f,
+                    "entry is {len} bytes, over the limit of {max}; nothing stored"
+                )
+            }
+            RequestError::UnknownCommand(name) => write!(
+                f,
+                "{name} is not a command; send h for help, or \"/write {name} ...\" to store such a line"
+            ),
+            RequestError::BadArgument(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+/// Parses one request (without its line ending). `max_entry` bounds the text of a write.
+pub fn parse(raw: &[u8], max_entry: usize) -> Request<'_> {
+    let (envelope, body) = match split_envelope(raw) {
+        Ok(parts) => parts,
+        Err(e) => {
+            return Request {
+                envelope: None,
+                command: Err(e),
+            };
+        }
+    };
+    Request {
+        envelope,
+        command: parse_command(body, max_entry),
+    }
+}
+
+fn split_envelope(raw: &[u8]) -> Result<(Option<Envelope<'_>>, &[u8]), RequestError> {
+    let Some(rest) = raw.strip_prefix(b"/id ") else {
+        return Ok((None, raw));
+    };
+    let bad = |why: &str| RequestError::BadArgument(format!("bad /id envelope: {why}"));
+    let mut words = rest.splitn(2, |&b| b == b' ');
+    let tag = words.next().unwrap_or_default();
+    if tag.is_empty()
+        || tag.len() > MAX_TAG_LEN
+        || !tag
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+    {
+        return Err(bad("the tag must be 1 to 32 letters, digits, '-' or '_'"));
+    }
+    let tag = std::str::from_utf8(tag).expect("checked ASCII");
+    let mut envelope = Envelope {
+        tag,
+        max_reply: None,
+        cookie: None,
+    };
+    let mut body = words.next().unwrap_or_default();
+    loop {
+        let (word, after) = match body.iter().position(|&b| b == b' ') {
+            Some(i) => (&body[..i], &body[i + 1..]),
+            None => (body, &b""[..]),
+        };
+        if let Some(n) = word.strip_prefix(b"max=") {
+            let n = std::str::from_utf8(n).ok().and_then(|n| n.parse().ok());
+            envelope.max_reply = Some(n.ok_or_else(|| bad("max= takes a number of bytes"))?);
+        } else if let Some(c) = word.strip_prefix(b"cookie=") {
+            if !c.iter().all(u8::is_ascii_hexdigit) {
+                return Err(bad("cookie= takes hex digits"));
+            }
+            envelope.cookie = Some(std::str::from_utf8(c).expect("checked hex"));
+        } else {
+            break;
+        }
+        body = after;
+    }
+    Ok((Some(envelope), body))
+}
+
+/// Checks that `raw` is text a diary can hold: UTF-8 without control bytes
+/// other than tab and newline.
+pub fn check_text(raw: &[u8]) -> Result<&str, RequestError> {
+    let text = std::str::from_utf8(raw).map_err(|e| RequestError::InvalidUtf8 {
+        at: e.valid_up_to(),
+    })?;
+    if let Some(at) = raw
+        .iter()
+        .position(|&b| (b < 0x20 && b != b'\t' && b != b'\n') || b == 0x7f)
+    {
+        return Err(RequestError::ControlByte { byte: raw[at], at });
+    }
+    Ok(text)
+}
+
+fn parse_command(raw: &[u8], max_entry: usize) -> Result<Command<'_>, RequestError> {
+    let line = check_text(raw)?;
+    match line {
+        "p" => {
+            return Ok(Command::Past {
+                query: PastQuery::default(),
+                seed: true,
+            });
+        }
+        "h" => return Ok(Command::Help),
+        "e" => return Ok(Command::Quit),
+        _ => {}
+    }
+    let Some(command) = line.strip_prefix('/') else {
+        return entry_text(line, max_entry).map(Command::Write);
+    };
+    let (name, args) = command.split_once(' ').unwrap_or((command, ""));
+    let args = args.trim_start_matches(' ');
+    let no_args = |c: Command<'static>| {
+        if args.trim().is_empty() {
+            Ok(c)
+        } else {
+            Err(RequestError::BadArgument(format!(
+                "/{name} takes no arguments"
+            )))
+        }
+    };
+    match name {
+        "write" => entry_text(args, max_entry).map(Command::Write),
+        "past" => parse_past(args).map(|query| Command::Past { query, seed: false }),
+        "help" => no_args(Command::Help),
+        "quit" => no_args(Command::Quit),
+        "stats" => no_args(Command::Stats),
+        "follow" => parse_follow(args),
+        _ => Err(RequestError::UnknownCommand(format!("/{name}"))),
+    }
+}
+
+fn entry_text(text: &str, max_entry: usize) -> Result<&str, RequestError> {
+    if text.is_empty() {
+        Err(RequestError::Empty)
+    } else if text.len() > max_entry {
+        Err(RequestError::TooLong {
+            len: text.len(),
+            max: max_entry,
+        })
+    } else {
+        Ok(text)
+    }
+}
+
+fn parse_past(args: &str) -> Result<PastQuery<'_>, RequestError> {
+    let usage = |why: String| {
+        RequestError::BadArgument(format!(
+            "{why}; usage: /past [N] [since ID|DATE] [grep WORDS...]"
+        ))
+    };
+    let mut query = PastQuery::default();
+    let mut rest = args.trim();
+    while !rest.is_empty() {
+        let (word, after) = rest.split_once(' ').unwrap_or((rest, ""));
+        let after = after.trim_start();
+        let (value, after2) = after.split_once(' ').unwrap_or((after, ""));
+        match word {
+            "grep" => {
+                if after.is_empty() {
+                    return Err(usage("grep needs words to look for".into()));
+                }
+                query.grep = Some(after);
+                break;
+            }
+            "since" => {
+                query.since = Some(parse_since(value).map_err(usage)?);
+                rest = after2.trim_start();
+            }
+            "-n" | "last" => {
+                query.last = Some(parse_count(value).map_err(usage)?);
+                rest = after2.trim_start();
+            }
+            n if n.bytes().all(|b| b.is_ascii_digit()) => {
+                query.last = Some(parse_count(n).map_err(usage)?);
+                rest = after;
+            }
+            other => return Err(usage(format!("unexpected {other:?}"))),
+        }
+    }
+    Ok(query)
+}
+
+fn parse_count(s: &str) -> Result<u64, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not a count of entries"))
+}
+
+fn parse_follow(args: &str) -> Result<Command<'_>, RequestError> {
+    let args = args.trim();
+    if args.is_empty() {
+        return Ok(Command::Follow { after: u64::MAX });
+    }
+    match args.split_once(' ') {
+        Some(("since", id)) => match id.trim().parse() {
+            Ok(after) => Ok(Command::Follow { after }),
+            Err(_) => Err(RequestError::BadArgument(format!(
+                "{id:?} is not an entry id; usage: /follow [since ID]"
+            ))),
+        },
+        _ => Err(RequestError::BadArgument(
+            "usage: /follow [since ID]".into(),
+        )),
+    }
+}
+
+/// `ID` (entries after it), a date `YYYY-MM-DD`, a local time
+/// `YYYY-MM-DDTHH:MM[:SS]`, or an RFC 3339 time with offset.
+pub fn parse_since(s: &str) -> Result<Since, String> {
+    use chrono::{Local, NaiveDate, NaiveDateTime, TimeZone};
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse()
+            .map(Since::Id)
+            .map_err(|_| format!("{s:?} is too large for an id"));
+    }
+    if let Some(ms) = crate::entry::parse_timestamp(s) {
+        return Ok(Since::Time(ms));
+    }
+    let local = NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight exists"))
+        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S"))
+        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M"))
+        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M"))
+        .map_err(|_| {
+            format!("{s:?} is neither an id nor a date like 2026-11-25 or 2026-11-25T08:30")
+        })?;
+    Local
+        .from_local_datetime(&local)
+        .earliest()
+        .map(|t| Since::Time(t.timestamp_millis()))
+        .ok_or_else(|| format!("{s} does not exist in the local time zone"))
+}
+
+/// `id TAG\n`: first line of a reply to an enveloped request.
+pub fn push_tag(out: &mut Vec<u8>, tag: &str) {
+    out.extend_from_slice(b"id ");
+    out.extend_from_slice(tag.as_bytes());
+    out.push(b'\n');
+}
+
+/// `id TAG truncated\n`: the whole reply to an enveloped UDP request whose
+/// real reply is over the datagram limit; the client asks again over TCP.
+pub fn push_truncated(out: &mut Vec<u8>, tag: &str) {
+    out.extend_from_slice(b"id ");
+    out.extend_from_slice(tag.as_bytes());
+    out.extend_from_slice(b" truncated\n");
+}
+
+/// `ok ID TIMESTAMP\n`: the entry is stored.
+pub fn push_ack(out: &mut Vec<u8>, id: u64, timestamp: &str) {
+    out.extend_from_slice(b"ok ");
+    out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(timestamp.as_bytes());
+    out.push(b'\n');
+}
+
+/// `err CODE MESSAGE\n`.
+pub fn push_error(out: &mut Vec<u8>, code: &str, message: &dyn fmt::Display) {
+    use std::io::Write;
+    out.extend_from_slice(b"err ");
+    out.extend_from_slice(code.as_bytes());
+    out.push(b' ');
+    let _ = write!(out, "{message}");
+    out.push(b'\n');
+}
+
+/// The reply to `h` / `/help`, without its end line.
+pub const HELP: &str = "\
+diary: every line you send is stored as an entry and answered with \"ok ID TIME\".
+  p                      past entries, oldest first
+  h                      this help
+  e                      leave (closes a TCP session)
+  /past [N] [since ID|DATE] [grep WORDS]
+                         the newest N entries, those after ID or from DATE on,
+                         or those containing WORDS
+  /write TEXT            store TEXT even if it looks like a command
+  /follow [since ID]     (TCP) entries after ID, then new ones as they come
+  /stats                 server figures
+  /help  /quit           same as h and e
+Entry lines are ID<TAB>TIME<TAB>TEXT; \\n \\t \\\\ in TEXT stand for newline, tab, backslash.
+Multi-line replies end with a line \"end\"; errors are \"err CODE REASON\".
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(raw: &str) -> Result<Command<'_>, RequestError> {
+        parse(raw.as_bytes(), 100).command
+    }
+
+    #[test]
+    fn seed_commands_and_entries() {
+        assert!(matches!(cmd("p"), Ok(Command::Past { seed: true, .. })));
+        assert_eq!(cmd("h"), Ok(Command::Help));
+        assert_eq!(cmd("e"), Ok(Command::Quit));
+        assert_eq!(cmd("今天天气很好"), Ok(Command::Write("今天天气很好")));
+        assert_eq!(cmd("pp"), Ok(Command::Write("pp")));
+        assert_eq!(cmd(" p"), Ok(Command::Write(" p")));
+        assert_eq!(cmd("/write p"), Ok(Command::Write("p")));
+        assert_eq!(cmd("/write /past"), Ok(Command::Write("/past")));
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        assert_eq!(
+            parse(b"a\xffb", 100).command,
+            Err(RequestError::InvalidUtf8 { at: 1 })
+        );
+        assert_eq!(
+            parse(b"a\0b", 100).command,
+            Err(RequestError::ControlByte { byte: 0, at: 1 })
+        );
+        assert_eq!(cmd(""), Err(RequestError::Empty));
+        assert_eq!(cmd("/write"), Err(RequestError::Empty));
+        assert_eq!(
+            cmd(&"x".repeat(101)),
+            Err(RequestError::TooLong { len: 101, max: 100 })
+        );
+        assert!(matches!(cmd("/nope"), Err(RequestError::UnknownCommand(_))));
+        assert!(matches!(cmd("/help me"), Err(RequestError::BadArgument(_))));
+        assert!(matches!(
+            cmd("/past many"),
+            Err(RequestError::BadArgument(_))
+        ));
+    }
+
+    #[test]
+    fn past_arguments() {
+        let q = |raw| match cmd(raw) {
+            Ok(Command::Past { query, .. }) => query,
+            other => panic!("{raw}: {other:?}"),
+        };
+        assert_eq!(q("/past").last, None);
+        assert_eq!(q("/past 5").last, Some(5));
+        assert_eq!(q("/past -n 7").last, Some(7));
+        let full = q("/past 3 since 10 grep 早上 好");
+        assert_eq!(full.last, Some(3));
+        assert_eq!(full.since, Some(Since::Id(10)));
+        assert_eq!(full.grep, Some("早上 好"));
+        assert!(matches!(
+            q("/past since 2026-11-25").since,
+            Some(Since::Time(_))
+        ));
+        assert!(matches!(
+            q("/past since 2026-11-25T08:30:00.000+08:00").since,
+            Some(Since::Time(_))
+        ));
+    }
+
+    #[test]
+    fn envelope_is_read_even_for_bad_commands() {
+        let r = parse(b"/id a1 max=4000 cookie=ab12 /past 2", 100);
+        assert_eq!(
+            r.envelope,
+            Some(Envelope {
+                tag: "a1",
+                max_reply: Some(4000),
+                cookie: Some("ab12")
+            })
+        );
+        assert!(matches!(r.command, Ok(Command::Past { .. })));
+        let r = parse(b"/id t7 \xff", 100);
+        assert_eq!(r.envelope.unwrap().tag, "t7");
+        assert!(r.command.is_err());
+        assert!(parse(b"/id bad!tag p", 100).command.is_err());
+    }
+}

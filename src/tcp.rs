@@ -1,0 +1,260 @@
+//! TCP connections: reading bytes into lines (framing) and queueing output.
+//!
+//! A request is a line ending in `\n` (`\r\n` accepted). A line is handed on
+//! only once its newline has arrived, so a client that vanishes mid-line
+//! stores nothing. A line longer than the limit is reported once and its
+//! bytes are dropped up to the next newline, never buffered.
+
+use crate::handler::PastCursor;
+use mio::net::TcpStream;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::Instant;
+
+/// How much is read from a socket at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// One complete request line, or the news that a line was too long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Byte range of the line in the framer's buffer, without `\r\n`.
+    Line(Range<usize>),
+    /// A line over the limit was dropped (or is being dropped) up to its newline.
+    TooLong,
+}
+
+/// Splits a byte stream into lines of at most `max_line` bytes.
+#[derive(Debug)]
+pub struct LineFramer {
+    buf: Vec<u8>,
+    /// Start of the first unconsumed byte.
+    start: usize,
+    /// Bytes before this (from `start`) are known to hold no newline.
+    scanned: usize,
+    /// Inside a too-long line: drop bytes until its newline.
+    discarding: bool,
+    max_line: usize,
+}
+
+impl LineFramer {
+    pub fn new(max_line: usize) -> LineFramer {
+        LineFramer {
+            buf: Vec::new(),
+            start: 0,
+            scanned: 0,
+            discarding: false,
+            max_line,
+        }
+    }
+
+    /// Reads once from `src` into the buffer. `Ok(0)` is end of stream.
+    pub fn read_from(&mut self, src: &mut impl Read) -> io::Result<usize> {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.scanned = 0;
+            self.start = 0;
+        } else if self.start > self.buf.capacity() / 2 {
+            self.buf.drain(..self.start);
+            self.scanned -= self.start;
+            self.start = 0;
+        }
+        let old = self.buf.len();
+        self.buf.resize(old + READ_CHUNK, 0);
+        let result = src.read(&mut self.buf[old..]);
+        self.buf.truncate(old + *result.as_ref().unwrap_or(&0));
+        result
+    }
+
+    /// The next complete line (or too-long report), without consuming it.
+    pub fn peek(&mut self) -> Option<Frame> {
+        loop {
+            let pending = &self.buf[self.scanned..];
+            match pending.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    let newline = self.scanned + i;
+                    if self.discarding {
+                        self.discarding = false;
+                        self.start = newline + 1;
+                        self.scanned = self.start;
+                        continue;
+                    }
+                    let mut end = newline;
+                    if end > self.start && self.buf[end - 1] == b'\r' {
+                        end -= 1;
+                    }
+                    if end - self.start > self.max_line {
+                        // Complete but too long: drop it through its newline.
+                        self.scanned = newline;
+                        self.discarding = true;
+                        return Some(Frame::TooLong);
+                    }
+                    self.scanned = newline;
+                    return Some(Frame::Line(self.start..end));
+                }
+                None => {
+                    self.scanned = self.buf.len();
+                    if self.discarding {
+                        self.start = self.buf.len();
+                        return None;
+                    }
+                    if self.buf.len() - self.start > self.max_line + 1 {
+                        self.start = self.buf.len();
+                        self.scanned = self.start;
+                        self.discarding = true;
+                        return Some(Frame::TooLong);
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Consumes the frame [`LineFramer::peek`] returned.
+    pub fn consume(&mut self, frame: &Frame) {
+        if let Frame::Line(range) = frame {
+            self.start = range.end;
+            // Skip the line ending (`\r\n` or `\n`).
+            let newline = self.buf[self.start..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(self.buf.len(), |i| self.start + i + 1);
+            self.start = newline;
+            self.scanned = self.start;
+        }
+    }
+
+    pub fn line(&self, range: Range<usize>) -> &[u8] {
+        &self.buf[range]
+    }
+
+    /// Bytes of an unfinished line held in memory.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+}
+
+/// Bytes waiting to be written to a socket.
+#[derive(Debug, Default)]
+pub struct OutBuf {
+    pub buf: Vec<u8>,
+    sent: usize,
+}
+
+impl OutBuf {
+    pub fn queued(&self) -> usize {
+        self.buf.len() - self.sent
+    }
+
+    /// Writes until done or the socket would block.
+    pub fn flush_to(&mut self, dst: &mut impl Write) -> io::Result<()> {
+        while self.sent < self.buf.len() {
+            match dst.write(&self.buf[self.sent..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.sent == self.buf.len() {
+            self.buf.clear();
+            self.sent = 0;
+        } else if self.sent > 64 * 1024 && self.sent > self.buf.len() / 2 {
+            self.buf.drain(..self.sent);
+            self.sent = 0;
+        }
+        Ok(())
+    }
+}
+
+/// What a connection is doing besides answering request lines.
+#[derive(Debug)]
+pub enum Mode {
+    Requests,
+    /// Sending a long `/past` reply as the client reads it.
+    Streaming(PastCursor),
+    /// Following: committed entries after `after` are sent as they come.
+    Following {
+        after: u64,
+    },
+}
+
+/// One TCP client.
+#[derive(Debug)]
+pub struct Conn {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub framer: LineFramer,
+    pub out: OutBuf,
+    pub mode: Mode,
+    /// Close once the output is sent (after `e`, end of input, or a limit).
+    pub closing: bool,
+    /// Broken or finished: removed at the end of the iteration.
+    pub dead: bool,
+    /// Input may be waiting in the socket that was not read because the
+    /// connection was paused; read it when it resumes.
+    pub stalled: bool,
+    pub writable_interest: bool,
+    pub last_active: Instant,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, peer: SocketAddr, max_line: usize) -> Conn {
+        Conn {
+            stream,
+            peer,
+            framer: LineFramer::new(max_line),
+            out: OutBuf::default(),
+            mode: Mode::Requests,
+            closing: false,
+            dead: false,
+            stalled: false,
+            writable_interest: false,
+            last_active: Instant::now(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(framer: &mut LineFramer) -> Vec<Result<Vec<u8>, ()>> {
+        let mut got = Vec::new();
+        while let Some(frame) = framer.peek() {
+            got.push(match &frame {
+                Frame::Line(r) => Ok(framer.line(r.clone()).to_vec()),
+                Frame::TooLong => Err(()),
+            });
+            framer.consume(&frame);
+        }
+        got
+    }
+
+    #[test]
+    fn lines_split_across_reads() {
+        let mut f = LineFramer::new(100);
+        f.read_from(&mut &b"hel"[..]).unwrap();
+        assert!(frames(&mut f).is_empty());
+        f.read_from(&mut &b"lo\r\nwor"[..]).unwrap();
+        assert_eq!(frames(&mut f), vec![Ok(b"hello".to_vec())]);
+        f.read_from(&mut &b"ld\n\n"[..]).unwrap();
+        assert_eq!(frames(&mut f), vec![Ok(b"world".to_vec()), Ok(vec![])]);
+        assert_eq!(f.buffered(), 0);
+    }
+
+    #[test]
+    fn too_long_lines_are_dropped_not_buffered() {
+        let mut f = LineFramer::new(4);
+        f.read_from(&mut &b"12345678"[..]).unwrap();
+        assert_eq!(frames(&mut f), vec![Err(())]);
+        f.read_from(&mut &b"9999"[..]).unwrap();
+        assert!(frames(&mut f).is_empty());
+        assert_eq!(f.buffered(), 0);
+        f.read_from(&mut &b"99\nok\n"[..]).unwrap();
+        assert_eq!(frames(&mut f), vec![Ok(b"ok".to_vec())]);
+        f.read_from(&mut &b"toolong\nfine\n"[..]).unwrap();
+        assert_eq!(frames(&mut f), vec![Err(()), Ok(b"fine".to_vec())]);
+    }
+}

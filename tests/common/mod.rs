@@ -1,0 +1,229 @@
+//! Shared test helpers: a server on 127.0.0.1 port 0 over a tempdir diary
+//! (in a thread, or as the real `diaryd` process), and small clients.
+#![allow(dead_code)]
+
+use diary::event_loop::{Limits, Server, StopHandle};
+use diary::store::{FsyncPolicy, Store};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// A server running in a thread of the test; stopped and joined on drop.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub path: PathBuf,
+    pub dir: tempfile::TempDir,
+    stop: StopHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        Self::start_with(Limits::default(), FsyncPolicy::Always)
+    }
+
+    pub fn start_with(limits: Limits, policy: FsyncPolicy) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("diary.log");
+        Self::start_in(dir, path, limits, policy)
+    }
+
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        path: PathBuf,
+        limits: Limits,
+        policy: FsyncPolicy,
+    ) -> TestServer {
+        let (store, _) = Store::open(&path, policy).unwrap();
+        let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), store, limits).unwrap();
+        let addr = server.local_addr();
+        let stop = server.stop_handle();
+        let thread = std::thread::spawn(move || server.run().unwrap());
+        TestServer {
+            addr,
+            path,
+            dir,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the server and hands back its directory (to start another on it).
+    pub fn stop(mut self) -> (tempfile::TempDir, PathBuf) {
+        self.shutdown();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        (dir, self.path.clone())
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.stop();
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The real `diaryd` binary, killed on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Daemon {
+    pub fn start(file: &Path, extra: &[&str]) -> Daemon {
+        match Self::try_start(file, extra) {
+            Ok(d) => d,
+            Err(stderr) => panic!("diaryd did not start: {stderr}"),
+        }
+    }
+
+    /// Starts diaryd and waits for its "listening on" line; on failure returns its stderr.
+    pub fn try_start(file: &Path, extra: &[&str]) -> Result<Daemon, String> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_diaryd"))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--file")
+            .arg(file)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let Some(rest) = line.split("listening on ").nth(1) else {
+            let mut stderr = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .unwrap();
+            child.wait().unwrap();
+            return Err(stderr);
+        };
+        let addr = rest.split(' ').next().unwrap().parse().unwrap();
+        Ok(Daemon { child, addr })
+    }
+
+    pub fn stderr(&mut self) -> String {
+        let mut s = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            e.read_to_string(&mut s).unwrap();
+        }
+        s
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A line-oriented TCP client.
+pub struct Tcp {
+    pub reader: BufReader<TcpStream>,
+    pub writer: TcpStream,
+}
+
+impl Tcp {
+    pub fn connect(addr: SocketAddr) -> Tcp {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        Tcp {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        }
+    }
+
+    pub fn send(&mut self, line: &str) {
+        self.writer
+            .write_all(format!("{line}\n").as_bytes())
+            .unwrap();
+    }
+
+    pub fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        line
+    }
+
+    /// Lines up to (not including) the end line.
+    pub fn until_end(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let line = self.line();
+            assert!(
+                !line.is_empty(),
+                "connection closed before end line; got {lines:?}"
+            );
+            if line == "end\n" {
+                return lines;
+            }
+            lines.push(line.trim_end_matches('\n').to_string());
+        }
+    }
+
+    /// Sends a line and returns the id from its `ok ID TIME` reply.
+    pub fn write(&mut self, text: &str) -> u64 {
+        self.send(text);
+        ack_id(&self.line())
+    }
+}
+
+/// The id in an `ok ID TIME` line.
+pub fn ack_id(reply: &str) -> u64 {
+    let mut words = reply.split(' ');
+    assert_eq!(words.next(), Some("ok"), "not an ack: {reply:?}");
+    words.next().unwrap().parse().unwrap()
+}
+
+/// A seed-style exchange: one datagram out, one reply read with a 1024-byte buffer.
+pub fn udp_raw(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    socket.send_to(request, addr).unwrap();
+    let mut buf = [0u8; 1024];
+    let (n, _) = socket.recv_from(&mut buf).unwrap();
+    buf[..n].to_vec()
+}
+
+/// The entries of a diary file as (id, text) pairs, read directly from disk.
+pub fn file_entries(path: &Path) -> Vec<(u64, String)> {
+    let bytes = std::fs::read(path).unwrap();
+    bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let line = diary::entry::decode_line(l).unwrap();
+            (line.id, line.text())
+        })
+        .collect()
+}
+
+/// Polls `cond` until true or the deadline; panics with `what` on timeout.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

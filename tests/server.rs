@@ -1,0 +1,336 @@
+//! The core server over real sockets: seed commands on both transports,
+//! concurrency, restart, recovery, locking and crash durability.
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{TcpStream, UdpSocket};
+use std::time::Duration;
+
+const CHINESE: &str = "今天下雨了，我在家写日记。🌧️ 「引号」";
+
+#[test]
+fn udp_write_p_h_e_like_the_seed_client() {
+    let server = TestServer::start();
+    let ack = String::from_utf8(udp_raw(server.addr, CHINESE.as_bytes())).unwrap();
+    assert_eq!(ack_id(&ack), 1);
+    let ack = String::from_utf8(udp_raw(server.addr, b"second line\n")).unwrap();
+    assert_eq!(ack_id(&ack), 2);
+
+    let past = String::from_utf8(udp_raw(server.addr, b"p")).unwrap();
+    let lines: Vec<&str> = past.lines().collect();
+    assert_eq!(lines.len(), 3, "{past}");
+    assert!(lines[0].starts_with("1\t") && lines[0].ends_with(&format!("\t{CHINESE}")));
+    assert!(lines[1].ends_with("\tsecond line"));
+    assert_eq!(lines[2], "end");
+
+    let help = udp_raw(server.addr, b"h");
+    assert!(help.len() <= 1024);
+    assert!(String::from_utf8(help).unwrap().contains("/past"));
+    assert_eq!(udp_raw(server.addr, b"e"), b"bye\n");
+    // `e` never stops the server.
+    assert_eq!(
+        ack_id(&String::from_utf8(udp_raw(server.addr, b"after e")).unwrap()),
+        3
+    );
+    assert_eq!(file_entries(&server.path)[0], (1, CHINESE.to_string()));
+}
+
+#[test]
+fn tcp_write_p_h_e_and_byte_exact_chinese() {
+    let server = TestServer::start();
+    let mut c = Tcp::connect(server.addr);
+    assert_eq!(c.write(CHINESE), 1);
+    c.writer.write_all("crlf 行\r\n".as_bytes()).unwrap();
+    assert_eq!(ack_id(&c.line()), 2);
+    c.send("p");
+    let past = c.until_end();
+    assert_eq!(past.len(), 2);
+    let first = diary::entry::decode_line(past[0].as_bytes()).unwrap();
+    assert_eq!(first.text().as_bytes(), CHINESE.as_bytes());
+    assert!(past[1].ends_with("\tcrlf 行"));
+    c.send("h");
+    assert!(c.until_end().iter().any(|l| l.contains("/write")));
+    c.send("e");
+    assert_eq!(c.line(), "bye\n");
+    assert_eq!(c.line(), "", "the server closes the session after bye");
+    // The server still serves others.
+    let mut d = Tcp::connect(server.addr);
+    assert_eq!(d.write("still here"), 3);
+}
+
+#[test]
+fn commands_and_their_escapes() {
+    let server = TestServer::start();
+    let mut c = Tcp::connect(server.addr);
+    assert_eq!(c.write("/write p"), 1);
+    assert_eq!(c.write("/write /past"), 2);
+    assert_eq!(c.write("back\\slash\ttab"), 3);
+    c.send("/nope");
+    assert!(c.line().starts_with("err unknown-command /nope"));
+    c.send("");
+    assert!(c.line().starts_with("err empty"));
+    c.send("/past 2");
+    let past = c.until_end();
+    assert_eq!(past.len(), 2);
+    assert!(past[1].ends_with("\tback\\\\slash\\ttab"), "{past:?}");
+    // Tagged requests are answered with their tag first.
+    c.send("/id t1 /past 1");
+    assert_eq!(c.line(), "id t1\n");
+    assert_eq!(c.until_end().len(), 1);
+    let texts: Vec<String> = file_entries(&server.path)
+        .into_iter()
+        .map(|e| e.1)
+        .collect();
+    assert_eq!(texts, ["p", "/past", "back\\slash\ttab"]);
+}
+
+#[test]
+fn invalid_utf8_and_nul_get_errors_and_store_nothing() {
+    let server = TestServer::start();
+    let reply = udp_raw(server.addr, b"bad \xff\xfe bytes");
+    assert!(
+        reply.starts_with(b"err bad-utf8"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    let reply = udp_raw(server.addr, b"nul\0inside");
+    assert!(reply.starts_with(b"err bad-byte"));
+    let mut c = Tcp::connect(server.addr);
+    c.writer
+        .write_all(b"\xc3\x28\nnul \0 here\nfine\n")
+        .unwrap();
+    assert!(c.line().starts_with("err bad-utf8"));
+    assert!(c.line().starts_with("err bad-byte"));
+    assert_eq!(ack_id(&c.line()), 1);
+    assert_eq!(file_entries(&server.path), [(1, "fine".to_string())]);
+}
+
+#[test]
+fn raw_udp_p_shows_the_newest_that_fit_and_says_how_many_are_left_out() {
+    let server = TestServer::start();
+    let mut c = Tcp::connect(server.addr);
+    for i in 1..=200 {
+        c.write(&format!("第{i}条日记 entry number {i}"));
+    }
+    let reply = udp_raw(server.addr, b"p\n");
+    assert!(reply.len() <= 1024);
+    let text = String::from_utf8(reply).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("# ") && lines[0].contains("left out"),
+        "{text}"
+    );
+    let left_out: u64 = lines[0][2..].split(' ').next().unwrap().parse().unwrap();
+    let shown: Vec<u64> = lines[1..lines.len() - 1]
+        .iter()
+        .map(|l| l.split('\t').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(*lines.last().unwrap(), "end");
+    assert_eq!(left_out + shown.len() as u64, 200);
+    assert_eq!(shown.last(), Some(&200), "newest last");
+    assert!(
+        shown.windows(2).all(|w| w[1] == w[0] + 1),
+        "oldest first, no gaps"
+    );
+    assert!(shown.len() >= 5);
+    // Over TCP the whole history comes back.
+    c.send("p");
+    assert_eq!(c.until_end().len(), 200);
+}
+
+#[test]
+fn many_clients_on_both_transports_every_ack_stored_once() {
+    let server = TestServer::start();
+    let addr = server.addr;
+    let mut threads = Vec::new();
+    for t in 0..8 {
+        threads.push(std::thread::spawn(move || {
+            let mut c = Tcp::connect(addr);
+            (0..50)
+                .map(|i| {
+                    let text = format!("tcp {t} {i} 你好");
+                    (c.write(&text), text)
+                })
+                .collect::<Vec<_>>()
+        }));
+        threads.push(std::thread::spawn(move || {
+            let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut buf = [0u8; 1024];
+            (0..50)
+                .map(|i| {
+                    let text = format!("udp {t} {i} 世界");
+                    socket.send_to(text.as_bytes(), addr).unwrap();
+                    let (n, _) = socket.recv_from(&mut buf).unwrap();
+                    (ack_id(std::str::from_utf8(&buf[..n]).unwrap()), text)
+                })
+                .collect::<Vec<_>>()
+        }));
+    }
+    let acked: Vec<(u64, String)> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let stored: HashMap<u64, String> = file_entries(&server.path).into_iter().collect();
+    assert_eq!(stored.len(), 800);
+    for (id, text) in &acked {
+        assert_eq!(
+            stored.get(id),
+            Some(text),
+            "ack {id} must point at its own text"
+        );
+    }
+    let mut texts: Vec<&String> = stored.values().collect();
+    texts.sort();
+    texts.dedup();
+    assert_eq!(texts.len(), 800, "nothing stored twice");
+}
+
+#[test]
+fn restart_keeps_entries_and_ids() {
+    let server = TestServer::start();
+    let mut c = Tcp::connect(server.addr);
+    assert_eq!(c.write("before restart"), 1);
+    assert_eq!(c.write("第二条"), 2);
+    drop(c);
+    let (dir, path) = server.stop();
+    let server = TestServer::start_in(
+        dir,
+        path,
+        Default::default(),
+        diary::store::FsyncPolicy::Always,
+    );
+    let mut c = Tcp::connect(server.addr);
+    c.send("p");
+    let past = c.until_end();
+    assert!(past[0].starts_with("1\t") && past[0].ends_with("\tbefore restart"));
+    assert!(past[1].starts_with("2\t") && past[1].ends_with("\t第二条"));
+    assert_eq!(c.write("after restart"), 3);
+}
+
+#[test]
+fn torn_tail_is_cut_and_kept_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("diary.log");
+    std::fs::write(
+        &path,
+        "1\t2026-11-25T06:00:00.000+00:00\tfirst\n2\t2026-11-25T06:00:01.000+00:00\tsec",
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&path, &[]);
+    let mut c = Tcp::connect(daemon.addr);
+    c.send("p");
+    assert_eq!(c.until_end().len(), 1);
+    assert_eq!(c.write("new second"), 2);
+    let side = std::fs::read_to_string(dir.path().join("diary.log.torn")).unwrap();
+    assert_eq!(side, "2\t2026-11-25T06:00:01.000+00:00\tsec\n");
+    daemon.child.kill().unwrap();
+    let stderr = daemon.stderr();
+    assert!(
+        stderr.contains("warning") && stderr.contains("diary.log.torn"),
+        "{stderr}"
+    );
+    assert_eq!(
+        file_entries(&path),
+        [(1, "first".to_string()), (2, "new second".to_string())]
+    );
+}
+
+#[test]
+fn corrupt_middle_line_refuses_to_start_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("diary.log");
+    let content =
+        "1\t2026-11-25T06:00:00.000+00:00\tok\n2\tgarbage\n3\t2026-11-25T06:00:01.000+00:00\tok\n";
+    std::fs::write(&path, content).unwrap();
+    let err = Daemon::try_start(&path, &[])
+        .err()
+        .expect("must refuse to start");
+    assert!(err.contains("diary.log:2:"), "{err}");
+    assert!(err.contains("sed -n '2p'"), "says how to look: {err}");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        content,
+        "file untouched"
+    );
+}
+
+#[test]
+fn second_server_on_the_same_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("diary.log");
+    let first = Daemon::start(&path, &[]);
+    let err = Daemon::try_start(&path, &[])
+        .err()
+        .expect("second must be refused");
+    assert!(err.contains("already in use"), "{err}");
+    let mut c = Tcp::connect(first.addr);
+    assert_eq!(c.write("first still serves"), 1);
+}
+
+#[test]
+fn kill_9_during_writes_loses_no_acknowledged_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("diary.log");
+    let mut daemon = Daemon::start(&path, &["--fsync", "always"]);
+    let addr = daemon.addr;
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                let Ok(stream) = TcpStream::connect(addr) else {
+                    return acked;
+                };
+                let mut c = Tcp {
+                    reader: std::io::BufReader::new(stream.try_clone().unwrap()),
+                    writer: stream,
+                };
+                for i in 0.. {
+                    let text = format!("writer {w} line {i}");
+                    if c.writer.write_all(format!("{text}\n").as_bytes()).is_err() {
+                        break;
+                    }
+                    let mut line = String::new();
+                    let _ = std::io::BufRead::read_line(&mut c.reader, &mut line);
+                    if !line.starts_with("ok ") {
+                        break;
+                    }
+                    acked.push((ack_id(&line), text));
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(400));
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    let acked: Vec<(u64, String)> = writers
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert!(acked.len() > 20, "writers made progress ({})", acked.len());
+    let (store, _) = diary::store::Store::open(&path, diary::store::FsyncPolicy::Always).unwrap();
+    drop(store); // recovery ran (a torn tail would be cut), and the file reads cleanly
+    let stored: HashMap<u64, String> = file_entries(&path).into_iter().collect();
+    for (id, text) in &acked {
+        assert_eq!(stored.get(id), Some(text));
+    }
+}
+
+#[test]
+fn a_connection_closing_mid_line_stores_nothing_of_it() {
+    let server = TestServer::start();
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.write_all(b"complete\nhalf a li").unwrap();
+    drop(s);
+    let mut c = Tcp::connect(server.addr);
+    c.send("p");
+    let past = c.until_end();
+    assert_eq!(past.len(), 1);
+    assert!(past[0].ends_with("\tcomplete"));
+}
