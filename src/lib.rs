@@ -5,9 +5,11 @@
 //! [`protocol`] parses them, [`handler`] answers over the [`store`], and
 //! [`event_loop`] ties them together with one group commit per iteration.
 
+pub mod client;
 pub mod entry;
 pub mod event_loop;
 pub mod handler;
+pub mod interactive;
 pub mod protocol;
 pub mod store;
 pub mod tcp;

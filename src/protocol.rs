@@ -249,8 +249,9 @@ fn parse_past(args: &str) -> Result<PastQuery<'_>, RequestError> {
         ))
     };
     let mut query = PastQuery::default();
-    let mut rest = args.trim();
-    while !rest.is_empty() {
+    // Only the start is trimmed: trailing spaces belong to grep's words.
+    let mut rest = args.trim_start();
+    while !rest.trim_end().is_empty() {
         let (word, after) = rest.split_once(' ').unwrap_or((rest, ""));
         let after = after.trim_start();
         let (value, after2) = after.split_once(' ').unwrap_or((after, ""));
@@ -439,6 +440,8 @@ mod tests {
         assert_eq!(full.last, Some(3));
         assert_eq!(full.since, Some(Since::Id(10)));
         assert_eq!(full.grep, Some("早上 好"));
+        assert_eq!(q("/past grep a ").grep, Some("a "));
+        assert_eq!(q("/past 5 ").last, Some(5));
         assert!(matches!(
             q("/past since 2026-11-25").since,
             Some(Since::Time(_))

@@ -1,0 +1,313 @@
+//! The `diary` client end to end: lossy UDP, TCP fallback, slices and JSON,
+//! the interactive mode over stdin, and an unreachable server.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+fn diary(server: SocketAddr, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_diary"))
+        .arg("--server")
+        .arg(server.to_string())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+/// A UDP relay that drops and duplicates datagrams on a fixed pattern in
+/// both directions: of every 10 datagrams one way, the 4th is dropped and
+/// the 7th is sent twice.
+struct LossyRelay {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    pub dropped: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LossyRelay {
+    fn start(server: SocketAddr) -> LossyRelay {
+        let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let back = UdpSocket::bind("127.0.0.1:0").unwrap();
+        front
+            .set_read_timeout(Some(Duration::from_millis(5)))
+            .unwrap();
+        back.set_read_timeout(Some(Duration::from_millis(5)))
+            .unwrap();
+        let addr = front.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let (stop2, dropped2) = (stop.clone(), dropped.clone());
+        let thread = std::thread::spawn(move || {
+            let mut client = None;
+            let (mut up, mut down) = (0u64, 0u64);
+            let mut buf = vec![0u8; 65_536];
+            let forward = |count: &mut u64, data: &[u8], out: &UdpSocket, to: SocketAddr| {
+                *count += 1;
+                match *count % 10 {
+                    4 => {
+                        dropped2.fetch_add(1, Ordering::Relaxed);
+                    }
+                    7 => {
+                        out.send_to(data, to).unwrap();
+                        out.send_to(data, to).unwrap();
+                    }
+                    _ => {
+                        out.send_to(data, to).unwrap();
+                    }
+                }
+            };
+            while !stop2.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = front.recv_from(&mut buf) {
+                    client = Some(from);
+                    forward(&mut up, &buf[..n], &back, server);
+                }
+                if let (Ok((n, _)), Some(c)) = (back.recv_from(&mut buf), client) {
+                    forward(&mut down, &buf[..n], &front, c);
+                }
+            }
+        });
+        LossyRelay {
+            addr,
+            stop,
+            dropped,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for LossyRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+    }
+}
+
+#[test]
+fn lossy_udp_every_line_stored_exactly_once() {
+    let server = TestServer::start();
+    let relay = LossyRelay::start(server.addr);
+    let lines: Vec<String> = (1..=150)
+        .map(|i| format!("第{i}行 line {i} over a lossy path"))
+        .collect();
+    let out = diary(relay.addr, &["write"], &(lines.join("\n") + "\n"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout(&out).trim(), "stored 150 entries (#1 to #150)");
+    assert!(
+        relay.dropped.load(Ordering::Relaxed) >= 20,
+        "the relay really dropped datagrams"
+    );
+    let stored: Vec<String> = file_entries(&server.path)
+        .into_iter()
+        .map(|e| e.1)
+        .collect();
+    assert_eq!(stored, lines, "each line once, in order");
+}
+
+#[test]
+fn past_over_udp_falls_back_to_tcp_and_matches_tcp() {
+    let server = TestServer::start();
+    let mut c = Tcp::connect(server.addr);
+    let long = "长".repeat(100);
+    for i in 0..450 {
+        c.write(&format!("{i} {long}"));
+    }
+    let udp = diary(server.addr, &["--proto", "udp", "past", "-n", "400"], "");
+    let tcp = diary(server.addr, &["--proto", "tcp", "past", "-n", "400"], "");
+    assert!(udp.status.success() && tcp.status.success());
+    assert_eq!(stdout(&udp), stdout(&tcp));
+    assert_eq!(stdout(&udp).lines().count(), 400);
+    assert!(stdout(&udp).lines().next().unwrap().contains("50 长长"));
+    c.send("/stats");
+    let stats = c.until_end();
+    let figure = |name: &str| -> u64 {
+        let line = stats
+            .iter()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap();
+        line.split(' ').nth(1).unwrap().parse().unwrap()
+    };
+    assert_eq!(figure("udp_reads"), 1, "the UDP attempt reached the server");
+    assert_eq!(
+        figure("tcp_reads"),
+        2,
+        "it came back over TCP, besides the TCP run"
+    );
+}
+
+#[test]
+fn past_json_since_and_grep_select_the_right_entries() {
+    let server = TestServer::start();
+    let mut c = Tcp::connect(server.addr);
+    for text in [
+        "a cat",
+        "a dog",
+        "another cat",
+        "tab\there \\ and 猫 cat",
+        "a bird",
+    ] {
+        c.write(text);
+    }
+    let out = diary(
+        server.addr,
+        &["past", "--json", "--since", "1", "--grep", "cat"],
+        "",
+    );
+    assert!(out.status.success());
+    let entries: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: Vec<u64> = entries.iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [3, 4]);
+    assert_eq!(entries[1]["text"], "tab\there \\ and 猫 cat");
+    assert!(entries[0]["time"].as_str().unwrap().contains('T'));
+
+    let out = diary(
+        server.addr,
+        &["past", "--json", "-n", "2", "--grep", "a "],
+        "",
+    );
+    let ids: Vec<u64> = stdout(&out)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ids, [2, 5], "the newest two matches, oldest first");
+
+    let all = diary(server.addr, &["past", "--since", "2000-01-01"], "");
+    assert_eq!(stdout(&all).lines().count(), 5);
+    let none = diary(server.addr, &["past", "--since", "2999-01-01T00:00"], "");
+    assert_eq!(stdout(&none), "");
+    let bad = diary(server.addr, &["past", "--since", "yesterday"], "");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("neither an id nor a date"));
+}
+
+#[test]
+fn interactive_shows_history_then_takes_lines_p_h_e() {
+    let server = TestServer::start();
+    let mut c = Tcp::connect(server.addr);
+    c.write("written before the session");
+    for proto in ["udp", "tcp"] {
+        let out = diary(
+            server.addr,
+            &["--proto", proto],
+            &format!("你好 from {proto}\n/write p\np\nh\ne\nnever sent\n"),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = stdout(&out);
+        let history_at = text
+            .find("written before the session")
+            .expect("history at start");
+        let stored_at = text.find("stored #").expect("the line was stored");
+        assert!(history_at < stored_at);
+        let after_p = &text[stored_at..];
+        assert!(
+            after_p.contains(&format!("你好 from {proto}")),
+            "p lists the new entry: {text}"
+        );
+        assert!(text.contains("this help"), "h prints help");
+    }
+    let texts: Vec<String> = file_entries(&server.path)
+        .into_iter()
+        .map(|e| e.1)
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "written before the session",
+            "你好 from udp",
+            "p",
+            "你好 from tcp",
+            "p"
+        ]
+    );
+}
+
+#[test]
+fn unreachable_server_fails_clearly_within_the_timeout() {
+    // A port with nothing behind it: bind, note the port, close.
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for proto in ["udp", "tcp"] {
+        let started = Instant::now();
+        let out = diary(
+            addr,
+            &["--proto", proto, "--timeout", "1", "write", "hello"],
+            "",
+        );
+        let took = started.elapsed();
+        assert_eq!(out.status.code(), Some(3), "{proto}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&addr.to_string()),
+            "names the address: {stderr}"
+        );
+        assert!(stderr.contains("diaryd"), "gives a hint: {stderr}");
+        assert!(took < Duration::from_secs(3), "{proto} took {took:?}");
+    }
+}
+
+#[test]
+fn a_retried_tagged_udp_write_is_answered_again_not_stored_twice() {
+    let server = TestServer::start();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let mut replies = Vec::new();
+    for _ in 0..3 {
+        socket
+            .send_to(b"/id retry-1 /write only once", server.addr)
+            .unwrap();
+        let (n, _) = socket.recv_from(&mut buf).unwrap();
+        replies.push(buf[..n].to_vec());
+    }
+    assert!(replies[0].starts_with(b"id retry-1\nok 1 "));
+    assert!(replies.iter().all(|r| r == &replies[0]));
+    // Sent back to back, in one batch, too.
+    for _ in 0..3 {
+        socket.send_to(b"/id retry-2 burst", server.addr).unwrap();
+    }
+    for _ in 0..3 {
+        let (n, _) = socket.recv_from(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"id retry-2\nok 2 "));
+    }
+    assert_eq!(file_entries(&server.path).len(), 2);
+}
