@@ -55,7 +55,7 @@ impl Default for Options {
             proto: Proto::Udp,
             timeout: Duration::from_secs(5),
             retries: 8,
-            max_reply: 8192,
+            max_reply: 1232,
         }
     }
 }
@@ -451,4 +451,101 @@ pub fn format_entry(e: &Entry) -> String {
     let prefix = format!("{:>4}  {}  ", e.id, short_time(&e.time));
     let indent = " ".repeat(prefix.chars().count());
     format!("{prefix}{}", e.text.replace('\n', &format!("\n{indent}")))
+}
+
+/// What a follower hears besides entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FollowEvent {
+    /// Connected (again), following entries after this id.
+    Following(u64),
+    /// The connection ended or could not be made; retrying after a pause.
+    Reconnecting(String),
+    /// The server dropped this follower for falling behind; resuming at once.
+    Resuming(u64),
+}
+
+/// Follows the diary over TCP: entries after `since` (none before now
+/// without it), then each new one as it is committed. Reconnects from the
+/// last id seen when the connection breaks, the server restarts, or the
+/// server drops this follower for falling behind, so nothing is missed.
+/// Returns when `on_entry` returns false; fails only if the very first
+/// connection cannot be made, or the server refuses the request.
+pub fn follow(
+    opts: &Options,
+    since: Option<u64>,
+    mut on_entry: impl FnMut(&Entry) -> bool,
+    mut on_event: impl FnMut(&FollowEvent),
+) -> Result<(), ClientError> {
+    let addr = resolve(&opts.server)?;
+    let mut after = since;
+    let mut pause = Duration::from_millis(100);
+    let mut connected_once = false;
+    loop {
+        let stream = match TcpStream::connect_timeout(&addr, opts.timeout) {
+            Ok(stream) => stream,
+            Err(e) if !connected_once => return Err(ClientError::Io(addr, Proto::Tcp, e)),
+            Err(e) => {
+                on_event(&FollowEvent::Reconnecting(format!("cannot connect: {e}")));
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        connected_once = true;
+        let mut writer = stream
+            .try_clone()
+            .map_err(|e| ClientError::Io(addr, Proto::Tcp, e))?;
+        let request = match after {
+            Some(id) => format!("/follow since {id}\n"),
+            None => "/follow\n".to_string(),
+        };
+        if let Err(e) = writer.write_all(request.as_bytes()) {
+            on_event(&FollowEvent::Reconnecting(e.to_string()));
+            continue;
+        }
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        let ended = loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) => break "the server closed the connection".to_string(),
+                Ok(_) => {}
+                Err(e) => break e.to_string(),
+            }
+            let text = line.trim_end_matches(['\n', '\r']);
+            if let Some(entry) = parse_entry(text) {
+                if after.is_none_or(|a| entry.id > a) {
+                    after = Some(entry.id);
+                    if !on_entry(&entry) {
+                        return Ok(());
+                    }
+                }
+            } else if let Some(id) = text.strip_prefix("# following entries after ") {
+                pause = Duration::from_millis(100);
+                let id = id
+                    .parse()
+                    .map_err(|_| ClientError::BadReply(text.to_string()))?;
+                after.get_or_insert(id);
+                on_event(&FollowEvent::Following(id));
+            } else if text.starts_with("err behind ") {
+                let resume = text
+                    .rsplit("since ")
+                    .next()
+                    .and_then(|s| s.trim_end_matches('"').parse().ok())
+                    .ok_or_else(|| ClientError::BadReply(text.to_string()))?;
+                // Resume from what was actually received, which is never past the notice's id.
+                after = Some(after.map_or(resume, |a: u64| a.min(resume)));
+                on_event(&FollowEvent::Resuming(after.unwrap_or(resume)));
+                break String::new();
+            } else if let Some(rest) = text.strip_prefix("err ") {
+                let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
+                return Err(ClientError::BadReply(format!("{code}: {message}")));
+            }
+        };
+        if !ended.is_empty() {
+            on_event(&FollowEvent::Reconnecting(ended));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
 }

@@ -12,11 +12,11 @@ use crate::handler::{Handler, Outcome, Transport};
 use crate::protocol::{self, Command, Request};
 use crate::store::Store;
 use crate::tcp::{Conn, Frame, Mode};
-use crate::udp::{self, ReplayMemory, UdpEndpoint};
+use crate::udp::{self, RecentSources, ReplayMemory, UdpEndpoint};
 use mio::net::{TcpListener, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
-use std::io;
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +48,9 @@ pub struct Limits {
     pub udp_reply: usize,
     /// UDP replies waiting for the socket; beyond it replies are dropped.
     pub udp_queue: usize,
+    /// Bytes a follower may lag behind (queued plus not yet queued) before
+    /// it is sent a notice with the id to resume from and closed.
+    pub follow_backlog: usize,
 }
 
 impl Default for Limits {
@@ -60,6 +63,7 @@ impl Default for Limits {
             replay_memory: 100_000,
             udp_reply: 1232,
             udp_queue: 4096,
+            follow_backlog: 1024 * 1024,
         }
     }
 }
@@ -93,6 +97,7 @@ pub struct Server {
     udp_readable: bool,
     udp_writable_interest: bool,
     replay: ReplayMemory,
+    udp_sources: RecentSources,
     conns: Slab<Conn>,
     handler: Handler,
     limits: Limits,
@@ -104,6 +109,8 @@ pub struct Server {
     resume: Vec<usize>,
     /// Connections to remove at the end of the iteration.
     dead: Vec<usize>,
+    /// Connections in follow mode.
+    followers: Vec<usize>,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
     last_sweep: Instant,
@@ -111,7 +118,10 @@ pub struct Server {
 
 impl Server {
     /// Binds UDP and TCP on the same port (an ephemeral one for port 0).
-    pub fn bind(addr: SocketAddr, store: Store, limits: Limits) -> io::Result<Server> {
+    pub fn bind(addr: SocketAddr, store: Store, mut limits: Limits) -> io::Result<Server> {
+        // A follower's queue must hold the largest entry twice over (it is
+        // refilled at half), or it could never be sent.
+        limits.follow_backlog = limits.follow_backlog.max(2 * limits.max_entry + 4096);
         let (listener, socket) = bind_pair(addr)?;
         let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
@@ -123,6 +133,7 @@ impl Server {
             udp_readable: false,
             udp_writable_interest: false,
             replay: ReplayMemory::new(limits.replay_memory),
+            udp_sources: RecentSources::default(),
             conns: Slab::new(),
             handler: Handler::new(store),
             limits,
@@ -131,6 +142,7 @@ impl Server {
             touched: Vec::new(),
             resume: Vec::new(),
             dead: Vec::new(),
+            followers: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
             waker,
             last_sweep: Instant::now(),
@@ -210,9 +222,14 @@ impl Server {
         timeout
     }
 
-    /// Group commit, replies out, dead connections removed.
+    /// Group commit, followers fed, replies out, dead connections removed.
     fn end_iteration(&mut self) {
         self.commit();
+        for i in 0..self.followers.len() {
+            let key = self.followers[i];
+            self.continue_stream(key);
+            self.touched.push(key);
+        }
         let now = Instant::now();
         if let Err(e) = self.handler.store_mut().sync_if_due(now) {
             eprintln!("diaryd: fdatasync failed: {e}");
@@ -220,11 +237,11 @@ impl Server {
         if now.duration_since(self.last_sweep) >= Duration::from_secs(1) {
             self.last_sweep = now;
             self.sweep_idle(now);
+            self.udp_sources.prune(now);
         }
         self.flush();
         self.remove_dead();
-        self.handler.stats.tcp_clients = self.conns.len() as u64;
-        self.handler.stats.udp_sources = self.replay.len() as u64;
+        self.handler.stats.udp_sources = self.udp_sources.len() as u64;
     }
 
     fn accept(&mut self) {
@@ -267,6 +284,7 @@ impl Server {
                 continue;
             }
             entry.insert(Conn::new(stream, peer, max_line));
+            self.handler.stats.tcp_clients = self.conns.len() as u64;
             // Data may already be waiting; edge-triggered readiness will not repeat it.
             self.resume.push(key);
         }
@@ -355,14 +373,29 @@ impl Server {
                 Outcome::Wrote { ack_at, .. } => self.acks.push(AckSite::Tcp { key, at: ack_at }),
                 Outcome::Quit => conn.closing = true,
                 Outcome::Stream(cursor) => conn.mode = Mode::Streaming(cursor),
-                Outcome::Follow { after } => conn.mode = Mode::Following { after },
+                Outcome::Follow { after } => {
+                    let head = self.handler.store().len();
+                    let after = if after == u64::MAX { head } else { after };
+                    let _ = writeln!(conn.out.buf, "# following entries after {after}");
+                    conn.mode = Mode::Following {
+                        next: after.saturating_add(1),
+                        backlog_end: head,
+                    };
+                    self.followers.push(key);
+                    self.handler.stats.followers += 1;
+                    self.continue_stream(key);
+                }
             }
         }
     }
 
-    /// Tops up a streamed reply once the client has read most of what was queued.
+    /// Tops up a streamed reply or a follower's feed once the client has
+    /// read most of what was queued.
     fn continue_stream(&mut self, key: usize) {
         let conn = &mut self.conns[key];
+        if let Mode::Following { .. } = conn.mode {
+            return self.feed_follower(key);
+        }
         let Mode::Streaming(cursor) = &mut conn.mode else {
             return;
         };
@@ -384,11 +417,72 @@ impl Server {
         }
     }
 
+    /// Queues the committed entries a follower has not had, within its
+    /// backlog limit; one that lags past the limit gets a notice and is closed.
+    fn feed_follower(&mut self, key: usize) {
+        /// Room kept for the final notice, so the queue never passes the limit.
+        const NOTICE_ROOM: usize = 200;
+        let limit = self.limits.follow_backlog;
+        let store = self.handler.store();
+        let head = store.len();
+        let conn = &mut self.conns[key];
+        let Mode::Following { next, backlog_end } = &mut conn.mode else {
+            return;
+        };
+        if conn.dead || *next > head {
+            return;
+        }
+        let lag_from = (*next).max(*backlog_end + 1);
+        let lag = if lag_from <= head {
+            store.span_len(lag_from, head + 1) as usize
+        } else {
+            0
+        };
+        let queued = conn.out.queued();
+        if queued + lag + NOTICE_ROOM > limit {
+            let resume = *next - 1;
+            let _ = writeln!(
+                conn.out.buf,
+                "err behind this follower fell more than {limit} bytes behind; \
+                 resume with \"/follow since {resume}\""
+            );
+            conn.mode = Mode::Requests;
+            conn.closing = true;
+            self.handler.stats.dropped_followers += 1;
+            return;
+        }
+        // Refill only once half is read, so each refill is one sizeable read.
+        if queued > limit / 2 {
+            return;
+        }
+        let room = limit - NOTICE_ROOM - queued;
+        let mut cursor = *next;
+        let result = self
+            .handler
+            .fill_follow(&mut cursor, &mut conn.out.buf, room);
+        *next = cursor;
+        if let Err(e) = result {
+            protocol::push_error(
+                &mut conn.out.buf,
+                "io",
+                &format_args!("cannot read the diary: {e}"),
+            );
+            conn.mode = Mode::Requests;
+            conn.closing = true;
+        }
+        let peak = &mut self.handler.stats.follower_queue_peak;
+        *peak = (*peak).max(conn.out.queued() as u64);
+    }
+
     fn drain_udp(&mut self) {
         let mut buf = std::mem::take(&mut self.udp_buf);
+        let now = Instant::now();
         for _ in 0..UDP_BUDGET {
             match self.udp.socket.recv_from(&mut buf) {
-                Ok((n, from)) => self.answer_datagram(&buf[..n], from),
+                Ok((n, from)) => {
+                    self.udp_sources.saw(from, now);
+                    self.answer_datagram(&buf[..n], from);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.udp_readable = false;
                     break;
@@ -523,7 +617,7 @@ impl Server {
         if queued < before {
             conn.last_active = Instant::now();
         }
-        let streaming = matches!(conn.mode, Mode::Streaming(_));
+        let streaming = matches!(conn.mode, Mode::Streaming(_) | Mode::Following { .. });
         if queued == 0 && conn.closing && !streaming {
             conn.dead = true;
             return;
@@ -546,8 +640,16 @@ impl Server {
             }
             conn.writable_interest = want_writable;
         }
-        let room = queued < max_output / 2;
-        if room && (conn.stalled || streaming) {
+        // Serve it again without waiting for an event only if there is work
+        // its queue now has room for; anything else would spin the loop.
+        let more = match &conn.mode {
+            Mode::Requests => conn.stalled && !conn.closing && queued < max_output / 2,
+            Mode::Streaming(_) => queued < max_output / 2,
+            Mode::Following { next, .. } => {
+                *next <= self.handler.store().len() && queued <= self.limits.follow_backlog / 2
+            }
+        };
+        if more {
             self.resume.push(key);
         }
     }
@@ -585,6 +687,13 @@ impl Server {
         }
         let conns = &self.conns;
         self.resume.retain(|&k| conns.contains(k));
+        self.followers.retain(|&k| {
+            conns
+                .get(k)
+                .is_some_and(|c| matches!(c.mode, Mode::Following { .. }))
+        });
+        self.handler.stats.followers = self.followers.len() as u64;
+        self.handler.stats.tcp_clients = self.conns.len() as u64;
     }
 
     /// Stop accepting, store what was written, answer what is queued.

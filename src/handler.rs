@@ -42,9 +42,12 @@ pub struct Stats {
     pub udp_reads: u64,
     pub tcp_reads: u64,
     pub tcp_clients: u64,
+    /// UDP source addresses heard from in the last minute.
     pub udp_sources: u64,
     pub followers: u64,
     pub dropped_followers: u64,
+    /// Most reply bytes ever queued for one follower.
+    pub follower_queue_peak: u64,
     pub failed_commits: u64,
 }
 
@@ -261,6 +264,29 @@ impl Handler {
         Ok(false)
     }
 
+    /// Appends whole committed entries from `*next` on while they fit in
+    /// `room` bytes, advancing `*next`.
+    pub fn fill_follow(&self, next: &mut u64, out: &mut Vec<u8>, room: usize) -> io::Result<()> {
+        let end = self.store.len() + 1;
+        let mut left = room;
+        let mut cursor = *next;
+        if cursor >= end {
+            return Ok(());
+        }
+        self.store
+            .for_each(cursor, end, room.clamp(1, FILL_CHUNK), |id, line| {
+                if line.len() > left {
+                    return ControlFlow::Break(());
+                }
+                left -= line.len();
+                out.extend_from_slice(line);
+                cursor = id + 1;
+                ControlFlow::Continue(())
+            })?;
+        *next = cursor;
+        Ok(())
+    }
+
     /// The seed's `p` over raw UDP: the newest selected entries that fit in
     /// `room` bytes, oldest first, after a line saying how many were left out.
     fn fit_newest(&self, query: &PastQuery, room: usize, out: &mut Vec<u8>) -> io::Result<()> {
@@ -316,9 +342,9 @@ impl Handler {
         let s = &self.stats;
         let _ = write!(
             out,
-            "uptime_seconds {}\nentries {}\nbytes {}\ntcp_clients {}\nudp_sources {}\n\
-             followers {}\ndropped_followers {}\nudp_writes {}\ntcp_writes {}\n\
-             udp_reads {}\ntcp_reads {}\nfailed_commits {}\n",
+            "uptime_seconds {}\nentries {}\nbytes {}\ntcp_clients {}\nudp_clients_last_minute {}\n\
+             followers {}\ndropped_followers {}\nfollower_queue_peak_bytes {}\n\
+             udp_writes {}\ntcp_writes {}\nudp_reads {}\ntcp_reads {}\nfailed_commits {}\n",
             self.started.elapsed().as_secs(),
             self.store.len(),
             self.store.bytes(),
@@ -326,6 +352,7 @@ impl Handler {
             s.udp_sources,
             s.followers,
             s.dropped_followers,
+            s.follower_queue_peak,
             s.udp_writes,
             s.tcp_writes,
             s.udp_reads,

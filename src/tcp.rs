@@ -174,9 +174,12 @@ pub enum Mode {
     Requests,
     /// Sending a long `/past` reply as the client reads it.
     Streaming(PastCursor),
-    /// Following: committed entries after `after` are sent as they come.
+    /// Following: committed entries from `next` on are sent as they come.
+    /// Entries up to `backlog_end` existed when the follow began; they are
+    /// sent as the client reads them and do not count as falling behind.
     Following {
-        after: u64,
+        next: u64,
+        backlog_end: u64,
     },
 }
 

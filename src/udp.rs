@@ -7,6 +7,7 @@ use mio::net::UdpSocket;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 /// Largest reply to a datagram without an `/id` envelope: the seed's client
 /// reads with `recvfrom(1024)`.
@@ -96,6 +97,39 @@ impl ReplayMemory {
 
     pub fn is_empty(&self) -> bool {
         self.replies.is_empty()
+    }
+}
+
+/// UDP sources seen lately, for `/stats` (UDP has no connections to count).
+#[derive(Debug, Default)]
+pub struct RecentSources {
+    seen: HashMap<SocketAddr, Instant>,
+}
+
+impl RecentSources {
+    /// How long a source counts as a client after its last datagram.
+    pub const WINDOW: Duration = Duration::from_secs(60);
+    /// Sources tracked at most; a flood of new ones is not remembered.
+    const CAPACITY: usize = 65_536;
+
+    pub fn saw(&mut self, from: SocketAddr, now: Instant) {
+        if self.seen.len() < Self::CAPACITY || self.seen.contains_key(&from) {
+            self.seen.insert(from, now);
+        }
+    }
+
+    /// Forgets sources quiet for longer than the window.
+    pub fn prune(&mut self, now: Instant) {
+        self.seen
+            .retain(|_, t| now.duration_since(*t) < Self::WINDOW);
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
     }
 }
 

@@ -2,7 +2,9 @@
 //! `write`, `past` and `follow` are for scripts.
 
 use clap::{Parser, Subcommand};
-use diary::client::{Client, ClientError, Options, Proto, Reply, format_entry, parse_entry};
+use diary::client::{
+    Client, ClientError, FollowEvent, Options, Proto, Reply, format_entry, parse_entry,
+};
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -73,6 +75,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print new entries as they are written, like `tail -f` (always over
+    /// TCP); reconnects by itself and resumes where it left off.
+    Follow {
+        /// Start with the entries after this id.
+        #[arg(long)]
+        since: Option<u64>,
+        /// JSON Lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -98,6 +110,7 @@ fn main() -> ExitCode {
             grep,
             json,
         }) => past(&mut client, last, since, grep, json),
+        Some(Cmd::Follow { since, json }) => follow(client.options(), since, json),
     };
     match result {
         Ok(code) => code,
@@ -218,4 +231,43 @@ fn past(
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn follow(options: &Options, since: Option<u64>, json: bool) -> Outcome {
+    let stdout = std::io::stdout();
+    let mut failed = None;
+    diary::client::follow(
+        options,
+        since,
+        |entry| {
+            let mut out = stdout.lock();
+            let written = if json {
+                serde_json::to_string(entry)
+                    .map_err(std::io::Error::other)
+                    .and_then(|line| writeln!(out, "{line}"))
+            } else {
+                writeln!(out, "{}", format_entry(entry))
+            };
+            // A closed pipe (`diary follow | head`) ends the follow.
+            match written.and_then(|()| out.flush()) {
+                Ok(()) => true,
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            }
+        },
+        |event| match event {
+            FollowEvent::Following(_) => {}
+            FollowEvent::Reconnecting(why) => eprintln!("diary: {why}; reconnecting"),
+            FollowEvent::Resuming(id) => {
+                eprintln!("diary: fell behind the server; resuming after #{id}")
+            }
+        },
+    )?;
+    match failed {
+        Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Some(e) => Err(e.into()),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }

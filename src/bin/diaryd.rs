@@ -54,6 +54,11 @@ struct Args {
     /// Reply size for tagged UDP requests that do not ask for another (bytes).
     #[arg(long, default_value_t = Limits::default().udp_reply)]
     udp_reply: usize,
+
+    /// Bytes a follower may fall behind before it is told where to resume
+    /// and closed (at least twice --max-entry).
+    #[arg(long, default_value_t = Limits::default().follow_backlog)]
+    follow_backlog: usize,
 }
 
 fn main() -> ExitCode {
@@ -81,6 +86,7 @@ fn main() -> ExitCode {
         idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
         replay_memory: args.replay_memory,
         udp_reply: args.udp_reply,
+        follow_backlog: args.follow_backlog,
         ..Limits::default()
     };
     let mut server = match Server::bind(args.listen, store, limits) {

@@ -88,9 +88,13 @@ impl Daemon {
 
     /// Starts diaryd and waits for its "listening on" line; on failure returns its stderr.
     pub fn try_start(file: &Path, extra: &[&str]) -> Result<Daemon, String> {
+        Self::try_start_at(file, "127.0.0.1:0", extra)
+    }
+
+    pub fn try_start_at(file: &Path, listen: &str, extra: &[&str]) -> Result<Daemon, String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_diaryd"))
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .arg("--file")
             .arg(file)
             .args(extra)
@@ -225,5 +229,55 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Lines of a child's output, gathered by a thread, read with a deadline.
+pub struct LineFeed(std::sync::mpsc::Receiver<String>);
+
+impl LineFeed {
+    pub fn new(source: impl Read + Send + 'static) -> LineFeed {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(source).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        LineFeed(rx)
+    }
+
+    /// Lines until one satisfies `done` (included); panics after `timeout`.
+    pub fn until(&self, timeout: Duration, mut done: impl FnMut(&str) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.0.recv_timeout(left) {
+                Ok(line) => {
+                    let stop = done(&line);
+                    lines.push(line);
+                    if stop {
+                        return lines;
+                    }
+                }
+                Err(_) => panic!("timed out; got so far: {lines:?}"),
+            }
+        }
+    }
+
+    /// Every line that arrives within `wait`.
+    pub fn drain(&self, wait: Duration) -> Vec<String> {
+        let deadline = Instant::now() + wait;
+        let mut lines = Vec::new();
+        while let Ok(line) = self
+            .0
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            lines.push(line);
+        }
+        lines
     }
 }
