@@ -74,6 +74,8 @@ pub enum Reply {
         code: String,
         message: String,
     },
+    /// A UDP address cookie (the reply to `/cookie`).
+    Cookie(String),
 }
 
 #[derive(Debug)]
@@ -155,6 +157,9 @@ pub struct Client {
     next_tag: u64,
     buf: Vec<u8>,
     rtt: RttEstimate,
+    /// Proof of our address, which lets the server send UDP replies larger
+    /// than 3x the request to a source outside its loopback.
+    cookie: Option<String>,
 }
 
 /// Smoothed round trip and its variation, from replies to first attempts only
@@ -206,6 +211,7 @@ impl Client {
             next_tag: 0,
             buf: vec![0; 65_536],
             rtt: RttEstimate::default(),
+            cookie: None,
         })
     }
 
@@ -223,8 +229,22 @@ impl Client {
         self.next_tag += 1;
         let tag = format!("{}-{}", self.tag_base, self.next_tag);
         let use_udp = self.opts.proto == Proto::Udp && command.len() < MAX_UDP_REQUEST;
-        if use_udp && let Some(reply) = self.udp_request(&tag, command)? {
-            return Ok(reply);
+        if use_udp {
+            if let Some(reply) = self.udp_request(&tag, command)? {
+                return Ok(reply);
+            }
+            // Truncated: perhaps only by the anti-amplification rule. Once,
+            // get a cookie and ask again over UDP; after that, a truncated
+            // reply really is too big and goes straight to TCP.
+            if self.cookie.is_none()
+                && let Some(Reply::Cookie(cookie)) =
+                    self.udp_request(&format!("{tag}c"), "/cookie")?
+            {
+                self.cookie = Some(cookie);
+                if let Some(reply) = self.udp_request(&tag, command)? {
+                    return Ok(reply);
+                }
+            }
         }
         self.tcp_request(&tag, command)
     }
@@ -248,7 +268,13 @@ impl Client {
             self.udp = Some(socket);
         }
         let socket = self.udp.as_ref().expect("just made");
-        let message = format!("/id {tag} max={} {command}", self.opts.max_reply);
+        let message = match &self.cookie {
+            Some(cookie) => format!(
+                "/id {tag} max={} cookie={cookie} {command}",
+                self.opts.max_reply
+            ),
+            None => format!("/id {tag} max={} {command}", self.opts.max_reply),
+        };
         let started = Instant::now();
         let deadline = started + self.opts.timeout;
         let mut wait = self.rtt.timeout();
@@ -430,6 +456,9 @@ fn read_reply_from_first(
     }
     if first == "bye" {
         return Ok(Reply::Bye);
+    }
+    if let Some(cookie) = first.strip_prefix("cookie ") {
+        return Ok(Reply::Cookie(cookie.to_string()));
     }
     let mut lines = Vec::new();
     let mut line = first;

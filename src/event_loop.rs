@@ -12,7 +12,7 @@ use crate::handler::{Handler, Outcome, Transport};
 use crate::protocol::{self, Command, Request};
 use crate::store::Store;
 use crate::tcp::{Conn, Frame, Mode};
-use crate::udp::{self, RecentSources, ReplayMemory, UdpEndpoint};
+use crate::udp::{self, CookieJar, RecentSources, ReplayMemory, UdpEndpoint};
 use mio::net::{TcpListener, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 const UDP: Token = Token(usize::MAX - 1);
 const LISTENER: Token = Token(usize::MAX - 2);
 const WAKER: Token = Token(usize::MAX - 3);
+const SIGNALS: Token = Token(usize::MAX - 4);
 
 /// Datagrams read per iteration before the loop turns to other work.
 const UDP_BUDGET: usize = 1024;
@@ -51,6 +52,12 @@ pub struct Limits {
     /// Bytes a follower may lag behind (queued plus not yet queued) before
     /// it is sent a notice with the id to resume from and closed.
     pub follow_backlog: usize,
+    /// A connection whose queued output makes no progress for this long
+    /// (a client that never reads) is closed.
+    pub send_timeout: Duration,
+    /// Loopback UDP sources are trusted with replies over 3x their request
+    /// (the seed's client works locally); off only to test the rule.
+    pub loopback_exempt: bool,
 }
 
 impl Default for Limits {
@@ -64,6 +71,8 @@ impl Default for Limits {
             udp_reply: 1232,
             udp_queue: 4096,
             follow_backlog: 1024 * 1024,
+            send_timeout: Duration::from_secs(30),
+            loopback_exempt: true,
         }
     }
 }
@@ -85,8 +94,15 @@ impl StopHandle {
 /// Where a write's `ok` line waits, so a failed commit can replace it.
 #[derive(Debug, Clone, Copy)]
 enum AckSite {
-    Tcp { key: usize, at: usize },
-    Udp { slot: usize, at: usize },
+    Tcp {
+        key: usize,
+        at: usize,
+    },
+    Udp {
+        slot: usize,
+        at: usize,
+        limit: usize,
+    },
 }
 
 pub struct Server {
@@ -98,6 +114,7 @@ pub struct Server {
     udp_writable_interest: bool,
     replay: ReplayMemory,
     udp_sources: RecentSources,
+    cookies: CookieJar,
     conns: Slab<Conn>,
     handler: Handler,
     limits: Limits,
@@ -113,6 +130,7 @@ pub struct Server {
     followers: Vec<usize>,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
     last_sweep: Instant,
 }
 
@@ -134,6 +152,7 @@ impl Server {
             udp_writable_interest: false,
             replay: ReplayMemory::new(limits.replay_memory),
             udp_sources: RecentSources::default(),
+            cookies: CookieJar::default(),
             conns: Slab::new(),
             handler: Handler::new(store),
             limits,
@@ -145,6 +164,7 @@ impl Server {
             followers: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
             waker,
+            signals: None,
             last_sweep: Instant::now(),
             poll,
         };
@@ -169,6 +189,17 @@ impl Server {
         }
     }
 
+    /// Makes SIGINT and SIGTERM stop the server gracefully (see [`Server::run`]).
+    pub fn stop_on_signals(&mut self) -> io::Result<()> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        self.signals = Some(signals);
+        Ok(())
+    }
+
     /// Serves until stopped, then commits, answers what is queued and returns.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
@@ -189,6 +220,14 @@ impl Server {
                     }
                     LISTENER => self.accept(),
                     WAKER => {}
+                    SIGNALS => {
+                        if let Some(signals) = &mut self.signals
+                            && signals.pending().next().is_some()
+                        {
+                            // This iteration still commits and answers what it has.
+                            self.stop.store(true, Ordering::SeqCst);
+                        }
+                    }
                     Token(key) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.service(key);
@@ -496,6 +535,7 @@ impl Server {
 
     fn answer_datagram(&mut self, datagram: &[u8], from: SocketAddr) {
         let request = protocol::parse(udp::request_bytes(datagram), self.limits.max_entry);
+        let limit = self.reply_limit(&request, datagram.len(), from);
         if let (Some(envelope), Ok(Command::Write(_))) = (&request.envelope, &request.command)
             && let Some(seen) = self.replay.get(from, envelope.tag)
         {
@@ -505,17 +545,21 @@ impl Server {
             if let Some(slot) = self.udp.queue_reply(from, copy)
                 && id > self.handler.store().len()
             {
-                self.acks.push(AckSite::Udp { slot, at });
+                self.acks.push(AckSite::Udp { slot, at, limit });
             }
             return;
         }
         if self.handler.store().has_pending() && reads_store(&request) {
             self.commit();
         }
-        let limit = udp::reply_limit(request.envelope.as_ref(), self.limits.udp_reply);
+        let cookie = match request.command {
+            Ok(Command::Cookie) => self.cookies.issue(from.ip(), Instant::now()),
+            _ => [b'0'; 16],
+        };
         let transport = Transport::Udp {
             limit,
             raw: request.envelope.is_none(),
+            cookie,
         };
         let mut reply = self.udp.buffer();
         let outcome = self.handler.handle(&request, transport, &mut reply);
@@ -524,10 +568,33 @@ impl Server {
                 self.replay.remember(from, envelope.tag, id, &reply);
             }
             if let Some(slot) = self.udp.queue_reply(from, reply) {
-                self.acks.push(AckSite::Udp { slot, at: ack_at });
+                self.acks.push(AckSite::Udp {
+                    slot,
+                    at: ack_at,
+                    limit,
+                });
             }
         } else {
             self.udp.queue_reply(from, reply);
+        }
+    }
+
+    /// How big the reply to a datagram of `size` bytes from `from` may be:
+    /// the envelope's or the default size, and to a source that has not
+    /// proven its address (loopback, or a valid cookie), at most
+    /// [`udp::AMPLIFICATION`] times the request.
+    fn reply_limit(&self, request: &Request, size: usize, from: SocketAddr) -> usize {
+        let ip = from.ip();
+        let proven = (self.limits.loopback_exempt && ip.is_loopback())
+            || request
+                .envelope
+                .and_then(|e| e.cookie)
+                .is_some_and(|c| self.cookies.check(ip, c, Instant::now()));
+        let limit = udp::reply_limit(request.envelope.as_ref(), self.limits.udp_reply);
+        if proven {
+            limit
+        } else {
+            limit.min(udp::AMPLIFICATION * size)
         }
     }
 
@@ -555,13 +622,13 @@ impl Server {
         );
         // Later sites first, so that earlier offsets in the same buffer stay valid.
         for site in acks.iter().rev() {
-            let (buf, at) = match *site {
+            let (buf, at, limit) = match *site {
                 AckSite::Tcp { key, at } => match self.conns.get_mut(key) {
-                    Some(conn) => (&mut conn.out.buf, at),
+                    Some(conn) => (&mut conn.out.buf, at, usize::MAX),
                     None => continue,
                 },
-                AckSite::Udp { slot, at } => match self.udp.queue.get_mut(slot) {
-                    Some((_, reply)) => (reply, at),
+                AckSite::Udp { slot, at, limit } => match self.udp.queue.get_mut(slot) {
+                    Some((_, reply)) => (reply, at, limit),
                     None => continue,
                 },
             };
@@ -570,6 +637,12 @@ impl Server {
                 .position(|&b| b == b'\n')
                 .map_or(buf.len(), |i| at + i + 1);
             buf.splice(at..end, line.iter().copied());
+            if buf.len() > limit {
+                // An amplification-limited datagram: the short form, cut if need be.
+                buf.truncate(at);
+                buf.extend_from_slice(b"err io\n");
+                buf.truncate(limit);
+            }
         }
     }
 
@@ -614,8 +687,11 @@ impl Server {
             return;
         }
         let queued = conn.out.queued();
+        if queued < before || queued == 0 {
+            conn.last_sent = Instant::now();
+        }
         if queued < before {
-            conn.last_active = Instant::now();
+            conn.last_active = conn.last_sent;
         }
         let streaming = matches!(conn.mode, Mode::Streaming(_) | Mode::Following { .. });
         if queued == 0 && conn.closing && !streaming {
@@ -654,18 +730,24 @@ impl Server {
         }
     }
 
+    /// Closes connections idle too long, and those that have not read
+    /// their replies for too long (followers have their own bound).
     fn sweep_idle(&mut self, now: Instant) {
-        let idle = self.limits.idle_timeout;
+        let (idle, send) = (self.limits.idle_timeout, self.limits.send_timeout);
         for (key, conn) in self.conns.iter_mut() {
-            let following = matches!(conn.mode, Mode::Following { .. });
-            if conn.dead || following || now.duration_since(conn.last_active) < idle {
+            if conn.dead || matches!(conn.mode, Mode::Following { .. }) {
                 continue;
             }
-            protocol::push_error(
-                &mut conn.out.buf,
-                "idle",
-                &format_args!("no traffic for {} s; closing", idle.as_secs()),
-            );
+            let idle_for = now.duration_since(conn.last_active);
+            let unread_for = now.duration_since(conn.last_sent);
+            let reason = if conn.out.queued() > 0 && unread_for >= send {
+                format!("replies unread for {} s; closing", send.as_secs())
+            } else if idle_for >= idle {
+                format!("no traffic for {} s; closing", idle.as_secs())
+            } else {
+                continue;
+            };
+            protocol::push_error(&mut conn.out.buf, "idle", &reason);
             conn.closing = true;
             conn.mode = Mode::Requests;
             // One last try to say why; a client that never reads will not see it.

@@ -12,11 +12,19 @@ use std::time::Instant;
 /// Where a request came from, as far as the reply's shape is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
-    /// One datagram answers; `raw` when the request had no `/id` envelope.
-    Udp { limit: usize, raw: bool },
+    /// One datagram answers, of at most `limit` bytes; `raw` when the
+    /// request had no `/id` envelope; `cookie` is the source's address cookie.
+    Udp {
+        limit: usize,
+        raw: bool,
+        cookie: Cookie,
+    },
     /// A stream: replies of any size, sent as the client reads them.
     Tcp,
 }
+
+/// A UDP address cookie, as the hex text sent to the client.
+pub type Cookie = [u8; 16];
 
 /// What the transport must do after [`Handler::handle`].
 #[derive(Debug)]
@@ -101,16 +109,19 @@ impl Handler {
             }
             Ok(command) => self.run(command, transport, start, out),
         };
-        if let Transport::Udp { limit, .. } = transport {
-            let is_ack = matches!(outcome, Outcome::Wrote { .. });
-            if out.len() - start > limit && !is_ack {
-                match tag {
-                    Some(tag) => {
-                        out.truncate(start);
-                        protocol::push_truncated(out, tag);
-                    }
-                    None => cut_to_limit(out, start, limit),
+        if let Transport::Udp { limit, .. } = transport
+            && out.len() - start > limit
+        {
+            match (&outcome, tag) {
+                // The entry is stored either way: say so in as few bytes as needed.
+                (Outcome::Wrote { id, ack_at }, _) => {
+                    shorten_ack(out, *ack_at, *id, limit - (ack_at - start))
                 }
+                (_, Some(tag)) => {
+                    out.truncate(start);
+                    protocol::push_truncated(out, tag);
+                }
+                (_, None) => cut_to_limit(out, start, limit),
             }
         }
         outcome
@@ -149,6 +160,21 @@ impl Handler {
                 self.push_stats(out);
                 Outcome::Replied
             }
+            Command::Cookie => {
+                match transport {
+                    Transport::Udp { cookie, .. } => {
+                        out.extend_from_slice(b"cookie ");
+                        out.extend_from_slice(&cookie);
+                        out.push(b'\n');
+                    }
+                    Transport::Tcp => protocol::push_error(
+                        out,
+                        "udp-only",
+                        &"/cookie is for UDP; over TCP replies have no size limit",
+                    ),
+                }
+                Outcome::Replied
+            }
             Command::Follow { after } => {
                 if tcp {
                     Outcome::Follow { after: *after }
@@ -169,11 +195,15 @@ impl Handler {
                 }
                 let result = match transport {
                     Transport::Tcp => self.cursor(query).map(Outcome::Stream),
-                    Transport::Udp { limit, raw: true } => {
+                    Transport::Udp {
+                        limit, raw: true, ..
+                    } => {
                         let room = limit.saturating_sub(out.len() - start);
                         self.fit_newest(query, room, out).map(|()| Outcome::Replied)
                     }
-                    Transport::Udp { limit, raw: false } => self.cursor(query).and_then(|mut c| {
+                    Transport::Udp {
+                        limit, raw: false, ..
+                    } => self.cursor(query).and_then(|mut c| {
                         // One byte over the limit is enough to know it does not fit.
                         let room = (limit + 1).saturating_sub(out.len() - start);
                         self.fill(&mut c, out, room)?;
@@ -373,6 +403,21 @@ fn line_contains(line: &[u8], words: &str) -> bool {
         line.text().contains(words)
     } else {
         line.escaped_text.contains(words)
+    }
+}
+
+/// Replaces the `ok ID TIME` line at `at` with `ok ID`, or `ok`, whichever
+/// fits in `room` bytes.
+fn shorten_ack(out: &mut Vec<u8>, at: usize, id: u64, room: usize) {
+    out.truncate(at);
+    let mut digits = itoa::Buffer::new();
+    let id = digits.format(id);
+    if 4 + id.len() <= room {
+        out.extend_from_slice(b"ok ");
+        out.extend_from_slice(id.as_bytes());
+        out.push(b'\n');
+    } else {
+        out.extend_from_slice(&b"ok\n"[..room.min(3)]);
     }
 }
 

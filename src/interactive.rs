@@ -184,6 +184,7 @@ fn print_reply(reply: Reply) {
             }
         }
         Reply::Bye => println!("bye"),
+        Reply::Cookie(cookie) => println!("cookie {cookie}"),
         Reply::Refused { code, message } => println!("  not stored ({code}): {message}"),
     }
 }

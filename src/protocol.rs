@@ -30,6 +30,8 @@ pub enum Command<'a> {
         after: u64,
     },
     Stats,
+    /// UDP: a cookie proving the source address, for replies over 3x the request.
+    Cookie,
 }
 
 /// Which entries `/past` selects: those after `since`, containing `grep`,
@@ -224,6 +226,7 @@ fn parse_command(raw: &[u8], max_entry: usize) -> Result<Command<'_>, RequestErr
         "help" => no_args(Command::Help),
         "quit" => no_args(Command::Quit),
         "stats" => no_args(Command::Stats),
+        "cookie" => no_args(Command::Cookie),
         "follow" => parse_follow(args),
         _ => Err(RequestError::UnknownCommand(format!("/{name}"))),
     }
@@ -378,6 +381,7 @@ diary: every line you send is stored as an entry and answered with \"ok ID TIME\
   /write TEXT            store TEXT even if it looks like a command
   /follow [since ID]     (TCP) entries after ID, then new ones as they come
   /stats                 server figures
+  /cookie                (UDP) proof of your address, for large UDP replies
   /help  /quit           same as h and e
 Entry lines are ID<TAB>TIME<TAB>TEXT; \\n \\t \\\\ in TEXT stand for newline, tab, backslash.
 Multi-line replies end with a line \"end\"; errors are \"err CODE REASON\".

@@ -200,6 +200,8 @@ pub struct Conn {
     pub stalled: bool,
     pub writable_interest: bool,
     pub last_active: Instant,
+    /// When the output queue was last empty or last made progress.
+    pub last_sent: Instant,
 }
 
 impl Conn {
@@ -215,6 +217,7 @@ impl Conn {
             stalled: false,
             writable_interest: false,
             last_active: Instant::now(),
+            last_sent: Instant::now(),
         }
     }
 }

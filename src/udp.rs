@@ -2,11 +2,12 @@
 //! replies waiting for the socket, and the memory of recent tagged writes
 //! that makes a retried write answer again instead of storing twice.
 
+use crate::handler::Cookie;
 use crate::protocol::Envelope;
 use mio::net::UdpSocket;
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// Largest reply to a datagram without an `/id` envelope: the seed's client
@@ -97,6 +98,58 @@ impl ReplayMemory {
 
     pub fn is_empty(&self) -> bool {
         self.replies.is_empty()
+    }
+}
+
+/// A reply to an unproven source outside loopback is at most this many
+/// times its request (QUIC's anti-amplification rule).
+pub const AMPLIFICATION: usize = 3;
+
+/// Address cookies: a keyed hash of the source IP and the current
+/// ten-minute epoch. Holding one proves the source receives what is sent to
+/// it, so replies to it may exceed [`AMPLIFICATION`] times the request.
+pub struct CookieJar {
+    key: std::hash::RandomState,
+    started: Instant,
+}
+
+impl Default for CookieJar {
+    fn default() -> CookieJar {
+        CookieJar {
+            key: std::hash::RandomState::new(),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl CookieJar {
+    const EPOCH: Duration = Duration::from_secs(600);
+
+    fn epoch(&self, now: Instant) -> u64 {
+        (now.duration_since(self.started).as_secs() / Self::EPOCH.as_secs()) + 1
+    }
+
+    fn make(&self, ip: IpAddr, epoch: u64) -> Cookie {
+        use std::hash::BuildHasher;
+        let hash = self.key.hash_one((ip, epoch));
+        let mut cookie = [0u8; 16];
+        for (i, byte) in cookie.iter_mut().enumerate() {
+            *byte = b"0123456789abcdef"[((hash >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        cookie
+    }
+
+    /// The cookie for `ip` now.
+    pub fn issue(&self, ip: IpAddr, now: Instant) -> Cookie {
+        self.make(ip, self.epoch(now))
+    }
+
+    /// Whether `cookie` was issued to `ip` in this epoch or the one before.
+    pub fn check(&self, ip: IpAddr, cookie: &str, now: Instant) -> bool {
+        let epoch = self.epoch(now);
+        [epoch, epoch - 1]
+            .iter()
+            .any(|&e| self.make(ip, e).as_slice() == cookie.as_bytes())
     }
 }
 
@@ -201,6 +254,25 @@ impl UdpEndpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cookies_are_bound_to_the_address_and_expire() {
+        let jar = CookieJar::default();
+        let now = Instant::now();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let cookie = jar.issue(a, now);
+        let text = std::str::from_utf8(&cookie).unwrap();
+        assert!(jar.check(a, text, now));
+        assert!(jar.check(a, text, now + CookieJar::EPOCH));
+        assert!(!jar.check(a, text, now + CookieJar::EPOCH * 2), "expires");
+        assert!(!jar.check(b, text, now), "bound to its address");
+        assert!(!jar.check(a, "0123456789abcdef", now));
+        assert!(
+            !CookieJar::default().check(a, text, now),
+            "bound to the server's key"
+        );
+    }
 
     #[test]
     fn one_trailing_newline_is_framing() {

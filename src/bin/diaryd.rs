@@ -47,6 +47,10 @@ struct Args {
     #[arg(long, default_value_t = Limits::default().idle_timeout.as_secs())]
     idle_timeout: u64,
 
+    /// Seconds a client may leave its replies unread before it is closed.
+    #[arg(long, default_value_t = Limits::default().send_timeout.as_secs())]
+    send_timeout: u64,
+
     /// Tagged UDP writes remembered so that a retry is answered, not stored twice.
     #[arg(long, default_value_t = Limits::default().replay_memory)]
     replay_memory: usize,
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
         max_connections: args.max_connections,
         max_output: args.max_output.max(1024),
         idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+        send_timeout: Duration::from_secs(args.send_timeout.max(1)),
         replay_memory: args.replay_memory,
         udp_reply: args.udp_reply,
         follow_backlog: args.follow_backlog,
@@ -100,6 +105,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = server.stop_on_signals() {
+        eprintln!("diaryd: cannot handle SIGINT/SIGTERM: {e}");
+        return ExitCode::from(1);
+    }
+    raise_open_files_limit(args.max_connections);
     let path = std::fs::canonicalize(&args.file).unwrap_or(args.file.clone());
     println!(
         "diaryd: listening on {} (UDP and TCP), writing {} ({} entries, fsync {:?})",
@@ -109,10 +119,48 @@ fn main() -> ExitCode {
         args.fsync
     );
     match server.run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            eprintln!(
+                "diaryd: stopped; everything acknowledged is in {}",
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("diaryd: event loop failed: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Each connection is a file descriptor: lift the soft limit to the hard one
+/// (as nginx and Redis do) and say so if that is still below the connection limit.
+fn raise_open_files_limit(max_connections: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    let wanted = max_connections as u64 + 64;
+    if limit.rlim_cur < wanted {
+        eprintln!(
+            "diaryd: warning: only {} open files allowed (ulimit -n); \
+             --max-connections {max_connections} needs about {wanted}",
+            limit.rlim_cur
+        );
     }
 }
