@@ -1,0 +1,13 @@
+//! Fuzzes the store's line decoder: it may refuse a line but never panic,
+//! and a line it accepts encodes back to exactly the same bytes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(line) = diary::entry::decode_line(data) {
+        let mut again = Vec::new();
+        diary::entry::encode_line(line.id, line.timestamp, &line.text(), &mut again);
+        assert_eq!(&again[..again.len() - 1], data);
+    }
+});
