@@ -11,7 +11,7 @@
 use crate::handler::{Handler, Outcome, Transport};
 use crate::protocol::{self, Command, Request};
 use crate::store::Store;
-use crate::tcp::{Conn, Frame, Mode};
+use crate::tcp::{self, Conn, Frame, Mode};
 use crate::udp::{self, CookieJar, RecentSources, ReplayMemory, UdpEndpoint};
 use mio::net::{TcpListener, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -277,6 +277,9 @@ impl Server {
             self.last_sweep = now;
             self.sweep_idle(now);
             self.udp_sources.prune(now);
+            // An accept that failed (out of descriptors) left connections
+            // queued that will raise no new event; try them again.
+            self.accept();
         }
         self.flush();
         self.remove_dead();
@@ -818,7 +821,7 @@ fn reads_store(request: &Request) -> bool {
 fn bind_pair(addr: SocketAddr) -> io::Result<(TcpListener, UdpSocket)> {
     let mut last_err = None;
     for _ in 0..16 {
-        let listener = TcpListener::bind(addr)?;
+        let listener = tcp::listen(addr)?;
         let port = listener.local_addr()?.port();
         let mut udp_addr = addr;
         udp_addr.set_port(port);

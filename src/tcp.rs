@@ -12,6 +12,23 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Instant;
 
+/// Connections the kernel may hold for `accept` (capped by `somaxconn`).
+/// std and mio listen with 128, which a burst of clients overflows: the
+/// kernel then drops handshakes and those clients wait a second or more.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A non-blocking TCP listener on `addr` with a deep accept queue.
+pub fn listen(addr: SocketAddr) -> io::Result<mio::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // As mio does: a restarted server can bind while old connections linger.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(mio::net::TcpListener::from_std(socket.into()))
+}
+
 /// How much is read from a socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
 

@@ -33,22 +33,6 @@ fn entry_id(line: &str) -> u64 {
         .unwrap_or_else(|_| panic!("not an entry: {line:?}"))
 }
 
-fn stats(addr: SocketAddr) -> Vec<(String, u64)> {
-    let mut c = Tcp::connect(addr);
-    c.send("/stats");
-    c.until_end()
-        .into_iter()
-        .map(|l| {
-            let (k, v) = l.split_once(' ').unwrap();
-            (k.to_string(), v.parse().unwrap())
-        })
-        .collect()
-}
-
-fn figure(stats: &[(String, u64)], name: &str) -> u64 {
-    stats.iter().find(|(k, _)| k == name).unwrap().1
-}
-
 #[test]
 fn three_followers_see_every_entry_once_in_order() {
     let server = TestServer::start();

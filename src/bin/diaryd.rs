@@ -59,6 +59,11 @@ struct Args {
     #[arg(long, default_value_t = Limits::default().udp_reply)]
     udp_reply: usize,
 
+    /// UDP replies waiting for the socket to take them; beyond it replies
+    /// are dropped (the client retries).
+    #[arg(long, default_value_t = Limits::default().udp_queue)]
+    udp_queue: usize,
+
     /// Bytes a follower may fall behind before it is told where to resume
     /// and closed (at least twice --max-entry).
     #[arg(long, default_value_t = Limits::default().follow_backlog)]
@@ -91,6 +96,7 @@ fn main() -> ExitCode {
         send_timeout: Duration::from_secs(args.send_timeout.max(1)),
         replay_memory: args.replay_memory,
         udp_reply: args.udp_reply,
+        udp_queue: args.udp_queue.max(1),
         follow_backlog: args.follow_backlog,
         ..Limits::default()
     };

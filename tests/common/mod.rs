@@ -37,8 +37,19 @@ impl TestServer {
         limits: Limits,
         policy: FsyncPolicy,
     ) -> TestServer {
+        Self::start_listening(dir, path, "127.0.0.1:0".parse().unwrap(), limits, policy)
+    }
+
+    /// As [`TestServer::start_in`], on another address (a test namespace's).
+    pub fn start_listening(
+        dir: tempfile::TempDir,
+        path: PathBuf,
+        listen: SocketAddr,
+        limits: Limits,
+        policy: FsyncPolicy,
+    ) -> TestServer {
         let (store, _) = Store::open(&path, policy).unwrap();
-        let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), store, limits).unwrap();
+        let mut server = Server::bind(listen, store, limits).unwrap();
         let addr = server.local_addr();
         let stop = server.stop_handle();
         let thread = std::thread::spawn(move || server.run().unwrap());
@@ -196,6 +207,24 @@ pub fn ack_id(reply: &str) -> u64 {
     let mut words = reply.split(' ');
     assert_eq!(words.next(), Some("ok"), "not an ack: {reply:?}");
     words.next().unwrap().parse().unwrap()
+}
+
+/// The server's `/stats` figures, by name.
+pub fn stats(addr: SocketAddr) -> Vec<(String, u64)> {
+    let mut c = Tcp::connect(addr);
+    c.send("/stats");
+    c.until_end()
+        .into_iter()
+        .map(|l| {
+            let (k, v) = l.split_once(' ').unwrap();
+            (k.to_string(), v.parse().unwrap())
+        })
+        .collect()
+}
+
+/// One figure from [`stats`].
+pub fn figure(stats: &[(String, u64)], name: &str) -> u64 {
+    stats.iter().find(|(k, _)| k == name).unwrap().1
 }
 
 /// A seed-style exchange: one datagram out, one reply read with a 1024-byte buffer.
