@@ -53,6 +53,14 @@ impl fmt::Display for LineError {
 /// Appends `text` with backslash, newline, tab and carriage return escaped.
 pub fn escape_into(text: &str, out: &mut Vec<u8>) {
     let bytes = text.as_bytes();
+    // Most texts need no escape: one pass the compiler can vectorize.
+    if bytes
+        .iter()
+        .fold(true, |ok, &b| ok & (b >= 0x20 && b != b'\\'))
+    {
+        out.extend_from_slice(bytes);
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let escaped: &[u8] = match b {

@@ -178,9 +178,41 @@ fn split_envelope(raw: &[u8]) -> Result<(Option<Envelope<'_>>, &[u8]), RequestEr
     Ok((Some(envelope), body))
 }
 
+/// Whether a request reads the store. Those must see every write before
+/// them, so a pending batch is committed first.
+pub fn reads_store(request: &Request) -> bool {
+    matches!(
+        request.command,
+        Ok(Command::Past { .. } | Command::Stats | Command::Follow { .. })
+    )
+}
+
+/// Whether the request in `raw` might read the store (`p`, `/past`,
+/// `/stats`, `/follow`), judged from its first bytes without parsing it.
+/// It may say yes to a request that turns out to be malformed, never no to
+/// one that reads: the caller commits pending writes first when it says yes.
+pub fn may_read_store(raw: &[u8]) -> bool {
+    let body = match raw.strip_prefix(b"/id ") {
+        // The body follows the envelope's words; any of them may be it.
+        Some(rest) => return rest.split(|&b| b == b' ').any(may_read_store),
+        None => raw,
+    };
+    body == b"p"
+        || [&b"/past"[..], b"/stats", b"/follow"]
+            .iter()
+            .any(|name| body.starts_with(name))
+}
+
 /// Checks that `raw` is text a diary can hold: UTF-8 without control bytes
 /// other than tab and newline.
 pub fn check_text(raw: &[u8]) -> Result<&str, RequestError> {
+    // Most lines are printable ASCII: one pass the compiler can vectorize.
+    if raw
+        .iter()
+        .fold(true, |ok, &b| ok & (b.wrapping_sub(0x20) < 0x5f))
+    {
+        return Ok(std::str::from_utf8(raw).expect("printable ASCII is UTF-8"));
+    }
     let text = std::str::from_utf8(raw).map_err(|e| RequestError::InvalidUtf8 {
         at: e.valid_up_to(),
     })?;

@@ -96,6 +96,8 @@ pub struct Store {
     /// Written but not yet `fdatasync`ed (policy `interval`).
     unsynced_since: Option<Instant>,
     cached_stamp: (i64, String),
+    /// The time of the batch being built, read at its first append.
+    batch_clock: Option<i64>,
 }
 
 impl Store {
@@ -126,6 +128,7 @@ impl Store {
             pending: Vec::with_capacity(64 * 1024),
             unsynced_since: None,
             cached_stamp: (i64::MIN, String::new()),
+            batch_clock: None,
         };
         let recovery = store.load()?;
         Ok((store, recovery))
@@ -196,9 +199,12 @@ impl Store {
     /// Buffers a new entry; it is stored by the next [`Store::commit`].
     /// Returns its id and timestamp.
     pub fn append(&mut self, text: &str) -> (u64, &str) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        // One clock read per batch: its entries are stored together anyway.
+        let now = *self.batch_clock.get_or_insert_with(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64)
+        });
         let millis = now.max(self.millis.last().copied().unwrap_or(i64::MIN));
         if self.cached_stamp.0 != millis {
             self.cached_stamp = (millis, entry::format_timestamp(millis));
@@ -218,6 +224,7 @@ impl Store {
     /// Writes the buffered entries with one `write`, and flushes them as the
     /// policy says. On failure the batch is forgotten and the file cut back.
     pub fn commit(&mut self) -> Result<(), CommitError> {
+        self.batch_clock = None;
         if self.pending.is_empty() {
             return Ok(());
         }

@@ -31,6 +31,9 @@ pub fn listen(addr: SocketAddr) -> io::Result<mio::net::TcpListener> {
 
 /// How much is read from a socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
+/// A drained buffer bigger than this is released rather than kept for the
+/// connection's next burst, so that many quiet connections stay small.
+const RETAINED: usize = 64 * 1024;
 
 /// One complete request line, or the news that a line was too long.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +47,10 @@ pub enum Frame {
 /// Splits a byte stream into lines of at most `max_line` bytes.
 #[derive(Debug)]
 pub struct LineFramer {
+    /// Allocated (and zeroed) only once the client sends something, then
+    /// read into directly: `buf[..end]` holds data, the rest is room.
     buf: Vec<u8>,
+    end: usize,
     /// Start of the first unconsumed byte.
     start: usize,
     /// Bytes before this (from `start`) are known to hold no newline.
@@ -52,42 +58,72 @@ pub struct LineFramer {
     /// Inside a too-long line: drop bytes until its newline.
     discarding: bool,
     max_line: usize,
+    left_room: bool,
 }
 
 impl LineFramer {
     pub fn new(max_line: usize) -> LineFramer {
         LineFramer {
             buf: Vec::new(),
+            end: 0,
             start: 0,
             scanned: 0,
             discarding: false,
             max_line,
+            left_room: false,
         }
     }
 
     /// Reads once from `src` into the buffer. `Ok(0)` is end of stream.
+    ///
+    /// A connection that has never sent anything is read through a scratch
+    /// buffer on the stack, so an idle connection holds no buffer at all.
     pub fn read_from(&mut self, src: &mut impl Read) -> io::Result<usize> {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
-            self.scanned = 0;
+        if self.start == self.end {
             self.start = 0;
-        } else if self.start > self.buf.capacity() / 2 {
-            self.buf.drain(..self.start);
+            self.end = 0;
+            self.scanned = 0;
+            if self.buf.len() > RETAINED {
+                self.buf = Vec::new();
+            }
+        } else if self.start > self.buf.len() / 2 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.scanned -= self.start;
             self.start = 0;
         }
-        let old = self.buf.len();
-        self.buf.resize(old + READ_CHUNK, 0);
-        let result = src.read(&mut self.buf[old..]);
-        self.buf.truncate(old + *result.as_ref().unwrap_or(&0));
-        result
+        if self.buf.is_empty() {
+            let mut scratch = [0u8; READ_CHUNK];
+            let n = src.read(&mut scratch)?;
+            if n > 0 {
+                self.buf = vec![0; READ_CHUNK];
+                self.buf[..n].copy_from_slice(&scratch[..n]);
+                self.end = n;
+            }
+            self.left_room = n < READ_CHUNK;
+            return Ok(n);
+        }
+        if self.buf.len() - self.end < READ_CHUNK / 4 {
+            let grown = (self.buf.len() * 2).max(self.end + READ_CHUNK);
+            self.buf.resize(grown, 0);
+        }
+        let n = src.read(&mut self.buf[self.end..])?;
+        self.end += n;
+        self.left_room = self.end < self.buf.len();
+        Ok(n)
+    }
+
+    /// Whether the last read took less than it was offered (the source had
+    /// no more at that moment).
+    pub fn read_left_room(&self) -> bool {
+        self.left_room
     }
 
     /// The next complete line (or too-long report), without consuming it.
     pub fn peek(&mut self) -> Option<Frame> {
         loop {
-            let pending = &self.buf[self.scanned..];
-            match pending.iter().position(|&b| b == b'\n') {
+            let pending = &self.buf[self.scanned..self.end];
+            match memchr::memchr(b'\n', pending) {
                 Some(i) => {
                     let newline = self.scanned + i;
                     if self.discarding {
@@ -110,13 +146,13 @@ impl LineFramer {
                     return Some(Frame::Line(self.start..end));
                 }
                 None => {
-                    self.scanned = self.buf.len();
+                    self.scanned = self.end;
                     if self.discarding {
-                        self.start = self.buf.len();
+                        self.start = self.end;
                         return None;
                     }
-                    if self.buf.len() - self.start > self.max_line + 1 {
-                        self.start = self.buf.len();
+                    if self.end - self.start > self.max_line + 1 {
+                        self.start = self.end;
                         self.scanned = self.start;
                         self.discarding = true;
                         return Some(Frame::TooLong);
@@ -130,13 +166,9 @@ impl LineFramer {
     /// Consumes the frame [`LineFramer::peek`] returned.
     pub fn consume(&mut self, frame: &Frame) {
         if let Frame::Line(range) = frame {
-            self.start = range.end;
             // Skip the line ending (`\r\n` or `\n`).
-            let newline = self.buf[self.start..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(self.buf.len(), |i| self.start + i + 1);
-            self.start = newline;
+            self.start = memchr::memchr(b'\n', &self.buf[range.end..self.end])
+                .map_or(self.end, |i| range.end + i + 1);
             self.scanned = self.start;
         }
     }
@@ -147,7 +179,7 @@ impl LineFramer {
 
     /// Bytes of an unfinished line held in memory.
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.start
+        self.end - self.start
     }
 }
 
@@ -177,6 +209,9 @@ impl OutBuf {
         if self.sent == self.buf.len() {
             self.buf.clear();
             self.sent = 0;
+            if self.buf.capacity() > RETAINED {
+                self.buf = Vec::new();
+            }
         } else if self.sent > 64 * 1024 && self.sent > self.buf.len() / 2 {
             self.buf.drain(..self.sent);
             self.sent = 0;

@@ -89,11 +89,15 @@ proptest! {
     fn parse_never_panics_and_accepted_writes_are_storable(
         bytes in prop_oneof![
             prop::collection::vec(any::<u8>(), 0..300),
-            "(/id [a-z0-9]{1,4} (max=[0-9]{1,6} )?)?(/[a-z]{1,6}|p|h|e)?( [ -~日]{0,30})?"
+            "(/id [a-z0-9]{1,4} (max=[0-9]{1,6} )?(cookie=[0-9a-f]{1,4} )?)?(/[a-z]{1,6}|/past|/stats|/follow|p|h|e)?( [ -~日]{0,30})?"
                 .prop_map(String::into_bytes),
         ],
     ) {
         let request = protocol::parse(&bytes, 200);
+        // The loop's cheap test must never miss a request that reads.
+        if protocol::reads_store(&request) {
+            prop_assert!(protocol::may_read_store(&bytes));
+        }
         if let Ok(Command::Write(text)) = request.command {
             prop_assert!(!text.is_empty() && text.len() <= 200);
             prop_assert!(protocol::check_text(text.as_bytes()).is_ok());
