@@ -1,0 +1,100 @@
+//! The ceiling: a bare single-thread `mio` echo server on one port, UDP and
+//! TCP, with no parsing and no store. What it sustains under a load is what
+//! the loop and the kernel alone can do; diaryd's figures are given as a
+//! ratio to it.
+
+use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+
+const UDP: Token = Token(usize::MAX - 1);
+const LISTENER: Token = Token(usize::MAX - 2);
+
+struct Conn {
+    stream: TcpStream,
+    /// Bytes read and not yet written back.
+    pending: Vec<u8>,
+    sent: usize,
+}
+
+/// Binds UDP and TCP on `addr` (port 0: any free one, shared) and returns
+/// the address and a function that serves forever.
+pub fn bind(addr: SocketAddr) -> io::Result<(SocketAddr, impl FnOnce() -> io::Result<()>)> {
+    let mut listener = diary::tcp::listen(addr)?;
+    let local = listener.local_addr()?;
+    let mut udp = UdpSocket::bind(local)?;
+    let poll = Poll::new()?;
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    poll.registry()
+        .register(&mut udp, UDP, Interest::READABLE)?;
+    Ok((local, move || serve(poll, listener, udp)))
+}
+
+fn serve(mut poll: Poll, listener: TcpListener, udp: UdpSocket) -> io::Result<()> {
+    let mut events = Events::with_capacity(1024);
+    let mut conns: Slab<Conn> = Slab::new();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        poll.poll(&mut events, None)?;
+        for event in events.iter() {
+            match event.token() {
+                UDP => {
+                    // Echo every waiting datagram; one that the socket will
+                    // not take now is dropped, as a loaded server would.
+                    while let Ok((n, from)) = udp.recv_from(&mut buf) {
+                        let _ = udp.send_to(&buf[..n], from);
+                    }
+                }
+                LISTENER => {
+                    while let Ok((mut stream, _)) = listener.accept() {
+                        let _ = stream.set_nodelay(true);
+                        let entry = conns.vacant_entry();
+                        poll.registry().register(
+                            &mut stream,
+                            Token(entry.key()),
+                            Interest::READABLE | Interest::WRITABLE,
+                        )?;
+                        entry.insert(Conn {
+                            stream,
+                            pending: Vec::new(),
+                            sent: 0,
+                        });
+                    }
+                }
+                Token(key) => {
+                    if let Some(conn) = conns.get_mut(key)
+                        && !echo(conn, &mut buf)
+                    {
+                        let mut conn = conns.remove(key);
+                        let _ = poll.registry().deregister(&mut conn.stream);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads what the connection sent and writes it back, as far as the socket
+/// allows; false once the connection is finished.
+fn echo(conn: &mut Conn, buf: &mut [u8]) -> bool {
+    loop {
+        while conn.sent < conn.pending.len() {
+            match conn.stream.write(&conn.pending[conn.sent..]) {
+                Ok(n) => conn.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(_) => return false,
+            }
+        }
+        conn.pending.clear();
+        conn.sent = 0;
+        match conn.stream.read(buf) {
+            Ok(0) => return false,
+            Ok(n) => conn.pending.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        }
+    }
+}

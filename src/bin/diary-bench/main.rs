@@ -1,0 +1,334 @@
+//! `diary-bench`: load generator and benchmarks for diaryd, with a bare mio
+//! echo server as the ceiling, so figures are ratios measured in one run.
+//! BENCHMARKS.md says which command gives which figure.
+
+mod echo;
+mod history;
+mod load;
+mod target;
+
+use clap::{Args, Parser, Subcommand};
+use load::{Load, Proto, Report};
+use serde::Serialize;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use target::Target;
+
+/// Load generator and benchmarks for diaryd.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+    /// Print one JSON object instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Drive a load at a running server.
+    Load {
+        /// The server to load.
+        #[arg(long, default_value = "127.0.0.1:8888")]
+        server: SocketAddr,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+    /// Run the same load at a baseline and at diaryd, each spawned here on a
+    /// fresh diary, and print both and their ratio.
+    Compare {
+        #[command(flatten)]
+        load: LoadArgs,
+        /// diaryd's --fsync.
+        #[arg(long, default_value = "never")]
+        fsync: String,
+        /// The baseline: the bare echo server (`echo`) or diaryd with
+        /// another --fsync (`always`, `interval`, `never`).
+        #[arg(long, default_value = "echo")]
+        baseline: String,
+        /// Runs of each, alternating; the medians are compared, so that a
+        /// noisy moment on a shared machine moves one run, not the figure.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// Resident memory diaryd needs per idle TCP connection.
+    Idle {
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+    },
+    /// `/past 100` cost and startup time on a small and a large diary.
+    History {
+        #[arg(long, default_value_t = 1_000)]
+        small: u64,
+        #[arg(long, default_value_t = 1_000_000)]
+        large: u64,
+        /// `/past 100` requests timed on each.
+        #[arg(long, default_value_t = 2_000)]
+        requests: usize,
+    },
+    /// Run the bare echo server (UDP and TCP on one port) until killed.
+    Echo {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Args, Debug)]
+struct LoadArgs {
+    #[arg(long, value_enum, default_value_t = Proto::Udp)]
+    proto: Proto,
+    /// Concurrent clients (UDP sockets or TCP connections).
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Writes each client keeps in flight.
+    #[arg(long, default_value_t = 8)]
+    depth: usize,
+    /// Bytes of text per entry.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Seconds to measure.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Stop after this many replies instead (within --duration).
+    #[arg(long)]
+    count: Option<u64>,
+    /// Seconds of load before measuring starts.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+}
+
+impl LoadArgs {
+    fn load(&self) -> Load {
+        Load {
+            proto: self.proto,
+            clients: self.clients.max(1),
+            depth: self.depth.max(1),
+            size: self.size,
+            duration: Duration::from_secs_f64(self.duration),
+            count: self.count,
+            warmup: Duration::from_secs_f64(self.warmup),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Echo { listen } => run_echo(listen),
+        Cmd::Load { server, load } => {
+            let load = load.load();
+            load.run(server, &|| None).map(|report| {
+                print(cli.json, &report, || describe("server", &report));
+            })
+        }
+        Cmd::Compare {
+            load,
+            fsync,
+            baseline,
+            rounds,
+        } => compare(&load.load(), &fsync, &baseline, rounds.max(1), cli.json),
+        Cmd::Idle { connections } => idle(connections, cli.json),
+        Cmd::History {
+            small,
+            large,
+            requests,
+        } => history::run(small, large, requests).map(|r| print(cli.json, &r, || r.describe())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("diary-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {
+    if json {
+        println!("{}", serde_json::to_string(value).expect("plain data"));
+    } else {
+        print!("{}", text());
+    }
+}
+
+fn run_echo(listen: SocketAddr) -> io::Result<()> {
+    let (addr, serve) = echo::bind(listen)?;
+    println!("diary-bench echo: listening on {addr} (UDP and TCP)");
+    io::stdout().flush()?;
+    serve()
+}
+
+fn describe(name: &str, r: &Report) -> String {
+    let cpu = match (r.server_cpu_us_per_reply, r.server_cores) {
+        (Some(us), Some(cores)) => format!(", server CPU {us:.2} µs/reply ({cores:.2} cores)"),
+        _ => String::new(),
+    };
+    format!(
+        "{name:<22} {:>10.0} replies/s  p50 {:>7.0} µs  p99 {:>7.0} µs  p99.9 {:>7.0} µs  \
+         ({} replies in {:.1} s, {} errors, {} retries{cpu})\n",
+        r.per_second, r.p50_us, r.p99_us, r.p999_us, r.completed, r.seconds, r.errors, r.retries
+    )
+}
+
+#[derive(Serialize)]
+struct Comparison {
+    load: Load,
+    baseline_name: String,
+    diaryd_fsync: String,
+    /// The median run of each (by throughput).
+    baseline: Report,
+    diaryd: Report,
+    /// diaryd's median throughput over the baseline's.
+    ratio: f64,
+    /// Each round's ratio, in order.
+    round_ratios: Vec<f64>,
+}
+
+fn spawn(name: &str) -> io::Result<Target> {
+    match name {
+        "echo" => Target::echo(),
+        fsync => Target::diaryd(fsync, &[]),
+    }
+}
+
+fn median(mut runs: Vec<Report>) -> Report {
+    runs.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
+    runs.swap_remove(runs.len() / 2)
+}
+
+fn compare(load: &Load, fsync: &str, baseline: &str, rounds: usize, json: bool) -> io::Result<()> {
+    let measure = |name: &str| -> io::Result<Report> {
+        let target = spawn(name)?;
+        let report = load.run(target.addr, &|| target.cpu_seconds())?;
+        if report.completed == 0 {
+            return Err(io::Error::other(format!("{name}: no request completed")));
+        }
+        Ok(report)
+    };
+    let (mut baselines, mut diaryds, mut round_ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let b = measure(baseline)?;
+        let d = measure(fsync)?;
+        round_ratios.push(d.per_second / b.per_second);
+        baselines.push(b);
+        diaryds.push(d);
+    }
+    let baseline_name = match baseline {
+        "echo" => "echo (bare mio loop)".to_string(),
+        fsync => format!("diaryd --fsync {fsync}"),
+    };
+    let (b, d) = (median(baselines), median(diaryds));
+    let result = Comparison {
+        load: load.clone(),
+        ratio: d.per_second / b.per_second,
+        baseline_name,
+        diaryd_fsync: fsync.to_string(),
+        baseline: b,
+        diaryd: d,
+        round_ratios,
+    };
+    print(json, &result, || {
+        let rounds: Vec<String> = result
+            .round_ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect();
+        format!(
+            "{:?} writes: {} clients x {} in flight, {}-byte entries; median of {rounds_n} runs each\n{}{}ratio {:.2} (rounds: {})\n",
+            load.proto,
+            load.clients,
+            load.depth,
+            load.size,
+            describe(&result.baseline_name, &result.baseline),
+            describe(&format!("diaryd --fsync {fsync}"), &result.diaryd),
+            result.ratio,
+            rounds.join(" "),
+            rounds_n = result.round_ratios.len(),
+        )
+    });
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct IdleReport {
+    connections: usize,
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+    bytes_per_connection: f64,
+}
+
+/// Raises this process's open-file limit to the hard limit.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only touch the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// Connections the server counts (the asking one not included).
+fn tcp_clients(addr: SocketAddr) -> io::Result<u64> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.write_all(b"/stats\n")?;
+    for line in BufReader::new(stream).lines() {
+        let line = line?;
+        if let Some(n) = line.strip_prefix("tcp_clients ") {
+            return n.parse::<u64>().map(|n| n - 1).map_err(io::Error::other);
+        }
+    }
+    Err(io::Error::other("no tcp_clients in /stats"))
+}
+
+fn idle(connections: usize, json: bool) -> io::Result<()> {
+    raise_fd_limit();
+    // Room for the idle ones and the connection asking for /stats.
+    let max = (connections + 16).to_string();
+    let target = Target::diaryd("never", &["--max-connections", &max])?;
+    // One exchange first, so that what every server allocates once is in the baseline.
+    tcp_clients(target.addr)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let before = target
+        .rss_kib()
+        .ok_or_else(|| io::Error::other("no VmRSS"))?;
+    let mut open = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        open.push(TcpStream::connect(target.addr)?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tcp_clients(target.addr)? < connections as u64 {
+        if Instant::now() > deadline {
+            return Err(io::Error::other(
+                "the server did not accept every connection",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after = target
+        .rss_kib()
+        .ok_or_else(|| io::Error::other("no VmRSS"))?;
+    let report = IdleReport {
+        connections,
+        rss_before_kib: before,
+        rss_after_kib: after,
+        bytes_per_connection: (after.saturating_sub(before) * 1024) as f64 / connections as f64,
+    };
+    print(json, &report, || {
+        format!(
+            "{} idle TCP connections: diaryd RSS {} KiB -> {} KiB, {:.0} bytes per connection\n",
+            report.connections,
+            report.rss_before_kib,
+            report.rss_after_kib,
+            report.bytes_per_connection
+        )
+    });
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! The servers a benchmark runs against, as child processes on port 0:
+//! `diaryd` (from the same build as this binary) or the bare echo server.
+//! Each is watched through /proc for its CPU time and resident memory.
+
+use std::io::{self, BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Target {
+    child: Child,
+    pub addr: SocketAddr,
+    /// How long from spawn to its "listening on" line.
+    pub startup: Duration,
+    /// Where a spawned diaryd keeps its diary (removed on drop).
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// A binary built alongside this one.
+fn sibling(name: &str) -> io::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    Ok(me.with_file_name(name))
+}
+
+impl Target {
+    /// diaryd with `--fsync fsync` (and `extra` options) on a fresh diary
+    /// in a temporary directory.
+    pub fn diaryd(fsync: &str, extra: &[&str]) -> io::Result<Target> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("diary.log");
+        let mut target = Self::diaryd_on(&file, fsync, extra)?;
+        target._dir = Some(dir);
+        Ok(target)
+    }
+
+    /// diaryd on an existing diary file.
+    pub fn diaryd_on(file: &Path, fsync: &str, extra: &[&str]) -> io::Result<Target> {
+        let mut command = Command::new(sibling("diaryd")?);
+        command
+            .args(["--listen", "127.0.0.1:0", "--fsync", fsync, "--file"])
+            .arg(file)
+            .args(extra);
+        Self::spawn(command)
+    }
+
+    /// The bare echo server (`diary-bench echo`).
+    pub fn echo() -> io::Result<Target> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command.args(["echo", "--listen", "127.0.0.1:0"]);
+        Self::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> io::Result<Target> {
+        let started = Instant::now();
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+        let startup = started.elapsed();
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok());
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            return Err(io::Error::other(format!(
+                "{command:?} did not start (said {line:?})"
+            )));
+        };
+        Ok(Target {
+            child,
+            addr,
+            startup,
+            _dir: None,
+        })
+    }
+
+    /// User plus system CPU seconds the server has used so far.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Fields after the command name, which is in parentheses.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // SAFETY: sysconf only reads a constant.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        Some(ticks as f64 / per_second as f64)
+    }
+
+    /// Resident memory in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
