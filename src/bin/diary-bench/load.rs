@@ -34,11 +34,17 @@ pub struct Load {
     /// Bytes of entry text per write.
     pub size: usize,
     /// How long to measure (after the warmup), unless `count` comes first.
+    #[serde(serialize_with = "as_seconds")]
     pub duration: Duration,
     /// Stop after this many measured replies.
     pub count: Option<u64>,
     /// Replies before this are not measured.
+    #[serde(serialize_with = "as_seconds")]
     pub warmup: Duration,
+}
+
+fn as_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
 }
 
 /// What a load measured.
