@@ -461,15 +461,7 @@ impl Server {
         match self.handler.fill(cursor, &mut conn.out.buf, STREAM_FILL) {
             Ok(false) => {}
             Ok(true) => conn.mode = Mode::Requests,
-            Err(e) => {
-                protocol::push_error(
-                    &mut conn.out.buf,
-                    "io",
-                    &format_args!("cannot read the diary: {e}"),
-                );
-                conn.mode = Mode::Requests;
-                conn.closing = true;
-            }
+            Err(e) => end_with_read_error(conn, &e),
         }
     }
 
@@ -518,13 +510,7 @@ impl Server {
             .fill_follow(&mut cursor, &mut conn.out.buf, room);
         *next = cursor;
         if let Err(e) = result {
-            protocol::push_error(
-                &mut conn.out.buf,
-                "io",
-                &format_args!("cannot read the diary: {e}"),
-            );
-            conn.mode = Mode::Requests;
-            conn.closing = true;
+            end_with_read_error(conn, &e);
         }
         let peak = &mut self.handler.stats.follower_queue_peak;
         *peak = (*peak).max(conn.out.queued() as u64);
@@ -819,6 +805,18 @@ impl Server {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+}
+
+/// A streamed reply or follow that cannot read the diary says why and ends
+/// the connection.
+fn end_with_read_error(conn: &mut Conn, e: &io::Error) {
+    protocol::push_error(
+        &mut conn.out.buf,
+        "io",
+        &format_args!("cannot read the diary: {e}"),
+    );
+    conn.mode = Mode::Requests;
+    conn.closing = true;
 }
 
 /// Binds a TCP listener and a UDP socket on one port. With port 0 the
