@@ -6,16 +6,13 @@ mod common;
 use common::*;
 use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 fn diary(server: SocketAddr, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_diary"))
-        .arg("--server")
-        .arg(server.to_string())
-        .args(args)
+    let mut child = diary_command(server, args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -9,20 +9,11 @@ use diary::event_loop::Limits;
 use diary::store::FsyncPolicy;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 fn follower(addr: SocketAddr, request: &str) -> BufReader<TcpStream> {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    stream.write_all(format!("{request}\n").as_bytes()).unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut note = String::new();
-    reader.read_line(&mut note).unwrap();
-    assert!(note.starts_with("# following entries after "), "{note}");
-    reader
+    follower_on(TcpStream::connect(addr).unwrap(), request)
 }
 
 fn entry_id(line: &str) -> u64 {
@@ -206,7 +197,7 @@ fn follower_on(mut stream: TcpStream, request: &str) -> BufReader<TcpStream> {
     let mut reader = BufReader::new(stream);
     let mut note = String::new();
     reader.read_line(&mut note).unwrap();
-    assert!(note.starts_with("# following"));
+    assert!(note.starts_with("# following entries after "), "{note}");
     reader
 }
 
@@ -220,10 +211,7 @@ impl Drop for Spawned {
 }
 
 fn spawn_diary(server: SocketAddr, args: &[&str]) -> (Spawned, LineFeed) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_diary"))
-        .arg("--server")
-        .arg(server.to_string())
-        .args(args)
+    let mut child = diary_command(server, args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

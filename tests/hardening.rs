@@ -487,8 +487,7 @@ fn unproven_udp_sources_never_get_more_than_3x_their_request() {
     check_amplification_rule(&socket, server.addr);
 
     // The client gets its cookie by itself and reads the history over UDP.
-    let out = Command::new(env!("CARGO_BIN_EXE_diary"))
-        .args(["--server", &server.addr.to_string(), "past", "-n", "5"])
+    let out = diary_command(server.addr, &["past", "-n", "5"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");

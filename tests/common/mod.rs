@@ -148,6 +148,13 @@ impl Drop for Daemon {
     }
 }
 
+/// The `diary` client binary aimed at `server`, with `args` after it.
+pub fn diary_command(server: SocketAddr, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_diary"));
+    command.arg("--server").arg(server.to_string()).args(args);
+    command
+}
+
 /// A line-oriented TCP client.
 pub struct Tcp {
     pub reader: BufReader<TcpStream>,
