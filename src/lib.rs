@@ -10,6 +10,7 @@ pub mod entry;
 pub mod event_loop;
 pub mod handler;
 pub mod interactive;
+pub mod open_files;
 pub mod protocol;
 pub mod store;
 pub mod tcp;

@@ -167,38 +167,23 @@ fn a_client_flooding_p_that_never_reads_is_bounded_then_closed() {
     assert_eq!(stored_texts(&server.path), good);
 }
 
-/// Raises this process's open-file limit to `want` if the hard limit allows.
-fn raise_fd_limit(want: u64) -> Result<(), String> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls on a stack struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return Err("getrlimit failed".into());
-        }
-        if limit.rlim_cur >= want {
-            return Ok(());
-        }
-        if limit.rlim_max < want {
-            return Err(format!("the hard limit is {} open files", limit.rlim_max));
-        }
-        limit.rlim_cur = want;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-            return Err("setrlimit failed".into());
-        }
-    }
-    Ok(())
-}
-
 #[test]
 fn two_thousand_idle_connections_are_shed_while_fresh_clients_are_served() {
     const IDLE: usize = 2000;
     // Both ends of every connection live in this process.
-    if let Err(why) = raise_fd_limit(2 * IDLE as u64 + 1024) {
-        eprintln!("SKIPPED: cannot open {IDLE} connections here: {why}");
-        return;
+    let want = 2 * IDLE as u64 + 1024;
+    match diary::open_files::raise_to_hard_limit() {
+        Ok(allowed) if allowed >= want => {}
+        Ok(allowed) => {
+            eprintln!(
+                "SKIPPED: cannot open {IDLE} connections here: only {allowed} open files allowed"
+            );
+            return;
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: cannot open {IDLE} connections here: getrlimit: {e}");
+            return;
+        }
     }
     let limits = Limits {
         idle_timeout: Duration::from_secs(3),

@@ -139,34 +139,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// Each connection is a file descriptor: lift the soft limit to the hard one
-/// (as nginx and Redis do) and say so if that is still below the connection limit.
+/// Lifts the open-file limit and says so if it is still below what the
+/// connection limit needs.
 fn raise_open_files_limit(max_connections: usize) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let Ok(allowed) = diary::open_files::raise_to_hard_limit() else {
+        return;
     };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit = raised;
-            }
-        }
-    }
     let wanted = max_connections as u64 + 64;
-    if limit.rlim_cur < wanted {
+    if allowed < wanted {
         eprintln!(
-            "diaryd: warning: only {} open files allowed (ulimit -n); \
-             --max-connections {max_connections} needs about {wanted}",
-            limit.rlim_cur
+            "diaryd: warning: only {allowed} open files allowed (ulimit -n); \
+             --max-connections {max_connections} needs about {wanted}"
         );
     }
 }

@@ -260,21 +260,6 @@ struct IdleReport {
     bytes_per_connection: f64,
 }
 
-/// Raises this process's open-file limit to the hard limit.
-fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only touch the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
 /// Connections the server counts (the asking one not included).
 fn tcp_clients(addr: SocketAddr) -> io::Result<u64> {
     let mut stream = TcpStream::connect(addr)?;
@@ -289,7 +274,9 @@ fn tcp_clients(addr: SocketAddr) -> io::Result<u64> {
 }
 
 fn idle(connections: usize, json: bool) -> io::Result<()> {
-    raise_fd_limit();
+    // The connections' descriptors are this process's too; a low limit
+    // shows up as a connect error below.
+    let _ = diary::open_files::raise_to_hard_limit();
     // Room for the idle ones and the connection asking for /stats.
     let max = (connections + 16).to_string();
     let target = Target::diaryd("never", &["--max-connections", &max])?;
