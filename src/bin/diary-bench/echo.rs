@@ -3,10 +3,11 @@
 //! the loop and the kernel alone can do; diaryd's figures are given as a
 //! ratio to it.
 
+use diary::tcp::OutBuf;
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::SocketAddr;
 
 const UDP: Token = Token(usize::MAX - 1);
@@ -15,8 +16,7 @@ const LISTENER: Token = Token(usize::MAX - 2);
 struct Conn {
     stream: TcpStream,
     /// Bytes read and not yet written back.
-    pending: Vec<u8>,
-    sent: usize,
+    pending: OutBuf,
 }
 
 /// Binds UDP and TCP on `addr` (port 0: any free one, shared) and returns
@@ -59,8 +59,7 @@ fn serve(mut poll: Poll, listener: TcpListener, udp: UdpSocket) -> io::Result<()
                         )?;
                         entry.insert(Conn {
                             stream,
-                            pending: Vec::new(),
-                            sent: 0,
+                            pending: OutBuf::default(),
                         });
                     }
                 }
@@ -81,18 +80,15 @@ fn serve(mut poll: Poll, listener: TcpListener, udp: UdpSocket) -> io::Result<()
 /// allows; false once the connection is finished.
 fn echo(conn: &mut Conn, buf: &mut [u8]) -> bool {
     loop {
-        while conn.sent < conn.pending.len() {
-            match conn.stream.write(&conn.pending[conn.sent..]) {
-                Ok(n) => conn.sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                Err(_) => return false,
-            }
+        if conn.pending.flush_to(&mut conn.stream).is_err() {
+            return false;
         }
-        conn.pending.clear();
-        conn.sent = 0;
+        if conn.pending.queued() > 0 {
+            return true;
+        }
         match conn.stream.read(buf) {
             Ok(0) => return false,
-            Ok(n) => conn.pending.extend_from_slice(&buf[..n]),
+            Ok(n) => conn.pending.buf.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
             Err(_) => return false,
         }

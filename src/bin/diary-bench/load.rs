@@ -6,6 +6,7 @@
 //! pipeline plain lines and match replies in order. Against the echo
 //! server the same bytes come back, so the same code measures both.
 
+use diary::tcp::OutBuf;
 use hdrhistogram::Histogram;
 use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
@@ -81,8 +82,7 @@ struct UdpClient {
 struct TcpClient {
     stream: TcpStream,
     sent_at: VecDeque<Instant>,
-    out: Vec<u8>,
-    out_sent: usize,
+    out: OutBuf,
     /// Reply bytes of a line not yet complete.
     partial: Vec<u8>,
 }
@@ -235,8 +235,7 @@ impl Load {
                     all.push(TcpClient {
                         stream,
                         sent_at: VecDeque::with_capacity(self.depth),
-                        out: Vec::new(),
-                        out_sent: 0,
+                        out: OutBuf::default(),
                         partial: Vec::new(),
                     });
                 }
@@ -272,11 +271,11 @@ impl Load {
                 let client = &mut all[i];
                 while client.sent_at.len() < self.depth {
                     let seq = client.sent_at.len() as u64;
-                    entry_text(i, seq, self.size, &mut client.out);
-                    client.out.push(b'\n');
+                    entry_text(i, seq, self.size, &mut client.out.buf);
+                    client.out.buf.push(b'\n');
                     client.sent_at.push_back(now);
                 }
-                tcp_flush(client)?;
+                client.out.flush_to(&mut client.stream)?;
             }
         }
         Ok(())
@@ -343,26 +342,13 @@ fn udp_retry(client: &mut UdpClient, index: usize, now: Instant, size: usize) ->
     retried
 }
 
-fn tcp_flush(client: &mut TcpClient) -> io::Result<()> {
-    while client.out_sent < client.out.len() {
-        match client.stream.write(&client.out[client.out_sent..]) {
-            Ok(n) => client.out_sent += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) => return Err(e),
-        }
-    }
-    client.out.clear();
-    client.out_sent = 0;
-    Ok(())
-}
-
 fn tcp_receive(
     client: &mut TcpClient,
     buf: &mut [u8],
     now: Instant,
     tally: &mut Tally,
 ) -> io::Result<()> {
-    tcp_flush(client)?;
+    client.out.flush_to(&mut client.stream)?;
     loop {
         let n = match client.stream.read(buf) {
             Ok(0) => {
