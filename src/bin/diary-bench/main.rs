@@ -5,6 +5,7 @@
 mod echo;
 mod history;
 mod load;
+mod pipeline;
 mod target;
 
 use clap::{Args, Parser, Subcommand};
@@ -68,6 +69,26 @@ enum Cmd {
         /// `/past 100` requests timed on each.
         #[arg(long, default_value_t = 2_000)]
         requests: usize,
+    },
+    /// The request path without sockets, in this process: lines framed,
+    /// parsed, answered and stored in batches; nanoseconds per line.
+    Pipeline {
+        /// Lines to serve per round.
+        #[arg(long, default_value_t = 4_000_000)]
+        lines: u64,
+        /// Lines per batch (one commit each); diaryd's batches under the
+        /// TCP load of BENCHMARKS.md hold about 1 000.
+        #[arg(long, default_value_t = 1_000)]
+        batch: usize,
+        /// Bytes of text per line.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Where batches are written.
+        #[arg(long, value_enum, default_value_t = pipeline::Sink::Null)]
+        sink: pipeline::Sink,
+        /// Rounds, each on a fresh store; the median is reported.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
     /// Run the bare echo server (UDP and TCP on one port) until killed.
     Echo {
@@ -136,6 +157,14 @@ fn main() -> ExitCode {
             large,
             requests,
         } => history::run(small, large, requests).map(|r| print(cli.json, &r, || r.describe())),
+        Cmd::Pipeline {
+            lines,
+            batch,
+            size,
+            sink,
+            rounds,
+        } => pipeline::run(lines, batch, size, sink, rounds)
+            .map(|r| print(cli.json, &r, || r.describe())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
