@@ -53,11 +53,7 @@ impl fmt::Display for LineError {
 /// Appends `text` with backslash, newline, tab and carriage return escaped.
 pub fn escape_into(text: &str, out: &mut Vec<u8>) {
     let bytes = text.as_bytes();
-    // Most texts need no escape: one pass the compiler can vectorize.
-    if bytes
-        .iter()
-        .fold(true, |ok, &b| ok & (b >= 0x20 && b != b'\\'))
-    {
+    if !crate::ascii::needs_escape(bytes) {
         out.extend_from_slice(bytes);
         return;
     }
@@ -99,8 +95,13 @@ pub fn unescape(escaped: &str) -> Option<String> {
 
 /// Appends a whole entry line, newline included.
 pub fn encode_line(id: u64, timestamp: &str, text: &str, out: &mut Vec<u8>) {
-    let mut digits = itoa::Buffer::new();
-    out.extend_from_slice(digits.format(id).as_bytes());
+    encode_line_digits(itoa::Buffer::new().format(id), timestamp, text, out);
+}
+
+/// [`encode_line`] for an id already in decimal: the store formats each
+/// id once, for the line and for its acknowledgement.
+pub fn encode_line_digits(id: &str, timestamp: &str, text: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(id.as_bytes());
     out.push(b'\t');
     out.extend_from_slice(timestamp.as_bytes());
     out.push(b'\t');

@@ -142,10 +142,13 @@ impl Handler {
                 } else {
                     self.stats.udp_writes += 1;
                 }
-                let (id, timestamp) = self.store.append(text);
+                let entry = self.store.append(text);
                 let ack_at = out.len();
-                protocol::push_ack(out, id, timestamp);
-                Outcome::Wrote { id, ack_at }
+                protocol::push_ack(out, entry.id_text, entry.timestamp);
+                Outcome::Wrote {
+                    id: entry.id,
+                    ack_at,
+                }
             }
             Command::Help => {
                 out.extend_from_slice(HELP.as_bytes());

@@ -5,6 +5,7 @@
 //! [`protocol`] parses them, [`handler`] answers over the [`store`], and
 //! [`event_loop`] ties them together with one group commit per iteration.
 
+pub mod ascii;
 pub mod client;
 pub mod entry;
 pub mod event_loop;

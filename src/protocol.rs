@@ -192,30 +192,31 @@ pub fn reads_store(request: &Request) -> bool {
 /// It may say yes to a request that turns out to be malformed, never no to
 /// one that reads: the caller commits pending writes first when it says yes.
 pub fn may_read_store(raw: &[u8]) -> bool {
-    let body = match raw.strip_prefix(b"/id ") {
-        // The body follows the envelope's words; any of them may be it.
-        Some(rest) => return rest.split(|&b| b == b' ').any(may_read_store),
-        None => raw,
-    };
-    body == b"p"
-        || [&b"/past"[..], b"/stats", b"/follow"]
-            .iter()
-            .any(|name| body.starts_with(name))
+    match raw.first() {
+        // Every entry that is not a command: the common case, decided at once.
+        Some(&b) if b != b'/' && b != b'p' => false,
+        _ => match raw.strip_prefix(b"/id ") {
+            // The body follows the envelope's words; any of them may be it.
+            Some(rest) => rest.split(|&b| b == b' ').any(may_read_store),
+            None => {
+                raw == b"p"
+                    || [&b"/past"[..], b"/stats", b"/follow"]
+                        .iter()
+                        .any(|name| raw.starts_with(name))
+            }
+        },
+    }
 }
 
 /// Checks that `raw` is text a diary can hold: UTF-8 without control bytes
 /// other than tab and newline.
 pub fn check_text(raw: &[u8]) -> Result<&str, RequestError> {
-    // Most lines are printable ASCII: one pass the compiler can vectorize.
-    if raw
-        .iter()
-        .fold(true, |ok, &b| ok & (b.wrapping_sub(0x20) < 0x5f))
-    {
-        return Ok(std::str::from_utf8(raw).expect("printable ASCII is UTF-8"));
-    }
     let text = std::str::from_utf8(raw).map_err(|e| RequestError::InvalidUtf8 {
         at: e.valid_up_to(),
     })?;
+    if !crate::ascii::has_control(raw) {
+        return Ok(text);
+    }
     if let Some(at) = raw
         .iter()
         .position(|&b| (b < 0x20 && b != b'\t' && b != b'\n') || b == 0x7f)
@@ -383,9 +384,9 @@ pub fn push_truncated(out: &mut Vec<u8>, tag: &str) {
 }
 
 /// `ok ID TIMESTAMP\n`: the entry is stored.
-pub fn push_ack(out: &mut Vec<u8>, id: u64, timestamp: &str) {
+pub fn push_ack(out: &mut Vec<u8>, id: &str, timestamp: &str) {
     out.extend_from_slice(b"ok ");
-    out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
+    out.extend_from_slice(id.as_bytes());
     out.push(b' ');
     out.extend_from_slice(timestamp.as_bytes());
     out.push(b'\n');

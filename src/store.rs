@@ -80,6 +80,15 @@ pub struct CommitError {
     pub error: io::Error,
 }
 
+/// What [`Store::append`] gave a new entry.
+#[derive(Debug, Clone, Copy)]
+pub struct Appended<'a> {
+    pub id: u64,
+    /// `id` in decimal.
+    pub id_text: &'a str,
+    pub timestamp: &'a str,
+}
+
 pub struct Store {
     file: File,
     path: PathBuf,
@@ -96,6 +105,8 @@ pub struct Store {
     /// Written but not yet `fdatasync`ed (policy `interval`).
     unsynced_since: Option<Instant>,
     cached_stamp: (i64, String),
+    /// The last appended id in decimal, for its line and its ack.
+    id_text: itoa::Buffer,
     /// The time of the batch being built, read at its first append.
     batch_clock: Option<i64>,
 }
@@ -128,6 +139,7 @@ impl Store {
             pending: Vec::with_capacity(64 * 1024),
             unsynced_since: None,
             cached_stamp: (i64::MIN, String::new()),
+            id_text: itoa::Buffer::new(),
             batch_clock: None,
         };
         let recovery = store.load()?;
@@ -197,8 +209,7 @@ impl Store {
     }
 
     /// Buffers a new entry; it is stored by the next [`Store::commit`].
-    /// Returns its id and timestamp.
-    pub fn append(&mut self, text: &str) -> (u64, &str) {
+    pub fn append(&mut self, text: &str) -> Appended<'_> {
         // One clock read per batch: its entries are stored together anyway.
         let now = *self.batch_clock.get_or_insert_with(|| {
             SystemTime::now()
@@ -211,10 +222,15 @@ impl Store {
         }
         let id = self.offsets.len() as u64 + 1;
         let start = self.committed_len + self.pending.len() as u64;
-        entry::encode_line(id, &self.cached_stamp.1, text, &mut self.pending);
+        let id_text = self.id_text.format(id);
+        entry::encode_line_digits(id_text, &self.cached_stamp.1, text, &mut self.pending);
         self.offsets.push(start);
         self.millis.push(millis);
-        (id, &self.cached_stamp.1)
+        Appended {
+            id,
+            id_text,
+            timestamp: &self.cached_stamp.1,
+        }
     }
 
     pub fn has_pending(&self) -> bool {
@@ -400,8 +416,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("diary.log");
         let mut store = open(&path);
-        assert_eq!(store.append("one").0, 1);
-        assert_eq!(store.append("二\n行").0, 2);
+        assert_eq!(store.append("one").id, 1);
+        assert_eq!(store.append("二\n行").id, 2);
         assert_eq!(store.len(), 0, "pending entries are not visible");
         store.commit().unwrap();
         assert_eq!(store.len(), 2);

@@ -163,12 +163,12 @@ impl LineFramer {
         }
     }
 
-    /// Consumes the frame [`LineFramer::peek`] returned.
+    /// Consumes the frame [`LineFramer::peek`] just returned.
     pub fn consume(&mut self, frame: &Frame) {
-        if let Frame::Line(range) = frame {
-            // Skip the line ending (`\r\n` or `\n`).
-            self.start = memchr::memchr(b'\n', &self.buf[range.end..self.end])
-                .map_or(self.end, |i| range.end + i + 1);
+        if let Frame::Line(_) = frame {
+            // peek left `scanned` on the line's newline.
+            debug_assert_eq!(self.buf[self.scanned], b'\n');
+            self.start = self.scanned + 1;
             self.scanned = self.start;
         }
     }

@@ -107,6 +107,29 @@ proptest! {
         }
     }
 
+    /// The word-at-a-time scans against the rule written out byte by byte,
+    /// on bytes that are mostly text with a few of anything mixed in.
+    #[test]
+    fn check_text_and_escape_follow_the_plain_rule(
+        bytes in prop::collection::vec(
+            prop_oneof![8 => 0x20u8..0x7f, 1 => any::<u8>()], 0..100),
+        utf8 in "[ -~\t\\\\日é\u{7f}\u{1}]{0,60}",
+    ) {
+        for raw in [&bytes[..], utf8.as_bytes()] {
+            let allowed = std::str::from_utf8(raw).is_ok()
+                && raw.iter().all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t' || b == b'\n');
+            prop_assert_eq!(protocol::check_text(raw).is_ok(), allowed);
+            if let Ok(text) = std::str::from_utf8(raw) {
+                let mut escaped = Vec::new();
+                entry::escape_into(text, &mut escaped);
+                let plain = !raw.iter().any(|b| b"\\\n\t\r".contains(b));
+                prop_assert_eq!(escaped == raw, plain);
+                let back = entry::unescape(std::str::from_utf8(&escaped).unwrap());
+                prop_assert_eq!(back.as_deref(), Some(text));
+            }
+        }
+    }
+
     #[test]
     fn framer_hands_on_exactly_the_lines_sent_whatever_the_chunking(
         lines in prop::collection::vec("[a-z日\r]{0,40}", 0..20),
