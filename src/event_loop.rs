@@ -8,6 +8,7 @@
 //! is removed from the slab before the end of the iteration, so neither a
 //! patched reply nor a stale event can reach the wrong client.
 
+use crate::datagrams::RecvBatch;
 use crate::handler::{Handler, Outcome, Transport};
 use crate::protocol::{self, Command, Request};
 use crate::store::Store;
@@ -109,7 +110,7 @@ pub struct Server {
     poll: Poll,
     listener: Option<TcpListener>,
     udp: UdpEndpoint,
-    udp_buf: Vec<u8>,
+    udp_batch: RecvBatch,
     udp_readable: bool,
     udp_writable_interest: bool,
     replay: ReplayMemory,
@@ -147,7 +148,7 @@ impl Server {
         let mut server = Server {
             listener: Some(listener),
             udp: UdpEndpoint::new(socket, limits.udp_queue),
-            udp_buf: vec![0; 65_536],
+            udp_batch: RecvBatch::default(),
             udp_readable: false,
             udp_writable_interest: false,
             replay: ReplayMemory::new(limits.replay_memory),
@@ -517,23 +518,28 @@ impl Server {
     }
 
     fn drain_udp(&mut self) {
-        let mut buf = std::mem::take(&mut self.udp_buf);
+        let mut batch = std::mem::take(&mut self.udp_batch);
         let now = Instant::now();
-        for _ in 0..UDP_BUDGET {
-            match self.udp.socket.recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    self.udp_sources.saw(from, now);
-                    self.answer_datagram(&buf[..n], from);
+        let mut read = 0;
+        while read < UDP_BUDGET {
+            match batch.recv(&self.udp.socket) {
+                Ok(n) => {
+                    read += n.max(1);
+                    for i in 0..n {
+                        let (datagram, from) = batch.get(i);
+                        self.udp_sources.saw(from, now);
+                        self.answer_datagram(datagram, from);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.udp_readable = false;
                     break;
                 }
                 // ICMP errors from earlier sends surface here; they concern no one now.
-                Err(_) => {}
+                Err(_) => read += 1,
             }
         }
-        self.udp_buf = buf;
+        self.udp_batch = batch;
     }
 
     fn answer_datagram(&mut self, datagram: &[u8], from: SocketAddr) {

@@ -7,6 +7,7 @@
 
 pub mod ascii;
 pub mod client;
+pub mod datagrams;
 pub mod entry;
 pub mod event_loop;
 pub mod handler;

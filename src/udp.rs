@@ -2,6 +2,7 @@
 //! replies waiting for the socket, and the memory of recent tagged writes
 //! that makes a retried write answer again instead of storing twice.
 
+use crate::datagrams;
 use crate::handler::Cookie;
 use crate::protocol::{Envelope, MAX_TAG_LEN};
 use hashbrown::HashTable;
@@ -342,16 +343,22 @@ impl UdpEndpoint {
     /// Sends queued replies until done or the socket would block.
     /// Returns whether anything is left.
     pub fn flush(&mut self) -> bool {
-        while let Some((to, reply)) = self.queue.front() {
-            match self.socket.send_to(reply, *to) {
-                Ok(_) => {}
+        while !self.queue.is_empty() {
+            let replies = self.queue.iter().map(|(to, reply)| (*to, &reply[..]));
+            let sent = match datagrams::send(&self.socket, replies) {
+                Ok(sent) => sent,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // An unreachable peer or an oversize reply is that reply's problem only.
-                Err(_) => self.dropped_replies += 1,
+                Err(_) => {
+                    self.dropped_replies += 1;
+                    1
+                }
+            };
+            for _ in 0..sent {
+                let (_, reply) = self.queue.pop_front().expect("sent from the queue");
+                self.recycle(reply);
             }
-            let (_, reply) = self.queue.pop_front().expect("front exists");
-            self.recycle(reply);
         }
         false
     }
