@@ -3,6 +3,7 @@
 //! the loop and the kernel alone can do; diaryd's figures are given as a
 //! ratio to it.
 
+use diary::datagrams::{self, RecvBatch};
 use diary::tcp::OutBuf;
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
@@ -37,15 +38,24 @@ fn serve(mut poll: Poll, listener: TcpListener, udp: UdpSocket) -> io::Result<()
     let mut events = Events::with_capacity(1024);
     let mut conns: Slab<Conn> = Slab::new();
     let mut buf = vec![0u8; 65_536];
+    let mut batch = RecvBatch::default();
     loop {
         poll.poll(&mut events, None)?;
         for event in events.iter() {
             match event.token() {
                 UDP => {
-                    // Echo every waiting datagram; one that the socket will
-                    // not take now is dropped, as a loaded server would.
-                    while let Ok((n, from)) = udp.recv_from(&mut buf) {
-                        let _ = udp.send_to(&buf[..n], from);
+                    // Echo every waiting datagram, in batches as diaryd
+                    // reads and answers them; one that the socket will not
+                    // take now is dropped, as a loaded server would.
+                    while let Ok(n) = batch.recv(&udp) {
+                        let mut sent = 0;
+                        while sent < n {
+                            let echoes = (sent..n).map(|i| {
+                                let (datagram, from) = batch.get(i);
+                                (from, datagram)
+                            });
+                            sent += datagrams::send(&udp, echoes).unwrap_or(1);
+                        }
                     }
                 }
                 LISTENER => {
@@ -88,7 +98,15 @@ fn echo(conn: &mut Conn, buf: &mut [u8]) -> bool {
         }
         match conn.stream.read(buf) {
             Ok(0) => return false,
-            Ok(n) => conn.pending.buf.extend_from_slice(&buf[..n]),
+            Ok(n) => {
+                conn.pending.buf.extend_from_slice(&buf[..n]);
+                if n < buf.len() {
+                    // The socket is empty and Linux raises a new edge for
+                    // what comes next: skip the read that would only say
+                    // "would block", as diaryd does.
+                    return conn.pending.flush_to(&mut conn.stream).is_ok();
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
             Err(_) => return false,
         }
