@@ -825,6 +825,18 @@ fn end_with_read_error(conn: &mut Conn, e: &io::Error) {
     conn.closing = true;
 }
 
+/// The address in a server's first line on stdout, `… listening on ADDR …`
+/// (diaryd's, and diary-bench echo's): how scripts, tests and the benchmark
+/// learn the port a server bound with port 0.
+pub fn announced_addr(line: &str) -> Option<SocketAddr> {
+    line.split("listening on ")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Binds a TCP listener and a UDP socket on one port. With port 0 the
 /// listener picks the port and UDP follows; a UDP clash there is retried.
 fn bind_pair(addr: SocketAddr) -> io::Result<(TcpListener, UdpSocket)> {
@@ -841,4 +853,26 @@ fn bind_pair(addr: SocketAddr) -> io::Result<(TcpListener, UdpSocket)> {
         }
     }
     Err(last_err.expect("the loop ran"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announced_addr_reads_the_first_line_of_either_server() {
+        let diaryd = "diaryd: listening on 127.0.0.1:41234 (UDP and TCP), writing /tmp/d (0 entries, fsync Always)";
+        assert_eq!(
+            announced_addr(diaryd),
+            Some("127.0.0.1:41234".parse().unwrap())
+        );
+        let echo = "diary-bench echo: listening on [::1]:9 (UDP and TCP)";
+        assert_eq!(announced_addr(echo), Some("[::1]:9".parse().unwrap()));
+        assert_eq!(
+            announced_addr("diaryd: cannot bind 127.0.0.1:8888: in use"),
+            None
+        );
+        assert_eq!(announced_addr("listening on nowhere"), None);
+        assert_eq!(announced_addr(""), None);
+    }
 }

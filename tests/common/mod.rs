@@ -117,7 +117,7 @@ impl Daemon {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let Some(rest) = line.split("listening on ").nth(1) else {
+        let Some(addr) = diary::event_loop::announced_addr(&line) else {
             let mut stderr = String::new();
             child
                 .stderr
@@ -128,7 +128,6 @@ impl Daemon {
             child.wait().unwrap();
             return Err(stderr);
         };
-        let addr = rest.split(' ').next().unwrap().parse().unwrap();
         Ok(Daemon { child, addr })
     }
 

@@ -60,12 +60,7 @@ impl Target {
         let mut line = String::new();
         BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
         let startup = started.elapsed();
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|a| a.parse().ok());
-        let Some(addr) = addr else {
+        let Some(addr) = diary::event_loop::announced_addr(&line) else {
             let _ = child.kill();
             return Err(io::Error::other(format!(
                 "{command:?} did not start (said {line:?})"
