@@ -54,6 +54,11 @@ enum Cmd {
         /// noisy moment on a shared machine moves one run, not the figure.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Rounds run first and not counted. On a VM that hands idle memory
+        /// back to its host, the first runs after a pause pay to get it
+        /// back with every new page of the diary (BENCHMARKS.md).
+        #[arg(long, default_value_t = 1)]
+        warmup_rounds: usize,
     },
     /// Resident memory diaryd needs per idle TCP connection.
     Idle {
@@ -150,7 +155,14 @@ fn main() -> ExitCode {
             fsync,
             baseline,
             rounds,
-        } => compare(&load.load(), &fsync, &baseline, rounds.max(1), cli.json),
+            warmup_rounds,
+        } => compare(
+            &load.load(),
+            &fsync,
+            &baseline,
+            (warmup_rounds, rounds.max(1)),
+            cli.json,
+        ),
         Cmd::Idle { connections } => idle(connections, cli.json),
         Cmd::History {
             small,
@@ -212,8 +224,29 @@ struct Comparison {
     diaryd: Report,
     /// diaryd's median throughput over the baseline's.
     ratio: f64,
+    /// Rounds run before these and not counted.
+    warmup_rounds: usize,
     /// Each round's ratio, in order.
     round_ratios: Vec<f64>,
+    /// Each round's runs, in order: on a shared VM a round's two runs may
+    /// land in different machine speeds, which these show.
+    rounds: Vec<Round>,
+}
+
+#[derive(Serialize)]
+struct Round {
+    baseline: Report,
+    diaryd: Report,
+}
+
+impl Round {
+    fn describe(&self) -> String {
+        let run = |r: &Report| match r.server_cpu_us_per_reply {
+            Some(us) => format!("{:.2} M/s {us:.2} µs", r.per_second / 1e6),
+            None => format!("{:.2} M/s", r.per_second / 1e6),
+        };
+        format!("{} / {}", run(&self.baseline), run(&self.diaryd))
+    }
 }
 
 fn spawn(name: &str) -> io::Result<Target> {
@@ -228,7 +261,14 @@ fn median(mut runs: Vec<Report>) -> Report {
     runs.swap_remove(runs.len() / 2)
 }
 
-fn compare(load: &Load, fsync: &str, baseline: &str, rounds: usize, json: bool) -> io::Result<()> {
+/// `rounds`: (not counted, counted).
+fn compare(
+    load: &Load,
+    fsync: &str,
+    baseline: &str,
+    (warmup_rounds, rounds): (usize, usize),
+    json: bool,
+) -> io::Result<()> {
     let measure = |name: &str| -> io::Result<Report> {
         let target = spawn(name)?;
         let report = load.run(target.addr, &|| target.cpu_seconds())?;
@@ -238,10 +278,19 @@ fn compare(load: &Load, fsync: &str, baseline: &str, rounds: usize, json: bool) 
         Ok(report)
     };
     let (mut baselines, mut diaryds, mut round_ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut each = Vec::new();
+    for _ in 0..warmup_rounds {
+        measure(baseline)?;
+        measure(fsync)?;
+    }
     for _ in 0..rounds {
         let b = measure(baseline)?;
         let d = measure(fsync)?;
         round_ratios.push(d.per_second / b.per_second);
+        each.push(Round {
+            baseline: b.clone(),
+            diaryd: d.clone(),
+        });
         baselines.push(b);
         diaryds.push(d);
     }
@@ -257,7 +306,9 @@ fn compare(load: &Load, fsync: &str, baseline: &str, rounds: usize, json: bool) 
         diaryd_fsync: fsync.to_string(),
         baseline: b,
         diaryd: d,
+        warmup_rounds,
         round_ratios,
+        rounds: each,
     };
     print(json, &result, || {
         let rounds: Vec<String> = result
@@ -265,8 +316,10 @@ fn compare(load: &Load, fsync: &str, baseline: &str, rounds: usize, json: bool) 
             .iter()
             .map(|r| format!("{r:.2}"))
             .collect();
+        let each: Vec<String> = result.rounds.iter().map(Round::describe).collect();
         format!(
-            "{:?} writes: {} clients x {} in flight, {}-byte entries; median of {rounds_n} runs each\n{}{}ratio {:.2} (rounds: {})\n",
+            "{:?} writes: {} clients x {} in flight, {}-byte entries; median of {rounds_n} runs each after {warmup_rounds} uncounted\n{}{}ratio {:.2} (rounds: {})\n\
+             each round, baseline / diaryd (replies/s, server CPU per reply): {}\n",
             load.proto,
             load.clients,
             load.depth,
@@ -275,6 +328,7 @@ fn compare(load: &Load, fsync: &str, baseline: &str, rounds: usize, json: bool) 
             describe(&format!("diaryd --fsync {fsync}"), &result.diaryd),
             result.ratio,
             rounds.join(" "),
+            each.join("; "),
             rounds_n = result.round_ratios.len(),
         )
     });
