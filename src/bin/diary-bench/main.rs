@@ -160,7 +160,8 @@ fn main() -> ExitCode {
             &load.load(),
             &fsync,
             &baseline,
-            (warmup_rounds, rounds.max(1)),
+            warmup_rounds,
+            rounds.max(1),
             cli.json,
         ),
         Cmd::Idle { connections } => idle(connections, cli.json),
@@ -261,12 +262,12 @@ fn median(mut runs: Vec<Report>) -> Report {
     runs.swap_remove(runs.len() / 2)
 }
 
-/// `rounds`: (not counted, counted).
 fn compare(
     load: &Load,
     fsync: &str,
     baseline: &str,
-    (warmup_rounds, rounds): (usize, usize),
+    warmup_rounds: usize,
+    rounds: usize,
     json: bool,
 ) -> io::Result<()> {
     let measure = |name: &str| -> io::Result<Report> {
