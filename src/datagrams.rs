@@ -59,13 +59,10 @@ impl RecvBatch {
         let mut iovecs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
         let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
         for (i, (iovec, header)) in iovecs.iter_mut().zip(headers.iter_mut()).enumerate() {
-            let slot = &mut self.buf[i * SLOT..(i + 1) * SLOT];
-            iovec.iov_base = slot.as_mut_ptr().cast();
-            iovec.iov_len = SLOT;
-            header.msg_hdr.msg_name = (&mut self.names[i] as *mut SockAddrStorage).cast();
-            header.msg_hdr.msg_namelen = self.names[i].size_of();
-            header.msg_hdr.msg_iov = iovec;
-            header.msg_hdr.msg_iovlen = 1;
+            let slot = self.buf[i * SLOT..(i + 1) * SLOT].as_mut_ptr();
+            let name_len = self.names[i].size_of();
+            let name = (&mut self.names[i] as *mut SockAddrStorage).cast();
+            aim(header, iovec, (slot.cast(), SLOT), (name, name_len));
         }
         // SAFETY: every header points at one live slot of SLOT bytes and one
         // live address buffer of the size it states; none moves or is read
@@ -127,12 +124,13 @@ pub fn send<'a>(
         let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
         for (((name, bytes), iovec), header) in names.iter().zip(&mut iovecs).zip(&mut headers) {
             // The kernel only reads these for a send.
-            iovec.iov_base = bytes.as_ptr().cast_mut().cast();
-            iovec.iov_len = bytes.len();
-            header.msg_hdr.msg_name = name.as_ptr().cast_mut().cast();
-            header.msg_hdr.msg_namelen = name.len();
-            header.msg_hdr.msg_iov = iovec;
-            header.msg_hdr.msg_iovlen = 1;
+            let buf = (bytes.as_ptr().cast_mut().cast(), bytes.len());
+            aim(
+                header,
+                iovec,
+                buf,
+                (name.as_ptr().cast_mut().cast(), name.len()),
+            );
         }
         // SAFETY: the first `names.len()` headers point at addresses and
         // replies borrowed for the whole call.
@@ -157,6 +155,22 @@ pub fn send<'a>(
             None => Ok(0),
         }
     }
+}
+
+/// Points one header at one buffer, through its iovec, and one address.
+#[cfg(target_os = "linux")]
+fn aim(
+    header: &mut libc::mmsghdr,
+    iovec: &mut libc::iovec,
+    (base, len): (*mut libc::c_void, usize),
+    (name, name_len): (*mut libc::c_void, libc::socklen_t),
+) {
+    iovec.iov_base = base;
+    iovec.iov_len = len;
+    header.msg_hdr.msg_name = name;
+    header.msg_hdr.msg_namelen = name_len;
+    header.msg_hdr.msg_iov = iovec;
+    header.msg_hdr.msg_iovlen = 1;
 }
 
 #[cfg(test)]
