@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use diary::event_loop::Limits;
 use diary::store::FsyncPolicy;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -222,29 +222,6 @@ fn two_thousand_idle_connections_are_shed_while_fresh_clients_are_served() {
         "after the idle ones left",
     ));
     assert_eq!(stored_texts(&server.path), good);
-}
-
-/// Writes over TCP one line at a time until the server goes away; returns
-/// what was acknowledged.
-fn tcp_writer(addr: SocketAddr, who: usize) -> Vec<(u64, String)> {
-    let stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut acked = Vec::new();
-    for i in 0.. {
-        let text = format!("tcp writer {who} line {i}");
-        if (&stream).write_all(format!("{text}\n").as_bytes()).is_err() {
-            break;
-        }
-        let mut reply = String::new();
-        if !matches!(reader.read_line(&mut reply), Ok(n) if n > 0) || !reply.starts_with("ok ") {
-            break;
-        }
-        acked.push((ack_id(&reply), text));
-    }
-    acked
 }
 
 /// As [`tcp_writer`], with raw datagrams; stops at the first unanswered one.

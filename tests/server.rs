@@ -280,31 +280,7 @@ fn kill_9_during_writes_loses_no_acknowledged_entry() {
     let mut daemon = Daemon::start(&path, &["--fsync", "always"]);
     let addr = daemon.addr;
     let writers: Vec<_> = (0..4)
-        .map(|w| {
-            std::thread::spawn(move || {
-                let mut acked = Vec::new();
-                let Ok(stream) = TcpStream::connect(addr) else {
-                    return acked;
-                };
-                let mut c = Tcp {
-                    reader: std::io::BufReader::new(stream.try_clone().unwrap()),
-                    writer: stream,
-                };
-                for i in 0.. {
-                    let text = format!("writer {w} line {i}");
-                    if c.writer.write_all(format!("{text}\n").as_bytes()).is_err() {
-                        break;
-                    }
-                    let mut line = String::new();
-                    let _ = std::io::BufRead::read_line(&mut c.reader, &mut line);
-                    if !line.starts_with("ok ") {
-                        break;
-                    }
-                    acked.push((ack_id(&line), text));
-                }
-                acked
-            })
-        })
+        .map(|who| std::thread::spawn(move || tcp_writer(addr, who)))
         .collect();
     std::thread::sleep(Duration::from_millis(400));
     daemon.child.kill().unwrap();

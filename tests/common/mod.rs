@@ -215,6 +215,29 @@ pub fn ack_id(reply: &str) -> u64 {
     words.next().unwrap().parse().unwrap()
 }
 
+/// Writes over TCP one line at a time until the server goes away; returns
+/// what was acknowledged.
+pub fn tcp_writer(addr: SocketAddr, who: usize) -> Vec<(u64, String)> {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut acked = Vec::new();
+    for i in 0.. {
+        let text = format!("tcp writer {who} line {i}");
+        if (&stream).write_all(format!("{text}\n").as_bytes()).is_err() {
+            break;
+        }
+        let mut reply = String::new();
+        if !matches!(reader.read_line(&mut reply), Ok(n) if n > 0) || !reply.starts_with("ok ") {
+            break;
+        }
+        acked.push((ack_id(&reply), text));
+    }
+    acked
+}
+
 /// The server's `/stats` figures, by name.
 pub fn stats(addr: SocketAddr) -> Vec<(String, u64)> {
     let mut c = Tcp::connect(addr);
