@@ -18,12 +18,29 @@ const MAX_WAIT: Duration = Duration::from_secs(1);
 const MAX_UDP_REQUEST: usize = 60_000;
 
 /// Which transport requests use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proto {
     /// Datagrams, retried on loss, with TCP for replies too big for one.
     Udp,
     /// One TCP connection.
     Tcp,
+}
+
+impl Proto {
+    /// The names the command line takes.
+    pub const NAMES: [&'static str; 2] = ["udp", "tcp"];
+}
+
+impl std::str::FromStr for Proto {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Proto, String> {
+        match s {
+            "udp" => Ok(Proto::Udp),
+            "tcp" => Ok(Proto::Tcp),
+            _ => Err(format!("{s:?} is not a transport; use udp or tcp")),
+        }
+    }
 }
 
 impl fmt::Display for Proto {

@@ -64,21 +64,27 @@ impl RecvBatch {
             let name = (&mut self.names[i] as *mut SockAddrStorage).cast();
             aim(header, iovec, (slot.cast(), SLOT), (name, name_len));
         }
-        // SAFETY: every header points at one live slot of SLOT bytes and one
-        // live address buffer of the size it states; none moves or is read
-        // during the call.
-        let n = unsafe {
-            libc::recvmmsg(
-                socket.as_raw_fd(),
-                headers.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // Through try_io, as mio asks of I/O on a registered socket's fd, so
+        // that a WouldBlock re-arms readiness where mio needs it.
+        let n = socket.try_io(|| {
+            // SAFETY: every header points at one live slot of SLOT bytes and
+            // one live address buffer of the size it states; none moves or
+            // is read during the call.
+            let n = unsafe {
+                libc::recvmmsg(
+                    socket.as_raw_fd(),
+                    headers.as_mut_ptr(),
+                    BATCH as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n)
+            }
+        })?;
         for (i, header) in headers.iter().enumerate().take(n as usize) {
             let storage = std::mem::replace(&mut self.names[i], SockAddrStorage::zeroed());
             // SAFETY: the kernel wrote a socket address of this length into it.
@@ -132,20 +138,23 @@ pub fn send<'a>(
                 (name.as_ptr().cast_mut().cast(), name.len()),
             );
         }
-        // SAFETY: the first `names.len()` headers point at addresses and
-        // replies borrowed for the whole call.
-        let n = unsafe {
-            libc::sendmmsg(
-                socket.as_raw_fd(),
-                headers.as_mut_ptr(),
-                names.len() as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
+        socket.try_io(|| {
+            // SAFETY: the first `names.len()` headers point at addresses and
+            // replies borrowed for the whole call.
+            let n = unsafe {
+                libc::sendmmsg(
+                    socket.as_raw_fd(),
+                    headers.as_mut_ptr(),
+                    names.len() as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        })
     }
     #[cfg(not(target_os = "linux"))]
     {

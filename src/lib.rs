@@ -1,19 +1,47 @@
 //! diary: a networked diary served by one single-threaded mio loop over UDP
 //! and TCP, backed by one append-only, human-readable file.
 //!
-//! Data flows one way: transports ([`udp`], [`tcp`]) frame bytes,
-//! [`protocol`] parses them, [`handler`] answers over the [`store`], and
-//! [`event_loop`] ties them together with one group commit per iteration.
+//! Data flows one way, and each concern has one home:
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`event_loop`] | the `mio::Poll`, tokens, signals, and the order of each iteration |
+//! | [`udp`] | the UDP side: socket, batches, reply size rule, cookies, retry memory, reply queue |
+//! | [`datagrams`] | `recvmmsg`/`sendmmsg` batches |
+//! | [`replay`] | the memory of recent tagged writes (retries answered, never stored twice) |
+//! | [`cookie`] | address cookies (a keyed MAC) for the anti-amplification rule |
+//! | [`tcp`] | the TCP side: listener, connection slab, accept, read, stream, flush, sweep |
+//! | [`framing`] | TCP lines in, queued bytes out |
+//! | [`follow`] | followers: what each has had, backlog limit, the `behind` cut |
+//! | [`service`] | the narrow interface the sides use to reach the diary |
+//! | [`shared`] | the store, the batch and its waiting acks, the stats: the sides' [`service::Service`] |
+//! | [`protocol`] | request grammar and every byte of every reply (pure) |
+//! | [`handler`] | commands → replies over the store, for both transports |
+//! | [`history`] | reading history: `/past` selection, streaming cursors, follow reads |
+//! | [`store`] | the file: recovery, lock, index, group commit, reads |
+//! | [`entry`], [`ascii`] | the entry line format and its fast byte scans |
+//! | [`stats`], [`limits`], [`logging`] | `/stats` figures, per-client limits, the daemon's log |
+//! | [`client`], [`interactive`] | the `diary` client: requests, retries, the chat-like session |
 
 pub mod ascii;
 pub mod client;
+pub mod cookie;
 pub mod datagrams;
 pub mod entry;
 pub mod event_loop;
+pub mod follow;
+pub mod framing;
 pub mod handler;
+pub mod history;
 pub mod interactive;
+pub mod limits;
+pub mod logging;
 pub mod open_files;
 pub mod protocol;
+pub mod replay;
+pub mod service;
+pub mod shared;
+pub mod stats;
 pub mod store;
 pub mod tcp;
 pub mod udp;

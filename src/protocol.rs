@@ -1,8 +1,11 @@
-//! The text protocol: bytes of one request → [`Request`], and the reply lines.
+//! The text protocol: bytes of one request → [`Request`], and every byte of
+//! every reply: acks, errors (one table of codes, [`ErrorCode`]), notes, and
+//! the fitting of a reply into one datagram.
 //!
 //! Pure functions, no I/O. Framing (TCP lines, UDP datagrams) is the
 //! transports' job; they hand over one request without its line ending.
-//! docs/PROTOCOL.md is the user-facing grammar; keep the two in step.
+//! docs/PROTOCOL.md is the user-facing grammar; keep the two in step (a
+//! test checks that it lists every error code).
 
 use std::fmt;
 
@@ -18,16 +21,16 @@ pub const BYE: &[u8] = b"bye\n";
 pub enum Command<'a> {
     /// Store this text as a new entry.
     Write(&'a str),
-    /// `p` (`seed: true`) or `/past …`.
+    /// `p` or `/past …`.
     Past {
         query: PastQuery<'a>,
-        seed: bool,
     },
     Help,
     Quit,
-    /// Send entries after this id, then every new one as it is committed.
+    /// Send entries after this id (after the newest when `None`), then
+    /// every new one as it is committed.
     Follow {
-        after: u64,
+        after: Option<u64>,
     },
     Stats,
     /// UDP: a cookie proving the source address, for replies over 3x the request.
@@ -80,14 +83,65 @@ pub enum RequestError {
 }
 
 impl RequestError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            RequestError::InvalidUtf8 { .. } => "bad-utf8",
-            RequestError::ControlByte { .. } => "bad-byte",
-            RequestError::Empty => "empty",
-            RequestError::TooLong { .. } => "too-long",
-            RequestError::UnknownCommand(_) => "unknown-command",
-            RequestError::BadArgument(_) => "bad-argument",
+            RequestError::InvalidUtf8 { .. } => ErrorCode::BadUtf8,
+            RequestError::ControlByte { .. } => ErrorCode::BadByte,
+            RequestError::Empty => ErrorCode::Empty,
+            RequestError::TooLong { .. } => ErrorCode::TooLong,
+            RequestError::UnknownCommand(_) => ErrorCode::UnknownCommand,
+            RequestError::BadArgument(_) => ErrorCode::BadArgument,
+        }
+    }
+}
+
+/// Every error code a reply can carry: `err CODE REASON`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadUtf8,
+    BadByte,
+    Empty,
+    TooLong,
+    UnknownCommand,
+    BadArgument,
+    TcpOnly,
+    UdpOnly,
+    Io,
+    Busy,
+    Idle,
+    Behind,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 12] = [
+        ErrorCode::BadUtf8,
+        ErrorCode::BadByte,
+        ErrorCode::Empty,
+        ErrorCode::TooLong,
+        ErrorCode::UnknownCommand,
+        ErrorCode::BadArgument,
+        ErrorCode::TcpOnly,
+        ErrorCode::UdpOnly,
+        ErrorCode::Io,
+        ErrorCode::Busy,
+        ErrorCode::Idle,
+        ErrorCode::Behind,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadUtf8 => "bad-utf8",
+            ErrorCode::BadByte => "bad-byte",
+            ErrorCode::Empty => "empty",
+            ErrorCode::TooLong => "too-long",
+            ErrorCode::UnknownCommand => "unknown-command",
+            ErrorCode::BadArgument => "bad-argument",
+            ErrorCode::TcpOnly => "tcp-only",
+            ErrorCode::UdpOnly => "udp-only",
+            ErrorCode::Io => "io",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Idle => "idle",
+            ErrorCode::Behind => "behind",
         }
     }
 }
@@ -187,27 +241,6 @@ pub fn reads_store(request: &Request) -> bool {
     )
 }
 
-/// Whether the request in `raw` might read the store (`p`, `/past`,
-/// `/stats`, `/follow`), judged from its first bytes without parsing it.
-/// It may say yes to a request that turns out to be malformed, never no to
-/// one that reads: the caller commits pending writes first when it says yes.
-pub fn may_read_store(raw: &[u8]) -> bool {
-    match raw.first() {
-        // Every entry that is not a command: the common case, decided at once.
-        Some(&b) if b != b'/' && b != b'p' => false,
-        _ => match raw.strip_prefix(b"/id ") {
-            // The body follows the envelope's words; any of them may be it.
-            Some(rest) => rest.split(|&b| b == b' ').any(may_read_store),
-            None => {
-                raw == b"p"
-                    || [&b"/past"[..], b"/stats", b"/follow"]
-                        .iter()
-                        .any(|name| raw.starts_with(name))
-            }
-        },
-    }
-}
-
 /// Checks that `raw` is text a diary can hold: UTF-8 without control bytes
 /// other than tab and newline.
 pub fn check_text(raw: &[u8]) -> Result<&str, RequestError> {
@@ -232,7 +265,6 @@ fn parse_command(raw: &[u8], max_entry: usize) -> Result<Command<'_>, RequestErr
         "p" => {
             return Ok(Command::Past {
                 query: PastQuery::default(),
-                seed: true,
             });
         }
         "h" => return Ok(Command::Help),
@@ -255,7 +287,7 @@ fn parse_command(raw: &[u8], max_entry: usize) -> Result<Command<'_>, RequestErr
     };
     match name {
         "write" => entry_text(args, max_entry).map(Command::Write),
-        "past" => parse_past(args).map(|query| Command::Past { query, seed: false }),
+        "past" => parse_past(args).map(|query| Command::Past { query }),
         "help" => no_args(Command::Help),
         "quit" => no_args(Command::Quit),
         "stats" => no_args(Command::Stats),
@@ -325,11 +357,11 @@ fn parse_count(s: &str) -> Result<u64, String> {
 fn parse_follow(args: &str) -> Result<Command<'_>, RequestError> {
     let args = args.trim();
     if args.is_empty() {
-        return Ok(Command::Follow { after: u64::MAX });
+        return Ok(Command::Follow { after: None });
     }
     match args.split_once(' ') {
         Some(("since", id)) => match id.trim().parse() {
-            Ok(after) => Ok(Command::Follow { after }),
+            Ok(after) => Ok(Command::Follow { after: Some(after) }),
             Err(_) => Err(RequestError::BadArgument(format!(
                 "{id:?} is not an entry id; usage: /follow [since ID]"
             ))),
@@ -393,13 +425,235 @@ pub fn push_ack(out: &mut Vec<u8>, id: &str, timestamp: &str) {
 }
 
 /// `err CODE MESSAGE\n`.
-pub fn push_error(out: &mut Vec<u8>, code: &str, message: &dyn fmt::Display) {
+pub fn push_error(out: &mut Vec<u8>, code: ErrorCode, message: &dyn fmt::Display) {
     use std::io::Write;
     out.extend_from_slice(b"err ");
-    out.extend_from_slice(code.as_bytes());
+    out.extend_from_slice(code.as_str().as_bytes());
     out.push(b' ');
     let _ = write!(out, "{message}");
     out.push(b'\n');
+}
+
+/// `end\n`: the last line of a multi-line reply.
+pub fn push_end(out: &mut Vec<u8>) {
+    out.extend_from_slice(END);
+}
+
+/// The help text and its end line.
+pub fn push_help(out: &mut Vec<u8>) {
+    out.extend_from_slice(HELP.as_bytes());
+    push_end(out);
+}
+
+/// `cookie HEX\n`: the reply to `/cookie` over UDP.
+pub fn push_cookie(out: &mut Vec<u8>, cookie: &[u8]) {
+    out.extend_from_slice(b"cookie ");
+    out.extend_from_slice(cookie);
+    out.push(b'\n');
+}
+
+/// `/cookie` over TCP, where replies have no size limit.
+pub fn push_cookie_is_udp_only(out: &mut Vec<u8>) {
+    push_error(
+        out,
+        ErrorCode::UdpOnly,
+        &"/cookie is for UDP; over TCP replies have no size limit",
+    );
+}
+
+/// `/follow` over UDP, which cannot stream.
+pub fn push_follow_is_tcp_only(out: &mut Vec<u8>) {
+    push_error(
+        out,
+        ErrorCode::TcpOnly,
+        &"/follow needs a TCP connection (nc HOST PORT, or diary follow)",
+    );
+}
+
+/// The first line of a follow: entries after `after` come next.
+pub fn push_following(out: &mut Vec<u8>, after: u64) {
+    use std::io::Write;
+    let _ = writeln!(out, "# following entries after {after}");
+}
+
+/// The last line to a follower that fell `limit` bytes behind.
+pub fn push_behind(out: &mut Vec<u8>, limit: usize, resume: u64) {
+    push_error(
+        out,
+        ErrorCode::Behind,
+        &format_args!(
+            "this follower fell more than {limit} bytes behind; resume with \"/follow since {resume}\""
+        ),
+    );
+}
+
+/// Over raw UDP, before the entries of a `p` that did not all fit.
+pub fn push_left_out(out: &mut Vec<u8>, left_out: u64, selected: u64) {
+    use std::io::Write;
+    let _ = writeln!(
+        out,
+        "# {left_out} older entries left out to fit one datagram; \
+         send \"/past {selected}\" over TCP to the same port to see them"
+    );
+}
+
+/// A TCP line over the entry limit.
+pub fn push_line_too_long(out: &mut Vec<u8>, max_entry: usize) {
+    push_error(
+        out,
+        ErrorCode::TooLong,
+        &format_args!("line is over the limit of {max_entry} bytes; nothing stored"),
+    );
+}
+
+/// The one line a connection over the limit gets before it is closed.
+pub fn busy_line(max_connections: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    push_error(
+        &mut out,
+        ErrorCode::Busy,
+        &format_args!(
+            "the server has its maximum of {max_connections} connections; try again later"
+        ),
+    );
+    out
+}
+
+/// Why a connection is being closed by the sweep.
+#[derive(Debug, Clone, Copy)]
+pub enum IdleClose {
+    /// No traffic either way for this many seconds.
+    Quiet(u64),
+    /// Replies left unread for this many seconds.
+    Unread(u64),
+}
+
+pub fn push_idle(out: &mut Vec<u8>, why: IdleClose) {
+    let reason = match why {
+        IdleClose::Unread(s) => format!("replies unread for {s} s; closing"),
+        IdleClose::Quiet(s) => format!("no traffic for {s} s; closing"),
+    };
+    push_error(out, ErrorCode::Idle, &reason);
+}
+
+/// The line that replaces the ack of every write of a failed commit.
+pub fn commit_failed_line(error: &dyn fmt::Display) -> Vec<u8> {
+    let mut line = Vec::new();
+    push_error(
+        &mut line,
+        ErrorCode::Io,
+        &format_args!("could not store the entry: {error}; nothing stored"),
+    );
+    line
+}
+
+/// A reply that could not read the diary.
+pub fn push_read_error(out: &mut Vec<u8>, error: &dyn fmt::Display) {
+    push_error(
+        out,
+        ErrorCode::Io,
+        &format_args!("cannot read the diary: {error}"),
+    );
+}
+
+/// The reply to `/stats`.
+pub fn push_stats(out: &mut Vec<u8>, s: &crate::stats::Stats, entries: u64, bytes: u64) {
+    use std::io::Write;
+    let _ = write!(
+        out,
+        "uptime_seconds {}\nentries {}\nbytes {}\ntcp_clients {}\nudp_clients_last_minute {}\n\
+         followers {}\ndropped_followers {}\nfollower_queue_peak_bytes {}\n\
+         udp_writes {}\ntcp_writes {}\nudp_reads {}\ntcp_reads {}\nfailed_commits {}\n\
+         udp_dropped_replies {}\n",
+        s.started.elapsed().as_secs(),
+        entries,
+        bytes,
+        s.tcp_clients,
+        s.udp_sources,
+        s.followers,
+        s.dropped_followers,
+        s.follower_queue_peak,
+        s.udp_writes,
+        s.tcp_writes,
+        s.udp_reads,
+        s.tcp_reads,
+        s.failed_commits,
+        s.dropped_replies,
+    );
+    push_end(out);
+}
+
+/// How a datagram reply that came out over its limit is made to fit.
+#[derive(Debug, Clone, Copy)]
+pub enum Oversize<'a> {
+    /// A write: the entry is stored either way, so the ack at `ack_at` is
+    /// shortened to `ok ID`, or `ok`.
+    Ack { ack_at: usize, id: u64 },
+    /// A tagged request: the whole reply becomes `id TAG truncated`, and
+    /// the client asks again over TCP.
+    Tagged(&'a str),
+    /// A raw request (`nc -u`): cut at a line boundary, with a note.
+    Raw,
+}
+
+/// Makes the reply in `out[start..]` fit in `limit` bytes, as `how` says.
+/// The one place the datagram limit is enforced.
+pub fn fit_datagram(out: &mut Vec<u8>, start: usize, limit: usize, how: Oversize) {
+    if out.len() - start <= limit {
+        return;
+    }
+    match how {
+        Oversize::Ack { ack_at, id } => shorten_ack(out, ack_at, id, limit - (ack_at - start)),
+        Oversize::Tagged(tag) => {
+            out.truncate(start);
+            push_truncated(out, tag);
+        }
+        Oversize::Raw => cut_to_limit(out, start, limit),
+    }
+}
+
+/// Replaces the `ok ID TIME` line at `at` with `ok ID`, or `ok`, whichever
+/// fits in `room` bytes.
+fn shorten_ack(out: &mut Vec<u8>, at: usize, id: u64, room: usize) {
+    out.truncate(at);
+    let mut digits = itoa::Buffer::new();
+    let id = digits.format(id);
+    if 4 + id.len() <= room {
+        out.extend_from_slice(b"ok ");
+        out.extend_from_slice(id.as_bytes());
+        out.push(b'\n');
+    } else {
+        out.extend_from_slice(&b"ok\n"[..room.min(3)]);
+    }
+}
+
+/// Cuts a raw datagram reply at a line boundary so it fits `limit`, saying so.
+fn cut_to_limit(out: &mut Vec<u8>, start: usize, limit: usize) {
+    const NOTE: &[u8] = b"# reply cut to fit one datagram; ask over TCP for all of it\n";
+    let keep = limit.saturating_sub(NOTE.len());
+    let cut = out[start..start + keep.min(out.len() - start)]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(start, |i| start + i + 1);
+    out.truncate(cut);
+    if out.len() - start + NOTE.len() <= limit {
+        out.extend_from_slice(NOTE);
+    }
+}
+
+/// Replaces the ack line at `at` in `buf` with `line` (a failed commit's
+/// error); in a datagram of at most `limit` bytes, the short `err io`.
+pub fn replace_ack(buf: &mut Vec<u8>, at: usize, line: &[u8], limit: usize) {
+    let end = buf[at..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(buf.len(), |i| at + i + 1);
+    buf.splice(at..end, line.iter().copied());
+    if buf.len() > limit {
+        buf.truncate(at);
+        buf.extend_from_slice(b"err io\n");
+        buf.truncate(limit);
+    }
 }
 
 /// The reply to `h` / `/help`, without its end line.
@@ -429,8 +683,40 @@ mod tests {
     }
 
     #[test]
+    fn protocol_doc_lists_every_error_code() {
+        let doc = include_str!("../docs/PROTOCOL.md");
+        for code in ErrorCode::ALL {
+            assert!(
+                doc.contains(&format!("`{}`", code.as_str())),
+                "docs/PROTOCOL.md does not list err {}",
+                code.as_str()
+            );
+        }
+    }
+
+    #[test]
+    fn oversize_replies_fit_their_datagram() {
+        let mut out = b"id t\nok 12 2026-11-25T06:00:28.123+00:00\n".to_vec();
+        fit_datagram(&mut out, 0, 14, Oversize::Ack { ack_at: 5, id: 12 });
+        assert_eq!(out, b"id t\nok 12\n");
+        let mut out = b"id t\n".to_vec();
+        out.extend_from_slice(&[b'x'; 100]);
+        fit_datagram(&mut out, 0, 50, Oversize::Tagged("t"));
+        assert_eq!(out, b"id t truncated\n");
+        let mut out = b"1\ta\n2\tb\n".repeat(40);
+        fit_datagram(&mut out, 0, 100, Oversize::Raw);
+        assert!(out.len() <= 100 && out.ends_with(b"all of it\n"), "{out:?}");
+        let mut buf = b"id t\nok 1 T\nnext\n".to_vec();
+        replace_ack(&mut buf, 5, b"err io failed\n", usize::MAX);
+        assert_eq!(buf, b"id t\nerr io failed\nnext\n");
+        let mut buf = b"id t\nok 1 T\n".to_vec();
+        replace_ack(&mut buf, 5, b"err io a long reason\n", 12);
+        assert_eq!(buf, b"id t\nerr io\n");
+    }
+
+    #[test]
     fn seed_commands_and_entries() {
-        assert!(matches!(cmd("p"), Ok(Command::Past { seed: true, .. })));
+        assert!(matches!(cmd("p"), Ok(Command::Past { .. })));
         assert_eq!(cmd("h"), Ok(Command::Help));
         assert_eq!(cmd("e"), Ok(Command::Quit));
         assert_eq!(cmd("今天天气很好"), Ok(Command::Write("今天天气很好")));

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How often the file is flushed to the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsyncPolicy {
     /// `fdatasync` once per loop iteration, before the writes are acknowledged.
     Always,
@@ -25,6 +25,37 @@ pub enum FsyncPolicy {
     Interval,
     /// Leave flushing to the OS; a crash of the machine may lose recent writes.
     Never,
+}
+
+impl FsyncPolicy {
+    /// The names the command line takes, in the order of the variants.
+    pub const NAMES: [&'static str; 3] = ["always", "interval", "never"];
+}
+
+impl std::str::FromStr for FsyncPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<FsyncPolicy, String> {
+        match s {
+            "always" => Ok(FsyncPolicy::Always),
+            "interval" => Ok(FsyncPolicy::Interval),
+            "never" => Ok(FsyncPolicy::Never),
+            _ => Err(format!(
+                "{s:?} is not an fsync policy; use one of {}",
+                FsyncPolicy::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+impl fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FsyncPolicy::Always => "always",
+            FsyncPolicy::Interval => "interval",
+            FsyncPolicy::Never => "never",
+        })
+    }
 }
 
 /// How long `interval` lets written data wait for its `fdatasync`.
@@ -104,6 +135,10 @@ pub struct Store {
     pending: Vec<u8>,
     /// Written but not yet `fdatasync`ed (policy `interval`).
     unsynced_since: Option<Instant>,
+    /// The last `fdatasync` failed: what was written may not be on the
+    /// disk, so no write is acknowledged until one succeeds (as Redis does
+    /// after a failed background fsync).
+    sync_failed: bool,
     cached_stamp: (i64, String),
     /// The last appended id in decimal, for its line and its ack.
     id_text: itoa::Buffer,
@@ -138,6 +173,7 @@ impl Store {
             committed_len: 0,
             pending: Vec::with_capacity(64 * 1024),
             unsynced_since: None,
+            sync_failed: false,
             cached_stamp: (i64::MIN, String::new()),
             id_text: itoa::Buffer::new(),
             batch_clock: None,
@@ -244,16 +280,23 @@ impl Store {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let result = self.file.write_all(&self.pending).and_then(|()| {
-            match self.policy {
-                FsyncPolicy::Always => self.file.sync_data()?,
-                FsyncPolicy::Interval => {
-                    self.unsynced_since.get_or_insert_with(Instant::now);
-                }
-                FsyncPolicy::Never => {}
-            }
+        let earlier_sync = if self.sync_failed {
+            self.sync_now()
+        } else {
             Ok(())
-        });
+        };
+        let result = earlier_sync
+            .and_then(|()| self.file.write_all(&self.pending))
+            .and_then(|()| {
+                match self.policy {
+                    FsyncPolicy::Always => self.file.sync_data()?,
+                    FsyncPolicy::Interval => {
+                        self.unsynced_since.get_or_insert_with(Instant::now);
+                    }
+                    FsyncPolicy::Never => {}
+                }
+                Ok(())
+            });
         match result {
             Ok(()) => {
                 self.committed_len += self.pending.len() as u64;
@@ -287,9 +330,12 @@ impl Store {
     }
 
     /// Flushes whatever was written (used at shutdown whatever the policy).
+    /// Until a flush succeeds after one failed, every commit fails.
     pub fn sync_now(&mut self) -> io::Result<()> {
         self.unsynced_since = None;
-        self.file.sync_data()
+        let result = self.file.sync_data();
+        self.sync_failed = result.is_err();
+        result
     }
 
     /// Number of committed entries, which is also the newest committed id.

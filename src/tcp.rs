@@ -1,15 +1,28 @@
-//! TCP connections: reading bytes into lines (framing) and queueing output.
+//! The TCP side of the server: the listener, the connections (in a slab),
+//! accepting within the connection limit, reading and answering lines,
+//! streaming long replies, feeding followers, flushing, and closing idle
+//! or unread connections.
 //!
-//! A request is a line ending in `\n` (`\r\n` accepted). A line is handed on
-//! only once its newline has arrived, so a client that vanishes mid-line
-//! stores nothing. A line longer than the limit is reported once and its
-//! bytes are dropped up to the next newline, never buffered.
+//! It reaches the diary only through the [`Service`] the loop lends it, and
+//! the loop only through its methods. Nothing it queues is sent before the
+//! loop's commit of the same iteration, and no connection leaves the slab
+//! before the iteration's end ([`TcpSide::reap`]), so neither a patched ack
+//! nor a stale event can reach the wrong client.
 
-use crate::handler::PastCursor;
-use mio::net::TcpStream;
-use std::io::{self, Read, Write};
+use crate::follow::{Fed, Follower};
+use crate::framing::{Frame, LineFramer, OutBuf};
+use crate::history::{self, PastCursor};
+use crate::limits::Limits;
+use crate::logging::{self, Throttle};
+use crate::protocol::{self, IdleClose};
+use crate::service::{AckSite, Outcome, Service, Transport};
+use crate::stats::Stats;
+use crate::store::Store;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+use slab::Slab;
+use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::time::Instant;
 
 /// Connections the kernel may hold for `accept` (capped by `somaxconn`).
@@ -17,8 +30,11 @@ use std::time::Instant;
 /// kernel then drops handshakes and those clients wait a second or more.
 const LISTEN_BACKLOG: i32 = 4096;
 
+/// Bytes a streamed reply adds per fill.
+const STREAM_FILL: usize = 128 * 1024;
+
 /// A non-blocking TCP listener on `addr` with a deep accept queue.
-pub fn listen(addr: SocketAddr) -> io::Result<mio::net::TcpListener> {
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     // As mio does: a restarted server can bind while old connections linger.
@@ -26,241 +42,42 @@ pub fn listen(addr: SocketAddr) -> io::Result<mio::net::TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;
-    Ok(mio::net::TcpListener::from_std(socket.into()))
-}
-
-/// How much is read from a socket at a time.
-const READ_CHUNK: usize = 16 * 1024;
-/// A drained buffer bigger than this is released rather than kept for the
-/// connection's next burst, so that many quiet connections stay small.
-const RETAINED: usize = 64 * 1024;
-
-/// One complete request line, or the news that a line was too long.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Frame {
-    /// Byte range of the line in the framer's buffer, without `\r\n`.
-    Line(Range<usize>),
-    /// A line over the limit was dropped (or is being dropped) up to its newline.
-    TooLong,
-}
-
-/// Splits a byte stream into lines of at most `max_line` bytes.
-#[derive(Debug)]
-pub struct LineFramer {
-    /// Allocated (and zeroed) only once the client sends something, then
-    /// read into directly: `buf[..end]` holds data, the rest is room.
-    buf: Vec<u8>,
-    end: usize,
-    /// Start of the first unconsumed byte.
-    start: usize,
-    /// Bytes before this (from `start`) are known to hold no newline.
-    scanned: usize,
-    /// Inside a too-long line: drop bytes until its newline.
-    discarding: bool,
-    max_line: usize,
-    left_room: bool,
-}
-
-impl LineFramer {
-    pub fn new(max_line: usize) -> LineFramer {
-        LineFramer {
-            buf: Vec::new(),
-            end: 0,
-            start: 0,
-            scanned: 0,
-            discarding: false,
-            max_line,
-            left_room: false,
-        }
-    }
-
-    /// Reads once from `src` into the buffer. `Ok(0)` is end of stream.
-    ///
-    /// A connection that has never sent anything is read through a scratch
-    /// buffer on the stack, so an idle connection holds no buffer at all.
-    pub fn read_from(&mut self, src: &mut impl Read) -> io::Result<usize> {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-            self.scanned = 0;
-            if self.buf.len() > RETAINED {
-                self.buf = Vec::new();
-            }
-        } else if self.start > self.buf.len() / 2 {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.scanned -= self.start;
-            self.start = 0;
-        }
-        if self.buf.is_empty() {
-            let mut scratch = [0u8; READ_CHUNK];
-            let n = src.read(&mut scratch)?;
-            if n > 0 {
-                self.buf = vec![0; READ_CHUNK];
-                self.buf[..n].copy_from_slice(&scratch[..n]);
-                self.end = n;
-            }
-            self.left_room = n < READ_CHUNK;
-            return Ok(n);
-        }
-        if self.buf.len() - self.end < READ_CHUNK / 4 {
-            let grown = (self.buf.len() * 2).max(self.end + READ_CHUNK);
-            self.buf.resize(grown, 0);
-        }
-        let n = src.read(&mut self.buf[self.end..])?;
-        self.end += n;
-        self.left_room = self.end < self.buf.len();
-        Ok(n)
-    }
-
-    /// Whether the last read took less than it was offered (the source had
-    /// no more at that moment).
-    pub fn read_left_room(&self) -> bool {
-        self.left_room
-    }
-
-    /// The next complete line (or too-long report), without consuming it.
-    pub fn peek(&mut self) -> Option<Frame> {
-        loop {
-            let pending = &self.buf[self.scanned..self.end];
-            match memchr::memchr(b'\n', pending) {
-                Some(i) => {
-                    let newline = self.scanned + i;
-                    if self.discarding {
-                        self.discarding = false;
-                        self.start = newline + 1;
-                        self.scanned = self.start;
-                        continue;
-                    }
-                    let mut end = newline;
-                    if end > self.start && self.buf[end - 1] == b'\r' {
-                        end -= 1;
-                    }
-                    if end - self.start > self.max_line {
-                        // Complete but too long: drop it through its newline.
-                        self.scanned = newline;
-                        self.discarding = true;
-                        return Some(Frame::TooLong);
-                    }
-                    self.scanned = newline;
-                    return Some(Frame::Line(self.start..end));
-                }
-                None => {
-                    self.scanned = self.end;
-                    if self.discarding {
-                        self.start = self.end;
-                        return None;
-                    }
-                    if self.end - self.start > self.max_line + 1 {
-                        self.start = self.end;
-                        self.scanned = self.start;
-                        self.discarding = true;
-                        return Some(Frame::TooLong);
-                    }
-                    return None;
-                }
-            }
-        }
-    }
-
-    /// Consumes the frame [`LineFramer::peek`] just returned.
-    pub fn consume(&mut self, frame: &Frame) {
-        if let Frame::Line(_) = frame {
-            // peek left `scanned` on the line's newline.
-            debug_assert_eq!(self.buf[self.scanned], b'\n');
-            self.start = self.scanned + 1;
-            self.scanned = self.start;
-        }
-    }
-
-    pub fn line(&self, range: Range<usize>) -> &[u8] {
-        &self.buf[range]
-    }
-
-    /// Bytes of an unfinished line held in memory.
-    pub fn buffered(&self) -> usize {
-        self.end - self.start
-    }
-}
-
-/// Bytes waiting to be written to a socket.
-#[derive(Debug, Default)]
-pub struct OutBuf {
-    pub buf: Vec<u8>,
-    sent: usize,
-}
-
-impl OutBuf {
-    pub fn queued(&self) -> usize {
-        self.buf.len() - self.sent
-    }
-
-    /// Writes until done or the socket would block.
-    pub fn flush_to(&mut self, dst: &mut impl Write) -> io::Result<()> {
-        while self.sent < self.buf.len() {
-            match dst.write(&self.buf[self.sent..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.sent += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
-        if self.sent == self.buf.len() {
-            self.buf.clear();
-            self.sent = 0;
-            if self.buf.capacity() > RETAINED {
-                self.buf = Vec::new();
-            }
-        } else if self.sent > 64 * 1024 && self.sent > self.buf.len() / 2 {
-            self.buf.drain(..self.sent);
-            self.sent = 0;
-        }
-        Ok(())
-    }
+    Ok(TcpListener::from_std(socket.into()))
 }
 
 /// What a connection is doing besides answering request lines.
 #[derive(Debug)]
-pub enum Mode {
+enum Mode {
     Requests,
     /// Sending a long `/past` reply as the client reads it.
     Streaming(PastCursor),
-    /// Following: committed entries from `next` on are sent as they come.
-    /// Entries up to `backlog_end` existed when the follow began; they are
-    /// sent as the client reads them and do not count as falling behind.
-    Following {
-        next: u64,
-        backlog_end: u64,
-    },
+    Following(Follower),
 }
 
 /// One TCP client.
 #[derive(Debug)]
-pub struct Conn {
-    pub stream: TcpStream,
-    pub peer: SocketAddr,
-    pub framer: LineFramer,
-    pub out: OutBuf,
-    pub mode: Mode,
+struct Conn {
+    stream: TcpStream,
+    framer: LineFramer,
+    out: OutBuf,
+    mode: Mode,
     /// Close once the output is sent (after `e`, end of input, or a limit).
-    pub closing: bool,
+    closing: bool,
     /// Broken or finished: removed at the end of the iteration.
-    pub dead: bool,
+    dead: bool,
     /// Input may be waiting in the socket that was not read because the
     /// connection was paused; read it when it resumes.
-    pub stalled: bool,
-    pub writable_interest: bool,
-    pub last_active: Instant,
+    stalled: bool,
+    writable_interest: bool,
+    last_active: Instant,
     /// When the output queue was last empty or last made progress.
-    pub last_sent: Instant,
+    last_sent: Instant,
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, peer: SocketAddr, max_line: usize) -> Conn {
+    fn new(stream: TcpStream, max_line: usize) -> Conn {
         Conn {
             stream,
-            peer,
             framer: LineFramer::new(max_line),
             out: OutBuf::default(),
             mode: Mode::Requests,
@@ -272,47 +89,399 @@ impl Conn {
             last_sent: Instant::now(),
         }
     }
+
+    /// Ends a stream or follow: the connection closes once its output is sent.
+    fn end_session(&mut self) {
+        self.mode = Mode::Requests;
+        self.closing = true;
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub struct TcpSide {
+    listener: Option<TcpListener>,
+    conns: Slab<Conn>,
+    limits: Limits,
+    /// Connections with output to flush or state to check this iteration.
+    touched: Vec<usize>,
+    /// Connections to serve again next iteration without a new event.
+    resume: Vec<usize>,
+    /// Connections to remove at the end of the iteration.
+    dead: Vec<usize>,
+    followers: Vec<usize>,
+    accept_log: Throttle,
+}
 
-    fn frames(framer: &mut LineFramer) -> Vec<Result<Vec<u8>, ()>> {
-        let mut got = Vec::new();
-        while let Some(frame) = framer.peek() {
-            got.push(match &frame {
-                Frame::Line(r) => Ok(framer.line(r.clone()).to_vec()),
-                Frame::TooLong => Err(()),
-            });
-            framer.consume(&frame);
+impl TcpSide {
+    pub fn new(listener: TcpListener, limits: &Limits) -> TcpSide {
+        TcpSide {
+            listener: Some(listener),
+            conns: Slab::new(),
+            limits: limits.clone(),
+            touched: Vec::new(),
+            resume: Vec::new(),
+            dead: Vec::new(),
+            followers: Vec::new(),
+            accept_log: Throttle::default(),
         }
-        got
     }
 
-    #[test]
-    fn lines_split_across_reads() {
-        let mut f = LineFramer::new(100);
-        f.read_from(&mut &b"hel"[..]).unwrap();
-        assert!(frames(&mut f).is_empty());
-        f.read_from(&mut &b"lo\r\nwor"[..]).unwrap();
-        assert_eq!(frames(&mut f), vec![Ok(b"hello".to_vec())]);
-        f.read_from(&mut &b"ld\n\n"[..]).unwrap();
-        assert_eq!(frames(&mut f), vec![Ok(b"world".to_vec()), Ok(vec![])]);
-        assert_eq!(f.buffered(), 0);
+    pub fn register_listener(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        match self.listener.as_mut() {
+            Some(listener) => registry.register(listener, token, Interest::READABLE),
+            None => Ok(()),
+        }
     }
 
-    #[test]
-    fn too_long_lines_are_dropped_not_buffered() {
-        let mut f = LineFramer::new(4);
-        f.read_from(&mut &b"12345678"[..]).unwrap();
-        assert_eq!(frames(&mut f), vec![Err(())]);
-        f.read_from(&mut &b"9999"[..]).unwrap();
-        assert!(frames(&mut f).is_empty());
-        assert_eq!(f.buffered(), 0);
-        f.read_from(&mut &b"99\nok\n"[..]).unwrap();
-        assert_eq!(frames(&mut f), vec![Ok(b"ok".to_vec())]);
-        f.read_from(&mut &b"toolong\nfine\n"[..]).unwrap();
-        assert_eq!(frames(&mut f), vec![Err(()), Ok(b"fine".to_vec())]);
+    /// Whether connections wait to be served without a new event.
+    pub fn has_resumable(&self) -> bool {
+        !self.resume.is_empty()
+    }
+
+    /// Accepts every waiting connection, within the connection limit.
+    /// Connection `key`'s token is `Token(key)`.
+    pub fn accept(&mut self, registry: &Registry, stats: &mut Stats) {
+        let Some(listener) = self.listener.as_ref() else {
+            return;
+        };
+        loop {
+            let mut stream = match listener.accept() {
+                Ok((stream, _peer)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of descriptors and the like: shed this one, keep serving.
+                    logging::warn_throttled(
+                        &mut self.accept_log,
+                        format_args!("accept failed: {e}"),
+                    );
+                    return;
+                }
+            };
+            if self.conns.len() >= self.limits.max_connections {
+                let _ = stream.write_all(&protocol::busy_line(self.limits.max_connections));
+                continue;
+            }
+            // Replies are already one write per iteration; Nagle would only add latency.
+            let _ = stream.set_nodelay(true);
+            let max_line = self.limits.max_entry + 128;
+            let entry = self.conns.vacant_entry();
+            let key = entry.key();
+            if registry
+                .register(&mut stream, Token(key), Interest::READABLE)
+                .is_err()
+            {
+                continue;
+            }
+            entry.insert(Conn::new(stream, max_line));
+            stats.tcp_clients = self.conns.len() as u64;
+            // Data may already be waiting; edge-triggered readiness will not repeat it.
+            self.resume.push(key);
+        }
+    }
+
+    /// Handles readiness of connection `key`.
+    pub fn on_event(&mut self, key: usize, event: &mio::event::Event, service: &mut impl Service) {
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            // A hang-up in this event raises no other: read to the end.
+            let to_the_end = event.is_read_closed() || event.is_error();
+            self.serve(key, to_the_end, service);
+        }
+        if event.is_writable() {
+            self.touched.push(key);
+        }
+    }
+
+    /// Serves the connections that were paused or newly accepted.
+    pub fn serve_resumed(&mut self, service: &mut impl Service) {
+        for key in std::mem::take(&mut self.resume) {
+            // No event will come for what is already waiting: read it all.
+            self.serve(key, true, service);
+        }
+    }
+
+    /// Reads and answers what a connection has sent, as far as its limits allow.
+    ///
+    /// A read that leaves room in the buffer has emptied the socket, and on
+    /// Linux any later arrival raises a new edge, so unless `to_the_end` the
+    /// read that would only say "would block" is skipped: one syscall less
+    /// per connection per iteration.
+    fn serve(&mut self, key: usize, to_the_end: bool, service: &mut impl Service) {
+        match self.conns.get_mut(key) {
+            Some(conn) if !conn.dead => conn.stalled = false,
+            _ => return,
+        }
+        self.touched.push(key);
+        let mut socket_empty = false;
+        loop {
+            self.continue_stream(key, service);
+            if !self.answer_lines(key, service) {
+                self.conns[key].stalled = true;
+                return;
+            }
+            if socket_empty {
+                return;
+            }
+            let conn = &mut self.conns[key];
+            match conn.framer.read_from(&mut conn.stream) {
+                Ok(0) => {
+                    // The client is done sending; answer what it asked, then close.
+                    if !matches!(conn.mode, Mode::Following(_)) {
+                        conn.closing = true;
+                    }
+                    return;
+                }
+                Ok(_) => {
+                    conn.last_active = Instant::now();
+                    socket_empty = !to_the_end && conn.framer.read_left_room();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    conn.dead = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn paused(&self, key: usize) -> bool {
+        let conn = &self.conns[key];
+        conn.closing
+            || !matches!(conn.mode, Mode::Requests)
+            || conn.out.queued() >= self.limits.max_output
+    }
+
+    /// Answers complete lines; false when the connection must wait (output
+    /// full, a reply still streaming, or the session over).
+    fn answer_lines(&mut self, key: usize, service: &mut impl Service) -> bool {
+        let max_entry = self.limits.max_entry;
+        loop {
+            if self.paused(key) {
+                return false;
+            }
+            let conn = &mut self.conns[key];
+            let Some(frame) = conn.framer.peek() else {
+                return true;
+            };
+            let range = match &frame {
+                Frame::TooLong => {
+                    protocol::push_line_too_long(&mut conn.out.buf, max_entry);
+                    conn.framer.consume(&frame);
+                    continue;
+                }
+                Frame::Line(range) => range.clone(),
+            };
+            let request = protocol::parse(conn.framer.line(range), max_entry);
+            if service.has_pending() && protocol::reads_store(&request) {
+                // A read sees every write before it; a failure is settled
+                // with the iteration's other acks.
+                let _ = service.commit();
+            }
+            let outcome = service.answer(&request, Transport::Tcp, &mut conn.out.buf);
+            conn.framer.consume(&frame);
+            match outcome {
+                Outcome::Replied => {}
+                Outcome::Wrote { ack_at, .. } => {
+                    service.await_commit(AckSite::Tcp { key, at: ack_at })
+                }
+                Outcome::Quit => conn.closing = true,
+                Outcome::Stream(cursor) => conn.mode = Mode::Streaming(cursor),
+                Outcome::Follow { after } => {
+                    let follower = Follower::start(after, service.store(), &mut conn.out.buf);
+                    conn.mode = Mode::Following(follower);
+                    self.followers.push(key);
+                    service.stats().followers += 1;
+                    self.continue_stream(key, service);
+                }
+            }
+        }
+    }
+
+    /// Tops up a streamed reply or a follower's feed once the client has
+    /// read most of what was queued.
+    fn continue_stream(&mut self, key: usize, service: &mut impl Service) {
+        let conn = &mut self.conns[key];
+        if conn.dead {
+            return;
+        }
+        match &mut conn.mode {
+            Mode::Requests => {}
+            Mode::Following(follower) => {
+                let limit = self.limits.follow_backlog;
+                let fed = follower.feed(&mut conn.out, service.store(), limit);
+                let stats = service.stats();
+                let queued = conn.out.queued() as u64;
+                stats.follower_queue_peak = stats.follower_queue_peak.max(queued);
+                if fed == Fed::Behind {
+                    stats.dropped_followers += 1;
+                }
+                if fed != Fed::Following {
+                    conn.end_session();
+                }
+            }
+            Mode::Streaming(cursor) => {
+                if conn.out.queued() > self.limits.max_output / 2 {
+                    return;
+                }
+                match history::fill(service.store(), cursor, &mut conn.out.buf, STREAM_FILL) {
+                    Ok(false) => {}
+                    Ok(true) => conn.mode = Mode::Requests,
+                    Err(e) => {
+                        protocol::push_read_error(&mut conn.out.buf, &e);
+                        conn.end_session();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Replaces the ack at byte `at` of connection `key`'s output with `line`.
+    pub fn patch_ack(&mut self, key: usize, at: usize, line: &[u8]) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            protocol::replace_ack(&mut conn.out.buf, at, line, usize::MAX);
+        }
+    }
+
+    /// Feeds every follower what was committed this iteration.
+    pub fn feed_followers(&mut self, service: &mut impl Service) {
+        for i in 0..self.followers.len() {
+            let key = self.followers[i];
+            self.continue_stream(key, service);
+            self.touched.push(key);
+        }
+    }
+
+    /// Closes connections idle too long, and those that have not read
+    /// their replies for too long (followers have their own bound).
+    pub fn sweep(&mut self, now: Instant, registry: &Registry, stats: &mut Stats) {
+        let (idle, send) = (self.limits.idle_timeout, self.limits.send_timeout);
+        for (key, conn) in self.conns.iter_mut() {
+            if conn.dead || matches!(conn.mode, Mode::Following(_)) {
+                continue;
+            }
+            let idle_for = now.duration_since(conn.last_active);
+            let unread_for = now.duration_since(conn.last_sent);
+            let why = if conn.out.queued() > 0 && unread_for >= send {
+                IdleClose::Unread(send.as_secs())
+            } else if idle_for >= idle {
+                IdleClose::Quiet(idle.as_secs())
+            } else {
+                continue;
+            };
+            protocol::push_idle(&mut conn.out.buf, why);
+            conn.end_session();
+            // One last try to say why; a client that never reads will not see it.
+            let _ = conn.out.flush_to(&mut conn.stream);
+            conn.dead = true;
+            self.dead.push(key);
+        }
+        // An accept that failed (out of descriptors) left connections
+        // queued that will raise no new event; try them again.
+        self.accept(registry, stats);
+    }
+
+    /// Sends what the touched connections have queued.
+    pub fn flush(&mut self, registry: &Registry, store: &Store) {
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.sort_unstable();
+        touched.dedup();
+        for &key in &touched {
+            self.flush_conn(key, registry, store);
+        }
+        touched.clear();
+        self.touched = touched;
+    }
+
+    fn flush_conn(&mut self, key: usize, registry: &Registry, store: &Store) {
+        let max_output = self.limits.max_output;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.dead {
+            return;
+        }
+        let before = conn.out.queued();
+        if conn.out.flush_to(&mut conn.stream).is_err() {
+            conn.dead = true;
+            return;
+        }
+        let queued = conn.out.queued();
+        if queued < before || queued == 0 {
+            conn.last_sent = Instant::now();
+        }
+        if queued < before {
+            conn.last_active = conn.last_sent;
+        }
+        let streaming = !matches!(conn.mode, Mode::Requests);
+        if queued == 0 && conn.closing && !streaming {
+            conn.dead = true;
+            return;
+        }
+        let want_writable = queued > 0;
+        if want_writable != conn.writable_interest {
+            let interest = if want_writable {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if registry
+                .reregister(&mut conn.stream, Token(key), interest)
+                .is_err()
+            {
+                conn.dead = true;
+                return;
+            }
+            conn.writable_interest = want_writable;
+        }
+        // Serve it again without waiting for an event only if there is work
+        // its queue now has room for; anything else would spin the loop.
+        let more = match &conn.mode {
+            Mode::Requests => conn.stalled && !conn.closing && queued < max_output / 2,
+            Mode::Streaming(_) => queued < max_output / 2,
+            Mode::Following(f) => f.wants_more(store, queued, self.limits.follow_backlog),
+        };
+        if more {
+            self.resume.push(key);
+        }
+    }
+
+    /// Removes the connections that died this iteration.
+    pub fn reap(&mut self, registry: &Registry, stats: &mut Stats) {
+        self.dead
+            .extend(self.conns.iter().filter(|(_, c)| c.dead).map(|(k, _)| k));
+        self.dead.sort_unstable();
+        self.dead.dedup();
+        for key in self.dead.drain(..) {
+            if let Some(mut conn) = self.conns.try_remove(key) {
+                let _ = registry.deregister(&mut conn.stream);
+            }
+        }
+        let conns = &self.conns;
+        self.resume.retain(|&k| conns.contains(k));
+        self.followers.retain(|&k| {
+            conns
+                .get(k)
+                .is_some_and(|c| matches!(c.mode, Mode::Following(_)))
+        });
+        stats.followers = self.followers.len() as u64;
+        stats.tcp_clients = self.conns.len() as u64;
+    }
+
+    /// Stops taking new connections (at shutdown).
+    pub fn stop_accepting(&mut self, registry: &Registry) {
+        if let Some(mut listener) = self.listener.take() {
+            let _ = registry.deregister(&mut listener);
+        }
+    }
+
+    /// One more try to send every connection's output; whether any is left.
+    pub fn flush_all(&mut self) -> bool {
+        let mut pending = false;
+        for (_, conn) in self.conns.iter_mut() {
+            if !conn.dead && conn.out.flush_to(&mut conn.stream).is_ok() {
+                pending |= conn.out.queued() > 0;
+            }
+        }
+        pending
     }
 }

@@ -314,3 +314,34 @@ fn a_retried_tagged_udp_write_is_answered_again_not_stored_twice() {
     }
     assert_eq!(file_entries(&server.path).len(), 2);
 }
+
+/// `diary past | head -1` on a history larger than the pipe buffer: the
+/// reader leaving early is not an error, and the exit code says so.
+#[test]
+fn past_into_a_pipe_closed_early_exits_0() {
+    let server = TestServer::start();
+    let mut c = Tcp::connect(server.addr);
+    let text = "x".repeat(200);
+    for _ in 0..2000 {
+        c.write(&text);
+    }
+    for proto in ["tcp", "udp"] {
+        let mut child = diary_command(server.addr, &["--proto", proto, "past"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut out, &mut first).unwrap();
+        assert!(first.contains(&text), "{first:?}");
+        drop(out);
+        let result = child.wait_with_output().unwrap();
+        assert!(
+            result.status.success(),
+            "{proto}: {} {}",
+            result.status,
+            String::from_utf8_lossy(&result.stderr)
+        );
+    }
+}

@@ -4,8 +4,8 @@
 //! something other than the lines that were sent.
 
 use diary::entry::{self, decode_line, encode_line, format_timestamp, parse_timestamp};
+use diary::framing::{Frame, LineFramer};
 use diary::protocol::{self, Command};
-use diary::tcp::{Frame, LineFramer};
 use proptest::prelude::*;
 
 /// Text biased towards what the encoding has to get right: escapes,
@@ -94,10 +94,6 @@ proptest! {
         ],
     ) {
         let request = protocol::parse(&bytes, 200);
-        // The loop's cheap test must never miss a request that reads.
-        if protocol::reads_store(&request) {
-            prop_assert!(protocol::may_read_store(&bytes));
-        }
         if let Ok(Command::Write(text)) = request.command {
             prop_assert!(!text.is_empty() && text.len() <= 200);
             prop_assert!(protocol::check_text(text.as_bytes()).is_ok());

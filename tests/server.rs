@@ -310,3 +310,37 @@ fn a_connection_closing_mid_line_stores_nothing_of_it() {
     assert_eq!(past.len(), 1);
     assert!(past[0].ends_with("\tcomplete"));
 }
+
+/// A read pipelined behind writes (in one TCP packet, or datagrams of one
+/// batch) sees every one of them: the pending batch is committed first.
+#[test]
+fn a_read_behind_writes_in_the_same_batch_sees_them() {
+    let server = TestServer::start();
+    let mut c = Tcp::connect(server.addr);
+    c.writer
+        .write_all("one\n/id t1 two\n/id t2 /past\n/stats\nthree\np\n".as_bytes())
+        .unwrap();
+    assert_eq!(ack_id(&c.line()), 1);
+    assert_eq!(c.line(), "id t1\n");
+    assert_eq!(ack_id(&c.line()), 2);
+    assert_eq!(c.line(), "id t2\n");
+    let past = c.until_end();
+    assert_eq!(past.len(), 2, "{past:?}");
+    let stats = c.until_end();
+    assert!(stats.contains(&"entries 2".to_string()), "{stats:?}");
+    assert_eq!(ack_id(&c.line()), 3);
+    assert_eq!(c.until_end().len(), 3);
+
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    udp.send_to(b"four", server.addr).unwrap();
+    udp.send_to(b"/past 1", server.addr).unwrap();
+    let mut buf = [0u8; 2048];
+    let mut replies = Vec::new();
+    for _ in 0..2 {
+        let n = udp.recv(&mut buf).unwrap();
+        replies.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(replies[0].starts_with("ok 4 "), "{replies:?}");
+    assert!(replies[1].contains("\tfour\n"), "{replies:?}");
+}

@@ -4,7 +4,7 @@
 #![no_main]
 
 use diary::protocol::{self, Command};
-use diary::tcp::{Frame, LineFramer};
+use diary::framing::{Frame, LineFramer};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

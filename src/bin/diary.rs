@@ -1,6 +1,7 @@
 //! `diary`: the client's command line. With no command it is interactive;
 //! `write`, `past` and `follow` are for scripts.
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
 use diary::client::{
     Client, ClientError, FollowEvent, Options, Proto, Reply, format_entry, parse_entry,
@@ -13,6 +14,7 @@ use std::time::Duration;
 const EXIT_REFUSED: u8 = 1;
 const EXIT_NO_SERVER: u8 = 3;
 const EXIT_BAD_REPLY: u8 = 4;
+const EXIT_LOCAL_IO: u8 = 5;
 
 /// Write to and read your diary on a diaryd server.
 ///
@@ -23,7 +25,9 @@ const EXIT_BAD_REPLY: u8 = 4;
     version,
     about,
     after_help = "Exit codes: 0 done; 1 the server refused a request (or some lines of an import); \
-                  2 bad command line; 3 no answer from the server; 4 a reply the client did not understand."
+                  2 bad command line; 3 no answer from the server; 4 a reply the client did not understand; \
+                  5 a local I/O error (reading stdin or writing stdout). Output cut short by its reader \
+                  (`diary past | head`) is not an error."
 )]
 struct Args {
     /// The server, HOST:PORT.
@@ -36,7 +40,12 @@ struct Args {
     server: String,
 
     /// Transport: udp (retries lost datagrams, uses TCP for big replies) or tcp.
-    #[arg(long, global = true, value_enum, default_value_t = Proto::Udp)]
+    #[arg(
+        long,
+        global = true,
+        default_value = "udp",
+        value_parser = PossibleValuesParser::new(Proto::NAMES).try_map(|s| s.parse::<Proto>()),
+    )]
     proto: Proto,
 
     /// Seconds one request may take, retries included.
@@ -114,13 +123,21 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
-        Err(e) => match e.downcast::<ClientError>() {
-            Ok(e) => fail(&e),
-            Err(e) => {
-                eprintln!("diary: {e}");
-                ExitCode::from(EXIT_BAD_REPLY)
+        Err(e) => {
+            if let Some(e) = e.downcast_ref::<ClientError>() {
+                return fail(e);
             }
-        },
+            if let Some(e) = e.downcast_ref::<std::io::Error>() {
+                // The reader of our output has all it wanted (`| head`).
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    return ExitCode::SUCCESS;
+                }
+                eprintln!("diary: {e}");
+                return ExitCode::from(EXIT_LOCAL_IO);
+            }
+            eprintln!("diary: {e}");
+            ExitCode::from(EXIT_BAD_REPLY)
+        }
     }
 }
 

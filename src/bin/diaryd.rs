@@ -2,8 +2,10 @@
 //! runs the event loop until SIGINT or SIGTERM.
 
 use clap::Parser;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use diary::event_loop::{Limits, Server};
 use diary::store::{FsyncPolicy, Store};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,7 +30,12 @@ struct Args {
     /// When writes reach the disk before they are acknowledged:
     /// `always` = fdatasync once per loop iteration, before any reply;
     /// `interval` = about once a second; `never` = left to the OS.
-    #[arg(long, value_enum, default_value_t = FsyncPolicy::Always)]
+    #[arg(
+        long,
+        default_value = "always",
+        value_parser = PossibleValuesParser::new(FsyncPolicy::NAMES)
+            .try_map(|s| s.parse::<FsyncPolicy>()),
+    )]
     fsync: FsyncPolicy,
 
     /// Largest entry, in bytes; longer ones get an error.
@@ -72,16 +79,17 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    diary::logging::init(log::LevelFilter::Info);
     let (store, recovery) = match Store::open(&args.file, args.fsync) {
         Ok(opened) => opened,
         Err(e) => {
-            eprintln!("diaryd: {e}");
+            log::error!("{e}");
             return ExitCode::from(2);
         }
     };
     if let Some((bytes, side)) = &recovery.torn_tail {
-        eprintln!(
-            "diaryd: warning: {} ended in an unfinished line ({bytes} bytes, from a crash \
+        log::warn!(
+            "{} ended in an unfinished line ({bytes} bytes, from a crash \
              mid-write); it was cut off and kept in {}",
             args.file.display(),
             side.display()
@@ -103,8 +111,8 @@ fn main() -> ExitCode {
     let mut server = match Server::bind(args.listen, store, limits) {
         Ok(server) => server,
         Err(e) => {
-            eprintln!(
-                "diaryd: cannot listen on {}: {e}; is another server using the port? \
+            log::error!(
+                "cannot listen on {}: {e}; is another server using the port? \
                  Pick another with --listen",
                 args.listen
             );
@@ -112,28 +120,29 @@ fn main() -> ExitCode {
         }
     };
     if let Err(e) = server.stop_on_signals() {
-        eprintln!("diaryd: cannot handle SIGINT/SIGTERM: {e}");
+        log::error!("cannot handle SIGINT/SIGTERM: {e}");
         return ExitCode::from(1);
     }
     raise_open_files_limit(args.max_connections);
     let path = std::fs::canonicalize(&args.file).unwrap_or(args.file.clone());
-    println!(
-        "diaryd: listening on {} (UDP and TCP), writing {} ({} entries, fsync {:?})",
+    // Scripts read the port from this line; a closed stdout must not stop the server.
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(
+        stdout,
+        "diaryd: listening on {} (UDP and TCP), writing {} ({} entries, fsync {})",
         server.local_addr(),
         path.display(),
         entries,
         args.fsync
-    );
+    )
+    .and_then(|()| stdout.flush());
     match server.run() {
         Ok(()) => {
-            eprintln!(
-                "diaryd: stopped; everything acknowledged is in {}",
-                path.display()
-            );
+            log::info!("stopped; everything acknowledged is in {}", path.display());
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("diaryd: event loop failed: {e}");
+            log::error!("event loop failed: {e}");
             ExitCode::from(1)
         }
     }
@@ -147,8 +156,8 @@ fn raise_open_files_limit(max_connections: usize) {
     };
     let wanted = max_connections as u64 + 64;
     if allowed < wanted {
-        eprintln!(
-            "diaryd: warning: only {allowed} open files allowed (ulimit -n); \
+        log::warn!(
+            "only {allowed} open files allowed (ulimit -n); \
              --max-connections {max_connections} needs about {wanted}"
         );
     }

@@ -4,7 +4,7 @@
 //! ratio to it.
 
 use diary::datagrams::{self, RecvBatch};
-use diary::tcp::OutBuf;
+use diary::framing::OutBuf;
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;

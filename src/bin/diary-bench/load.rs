@@ -6,7 +6,7 @@
 //! pipeline plain lines and match replies in order. Against the echo
 //! server the same bytes come back, so the same code measures both.
 
-use diary::tcp::OutBuf;
+use diary::framing::OutBuf;
 use hdrhistogram::Histogram;
 use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};

@@ -4,9 +4,10 @@
 //! socket work, steadily enough to judge a change to the hot path (the
 //! socket loads swing ±20% on a shared machine).
 
-use diary::handler::{Handler, Transport};
+use diary::framing::{Frame, LineFramer};
+use diary::service::{AckSite, Outcome, Service, Transport};
+use diary::shared::Shared;
 use diary::store::{FsyncPolicy, Store};
-use diary::tcp::{Frame, LineFramer};
 use serde::Serialize;
 use std::io;
 use std::path::PathBuf;
@@ -90,7 +91,7 @@ fn one_round(input: &[u8], batch: usize, lines: u64, sink: Sink) -> io::Result<f
         Sink::File => dir.path().join("pipeline.diary"),
     };
     let (store, _) = Store::open(&path, FsyncPolicy::Never).map_err(io::Error::other)?;
-    let mut handler = Handler::new(store);
+    let mut shared = Shared::new(store);
     let max_entry = 64 * 1024;
     let mut framer = LineFramer::new(max_entry + 128);
     let mut out = Vec::with_capacity(64 * 1024);
@@ -105,23 +106,25 @@ fn one_round(input: &[u8], batch: usize, lines: u64, sink: Sink) -> io::Result<f
                 let Frame::Line(range) = frame.clone() else {
                     return Err(io::Error::other("a generated line was too long"));
                 };
-                let line = framer.line(range);
-                if handler.store().has_pending() && diary::protocol::may_read_store(line) {
+                let request = diary::protocol::parse(framer.line(range), max_entry);
+                if shared.has_pending() && diary::protocol::reads_store(&request) {
                     return Err(io::Error::other("a generated line reads the store"));
                 }
-                let request = diary::protocol::parse(line, max_entry);
-                handler.handle(&request, Transport::Tcp, &mut out);
+                if let Outcome::Wrote { ack_at, .. } =
+                    shared.answer(&request, Transport::Tcp, &mut out)
+                {
+                    shared.await_commit(AckSite::Tcp { key: 0, at: ack_at });
+                }
                 framer.consume(&frame);
             }
         }
-        handler
-            .store_mut()
-            .commit()
-            .map_err(|e| io::Error::other(e.error))?;
+        if shared.commit().is_err() || !shared.take_failed().is_empty() {
+            return Err(io::Error::other("a commit failed"));
+        }
         out.clear();
     }
     let elapsed = started.elapsed();
-    let stored = handler.store().len();
+    let stored = shared.store().len();
     if stored != batches * batch as u64 {
         return Err(io::Error::other(format!(
             "stored {stored} entries, expected {}",

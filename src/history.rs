@@ -1,0 +1,192 @@
+//! Reading history out of the store: which entries a `/past` query selects,
+//! a cursor that streams them oldest first in bounded pieces, the newest
+//! that fit one datagram, and the committed entries a follower has not had.
+//!
+//! Every piece reads at most about [`FILL_CHUNK`] bytes of the file, so a
+//! reply costs memory and time in proportion to what it sends.
+
+use crate::entry;
+use crate::protocol::{self, PastQuery, Since};
+use crate::store::Store;
+use std::io;
+use std::ops::ControlFlow;
+
+/// Most of the file a piece of a reply reads at once.
+const FILL_CHUNK: usize = 64 * 1024;
+/// Room kept in a raw datagram for the "left out" line.
+const NOTICE_ROOM: usize = 100;
+
+/// A `/past` reply still to be sent: entries `next..end` (ids, end exclusive).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PastCursor {
+    next: u64,
+    end: u64,
+    grep: Option<Box<str>>,
+}
+
+/// The entries a query selects, as a cursor to stream oldest first.
+pub fn cursor(store: &Store, query: &PastQuery) -> io::Result<PastCursor> {
+    let end = store.len() + 1;
+    let first = first_selected(store, query.since).min(end);
+    let grep = query.grep.map(Box::from);
+    let first = match (query.last, &grep) {
+        (None, _) => first,
+        (Some(n), None) => first.max(end.saturating_sub(n)),
+        (Some(n), Some(words)) => {
+            let mut start = end;
+            let mut found = 0;
+            store.for_each_rev(first, end, |id, line| {
+                if found == n {
+                    return ControlFlow::Break(());
+                }
+                if line_contains(line, words) {
+                    found += 1;
+                    start = id;
+                }
+                ControlFlow::Continue(())
+            })?;
+            start
+        }
+    };
+    Ok(PastCursor {
+        next: first,
+        end,
+        grep,
+    })
+}
+
+fn first_selected(store: &Store, since: Option<Since>) -> u64 {
+    match since {
+        None => 1,
+        Some(Since::Id(id)) => id.saturating_add(1),
+        Some(Since::Time(ms)) => store.first_at_or_after(ms),
+    }
+}
+
+/// Appends about `budget` more bytes of the reply (at least one entry);
+/// once the cursor is used up, appends the end line and returns true.
+pub fn fill(
+    store: &Store,
+    cursor: &mut PastCursor,
+    out: &mut Vec<u8>,
+    budget: usize,
+) -> io::Result<bool> {
+    let target = out.len() + budget;
+    let end = cursor.end;
+    if cursor.next < end {
+        let chunk = budget.clamp(1, FILL_CHUNK);
+        let mut next = cursor.next;
+        store.for_each(cursor.next, end, chunk, |id, line| {
+            if out.len() >= target {
+                return ControlFlow::Break(());
+            }
+            if cursor
+                .grep
+                .as_deref()
+                .is_none_or(|w| line_contains(line, w))
+            {
+                out.extend_from_slice(line);
+            }
+            next = id + 1;
+            ControlFlow::Continue(())
+        })?;
+        cursor.next = next;
+    }
+    if cursor.next >= end {
+        protocol::push_end(out);
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Appends whole committed entries from `*next` on while they fit in
+/// `room` bytes, advancing `*next`.
+pub fn fill_follow(
+    store: &Store,
+    next: &mut u64,
+    out: &mut Vec<u8>,
+    room: usize,
+) -> io::Result<()> {
+    let end = store.len() + 1;
+    let mut left = room;
+    let mut cursor = *next;
+    if cursor >= end {
+        return Ok(());
+    }
+    store.for_each(cursor, end, room.clamp(1, FILL_CHUNK), |id, line| {
+        if line.len() > left {
+            return ControlFlow::Break(());
+        }
+        left -= line.len();
+        out.extend_from_slice(line);
+        cursor = id + 1;
+        ControlFlow::Continue(())
+    })?;
+    *next = cursor;
+    Ok(())
+}
+
+/// The seed's `p` over raw UDP: the newest selected entries that fit in
+/// `room` bytes, oldest first, after a line saying how many were left out.
+pub fn fit_newest(
+    store: &Store,
+    query: &PastQuery,
+    room: usize,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    let end = store.len() + 1;
+    let first = first_selected(store, query.since).min(end);
+    let wanted = query.last.unwrap_or(u64::MAX);
+    let budget = room.saturating_sub(protocol::END.len() + NOTICE_ROOM);
+    let mut shown: Vec<u8> = Vec::new();
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    let mut selected = 0u64;
+    let mut full = false;
+    store.for_each_rev(first, end, |_, line| {
+        if selected == wanted {
+            return ControlFlow::Break(());
+        }
+        if query.grep.is_some_and(|w| !line_contains(line, w)) {
+            return ControlFlow::Continue(());
+        }
+        selected += 1;
+        if !full && shown.len() + line.len() < budget {
+            let at = shown.len();
+            shown.extend_from_slice(line);
+            shown.push(b'\n');
+            ranges.push((at, shown.len()));
+        } else {
+            full = true;
+            if query.grep.is_none() {
+                // The rest is only counted, and without grep the index counts it.
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    if query.grep.is_none() {
+        selected = wanted.min(end - first);
+    }
+    let left_out = selected - ranges.len() as u64;
+    if left_out > 0 {
+        protocol::push_left_out(out, left_out, selected);
+    }
+    for &(from, to) in ranges.iter().rev() {
+        out.extend_from_slice(&shown[from..to]);
+    }
+    protocol::push_end(out);
+    Ok(())
+}
+
+/// Whether the text of a stored line (with or without its newline) contains `words`.
+fn line_contains(line: &[u8], words: &str) -> bool {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let Ok(line) = entry::decode_line(line) else {
+        return false;
+    };
+    if line.escaped_text.contains('\\') {
+        line.text().contains(words)
+    } else {
+        line.escaped_text.contains(words)
+    }
+}

@@ -1,0 +1,49 @@
+//! Per-client limits, and what happens at each: see README "Limits and
+//! safety". The server, its UDP side and its TCP side all read them.
+
+use std::time::Duration;
+
+/// Per-client limits; see README "Limits and safety".
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest entry text, in bytes.
+    pub max_entry: usize,
+    /// TCP connections served at once; more are refused with an error line.
+    pub max_connections: usize,
+    /// Reply bytes queued per connection before it stops being read.
+    pub max_output: usize,
+    /// A connection with no traffic either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Tagged UDP writes remembered to answer retries.
+    pub replay_memory: usize,
+    /// Reply size for tagged UDP requests that do not say `max=`.
+    pub udp_reply: usize,
+    /// UDP replies waiting for the socket; beyond it replies are dropped.
+    pub udp_queue: usize,
+    /// Bytes a follower may lag behind (queued plus not yet queued) before
+    /// it is sent a notice with the id to resume from and closed.
+    pub follow_backlog: usize,
+    /// A connection whose queued output makes no progress for this long
+    /// (a client that never reads) is closed.
+    pub send_timeout: Duration,
+    /// Loopback UDP sources are trusted with replies over 3x their request
+    /// (the seed's client works locally); off only to test the rule.
+    pub loopback_exempt: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_entry: 64 * 1024,
+            max_connections: 10_000,
+            max_output: 1024 * 1024,
+            idle_timeout: Duration::from_secs(300),
+            replay_memory: 100_000,
+            udp_reply: 1232,
+            udp_queue: 4096,
+            follow_backlog: 1024 * 1024,
+            send_timeout: Duration::from_secs(30),
+            loopback_exempt: true,
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! The narrow interface between the loop's two sides and the diary: a side
+//! hands a parsed request to a [`Service`] and learns what to do next
+//! ([`Outcome`]); it never touches the loop, the handler or the commit.
+//!
+//! The loop implements the trait ([`crate::shared::Shared`]) and lends it to
+//! the UDP side, then the TCP side, for each step of an iteration.
+
+use crate::cookie::Cookie;
+use crate::history::PastCursor;
+use crate::protocol::Request;
+use crate::stats::Stats;
+use crate::store::Store;
+
+/// Where a request came from, as far as the reply's shape is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// One datagram answers, of at most `limit` bytes; `raw` when the
+    /// request had no `/id` envelope; `cookie` is the source's address cookie.
+    Udp {
+        limit: usize,
+        raw: bool,
+        cookie: Cookie,
+    },
+    /// A stream: replies of any size, sent as the client reads them.
+    Tcp,
+}
+
+/// What the transport must do after a request was answered.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The whole reply is in the output.
+    Replied,
+    /// An entry was buffered; its `ok` line starts at `ack_at` in the output
+    /// and waits for the commit ([`Service::await_commit`]).
+    Wrote { id: u64, ack_at: usize },
+    /// `bye` is in the output; a TCP session ends once it is sent.
+    Quit,
+    /// TCP only: the rest of the reply comes from [`crate::history::fill`].
+    Stream(PastCursor),
+    /// TCP only: entries after `after` (after the newest when `None`), then
+    /// new ones; see [`crate::follow`].
+    Follow { after: Option<u64> },
+}
+
+/// Where a write's `ok` line waits for its batch, so that a failed commit
+/// can replace it with an error before anything is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckSite {
+    /// At byte `at` of TCP connection `key`'s output.
+    Tcp { key: usize, at: usize },
+    /// At byte `at` of the UDP reply queued in `slot`, a datagram of at
+    /// most `limit` bytes.
+    Udp {
+        slot: usize,
+        at: usize,
+        limit: usize,
+    },
+}
+
+/// What a side may ask of the diary during one step of the loop.
+pub trait Service {
+    /// Answers one request, appending the reply to `out`.
+    fn answer(&mut self, request: &Request, transport: Transport, out: &mut Vec<u8>) -> Outcome;
+    /// Writes the pending batch now, so that a read sees every write
+    /// before it. Its acks are settled by the loop later in the iteration;
+    /// a failed batch's number is returned at once, for what remembers
+    /// its writes.
+    fn commit(&mut self) -> Result<(), u64>;
+    /// Whether writes are waiting for a commit.
+    fn has_pending(&self) -> bool;
+    /// The number of the batch that new writes join; a failed batch is
+    /// reported by its number, so that what remembered it can forget it.
+    fn batch(&self) -> u64;
+    /// Records where a write's ack waits for its batch.
+    fn await_commit(&mut self, site: AckSite);
+    fn store(&self) -> &Store;
+    fn stats(&mut self) -> &mut Stats;
+}

@@ -1,0 +1,42 @@
+//! Figures for `/stats`: counted by the loop's two sides and the handler,
+//! owned by the server, and lent to the handler as a reference to report.
+
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct Stats {
+    pub started: Instant,
+    pub udp_writes: u64,
+    pub tcp_writes: u64,
+    pub udp_reads: u64,
+    pub tcp_reads: u64,
+    pub tcp_clients: u64,
+    /// UDP source addresses heard from in the last minute.
+    pub udp_sources: u64,
+    pub followers: u64,
+    pub dropped_followers: u64,
+    /// Most reply bytes ever queued for one follower.
+    pub follower_queue_peak: u64,
+    pub failed_commits: u64,
+    /// UDP replies dropped because the send queue was full or the send failed.
+    pub dropped_replies: u64,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats {
+            started: Instant::now(),
+            udp_writes: 0,
+            tcp_writes: 0,
+            udp_reads: 0,
+            tcp_reads: 0,
+            tcp_clients: 0,
+            udp_sources: 0,
+            followers: 0,
+            dropped_followers: 0,
+            follower_queue_peak: 0,
+            failed_commits: 0,
+            dropped_replies: 0,
+        }
+    }
+}
