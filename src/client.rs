@@ -213,12 +213,12 @@ impl RttEstimate {
 impl Client {
     pub fn new(opts: Options) -> Result<Client, ClientError> {
         let addr = resolve(&opts.server)?;
-        // Tags must differ between client runs that may share a source port.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .subsec_nanos();
-        let tag_base = format!("{:x}{:x}", std::process::id(), nanos);
+        // The server knows a write by its tag alone, across sockets and
+        // restarts: tags must differ between every client run anywhere.
+        let mut random = [0u8; 8];
+        getrandom::fill(&mut random)
+            .map_err(|e| ClientError::BadAddress(opts.server.clone(), io::Error::other(e)))?;
+        let tag_base: String = random.iter().map(|b| format!("{b:02x}")).collect();
         Ok(Client {
             opts,
             addr,
@@ -524,6 +524,9 @@ pub fn follow(
 ) -> Result<(), ClientError> {
     let addr = resolve(&opts.server)?;
     let mut after = since;
+    // The diary followed, once the server has named it: a resume names it,
+    // so a replaced diary or another server is refused, never followed blind.
+    let mut diary: Option<String> = None;
     let mut pause = Duration::from_millis(100);
     let mut connected_once = false;
     loop {
@@ -541,10 +544,14 @@ pub fn follow(
         let mut writer = stream
             .try_clone()
             .map_err(|e| ClientError::Io(addr, Proto::Tcp, e))?;
-        let request = match after {
-            Some(id) => format!("/follow since {id}\n"),
-            None => "/follow\n".to_string(),
-        };
+        let mut request = String::from("/follow");
+        if let Some(id) = after {
+            request.push_str(&format!(" since {id}"));
+        }
+        if let Some(diary) = &diary {
+            request.push_str(&format!(" diary {diary}"));
+        }
+        request.push('\n');
         if let Err(e) = writer.write_all(request.as_bytes()) {
             on_event(&FollowEvent::Reconnecting(e.to_string()));
             continue;
@@ -566,11 +573,18 @@ pub fn follow(
                         return Ok(());
                     }
                 }
-            } else if let Some(id) = text.strip_prefix("# following entries after ") {
+            } else if let Some(rest) = text.strip_prefix("# following entries after ") {
                 pause = Duration::from_millis(100);
+                let (id, named) = match rest.split_once(" in diary ") {
+                    Some((id, named)) => (id, Some(named)),
+                    None => (rest, None),
+                };
                 let id = id
                     .parse()
                     .map_err(|_| ClientError::BadReply(text.to_string()))?;
+                if let Some(named) = named {
+                    diary.get_or_insert_with(|| named.to_string());
+                }
                 after.get_or_insert(id);
                 on_event(&FollowEvent::Following(id));
             } else if text.starts_with("err behind ") {

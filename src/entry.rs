@@ -1,9 +1,13 @@
-//! One diary entry as one line of text: `ID<TAB>TIMESTAMP<TAB>TEXT\n`.
+//! One diary entry as one line of text:
+//! `ID<TAB>TIMESTAMP<TAB>TEXT[<TAB>KEY=VALUE]...\n`.
 //!
 //! The same bytes are the file's line and the wire's history line, so a
 //! history reply is a slice of the file and needs no re-encoding. Inside TEXT,
 //! backslash, newline, tab and carriage return are escaped so that one entry
-//! is always one line and the two tabs are always the field separators.
+//! is always one line and tabs are always field separators. Attributes after
+//! the text (format 2 on) say more about the entry: `req=TAG` is the tag of
+//! the request that wrote it, so that a retry is answered, not stored again,
+//! even after a restart. Readers skip attributes they do not know.
 
 use std::fmt;
 
@@ -17,12 +21,27 @@ pub struct EntryLine<'a> {
     pub millis: i64,
     /// The text still escaped, as stored.
     pub escaped_text: &'a str,
+    /// The attributes after the text, each with its leading tab; "" if none.
+    pub attrs: &'a str,
 }
 
-impl EntryLine<'_> {
+impl<'a> EntryLine<'a> {
     /// The entry's text with escapes undone.
     pub fn text(&self) -> String {
         unescape(self.escaped_text).expect("decode_line checked the escapes")
+    }
+
+    /// The value of attribute `key`, still escaped.
+    pub fn attr(&self, key: &str) -> Option<&'a str> {
+        self.attrs
+            .split('\t')
+            .skip(1)
+            .find_map(|a| a.strip_prefix(key)?.strip_prefix('='))
+    }
+
+    /// The tag of the request that wrote the entry.
+    pub fn req(&self) -> Option<&'a str> {
+        self.attr("req")
     }
 }
 
@@ -30,17 +49,44 @@ impl EntryLine<'_> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LineError {
     NotUtf8,
+    /// An empty line.
+    Blank,
+    /// NUL bytes: a hole left by a torn write, never a person's edit.
+    Hole,
+    /// Ends in `\r`: saved with Windows line endings.
+    CarriageReturn,
+    /// No tab, but an id and spaces: fields separated by spaces.
+    SpacesNotTabs,
     MissingField(&'static str),
     BadId,
     BadTimestamp,
     BadEscape,
     RawControl,
+    BadAttribute,
 }
 
 impl fmt::Display for LineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LineError::NotUtf8 => write!(f, "the line is not valid UTF-8"),
+            LineError::Blank => write!(f, "the line is blank; remove it"),
+            LineError::Hole => write!(
+                f,
+                "the line holds NUL bytes, the mark of a write torn by a crash or power cut"
+            ),
+            LineError::CarriageReturn => write!(
+                f,
+                "the line ends in a carriage return (Windows line endings); \
+                 convert the file with dos2unix"
+            ),
+            LineError::SpacesNotTabs => write!(
+                f,
+                "the fields are separated by spaces; they must be separated by one tab each"
+            ),
+            LineError::BadAttribute => write!(
+                f,
+                "after the text, a tab must be followed by an attribute KEY=VALUE"
+            ),
             LineError::MissingField(name) => write!(f, "the {name} field is missing"),
             LineError::BadId => write!(f, "the id is not a positive decimal number"),
             LineError::BadTimestamp => write!(f, "the timestamp is not RFC 3339"),
@@ -93,38 +139,89 @@ pub fn unescape(escaped: &str) -> Option<String> {
     Some(out)
 }
 
-/// Appends a whole entry line, newline included.
+/// Appends a whole entry line without attributes, newline included.
 pub fn encode_line(id: u64, timestamp: &str, text: &str, out: &mut Vec<u8>) {
-    encode_line_digits(itoa::Buffer::new().format(id), timestamp, text, out);
+    encode_line_digits(itoa::Buffer::new().format(id), timestamp, text, "", out);
 }
 
-/// [`encode_line`] for an id already in decimal: the store formats each
-/// id once, for the line and for its acknowledgement.
-pub fn encode_line_digits(id: &str, timestamp: &str, text: &str, out: &mut Vec<u8>) {
+/// Appends a whole entry line; `attrs` is "" or attributes as
+/// [`EntryLine::attrs`] holds them (each with its leading tab), already
+/// valid. The id comes in decimal: the store formats each id once, for the
+/// line and for its acknowledgement.
+pub fn encode_line_digits(id: &str, timestamp: &str, text: &str, attrs: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(id.as_bytes());
     out.push(b'\t');
     out.extend_from_slice(timestamp.as_bytes());
     out.push(b'\t');
     escape_into(text, out);
+    out.extend_from_slice(attrs.as_bytes());
     out.push(b'\n');
+}
+
+/// Appends the `req=TAG` attribute (a protocol tag: letters, digits, `-`, `_`).
+pub fn push_req_attr(tag: &str, attrs: &mut String) {
+    attrs.push_str("\treq=");
+    attrs.push_str(tag);
 }
 
 /// Decodes one line, without its trailing newline.
 pub fn decode_line(line: &[u8]) -> Result<EntryLine<'_>, LineError> {
+    decode_fields(line).map_err(|e| diagnose(line).unwrap_or(e))
+}
+
+fn decode_fields(line: &[u8]) -> Result<EntryLine<'_>, LineError> {
     let line = std::str::from_utf8(line).map_err(|_| LineError::NotUtf8)?;
-    let mut fields = line.splitn(3, '\t');
+    let mut fields = line.splitn(4, '\t');
     let id_field = fields.next().unwrap_or("");
     let timestamp = fields.next().ok_or(LineError::MissingField("timestamp"))?;
     let escaped_text = fields.next().ok_or(LineError::MissingField("text"))?;
+    let attrs = fields.next().map_or("", |rest| {
+        // With its tab: the attributes are the rest of the line as stored.
+        &line[line.len() - rest.len() - 1..]
+    });
     let id = parse_id(id_field).ok_or(LineError::BadId)?;
     let millis = parse_timestamp(timestamp).ok_or(LineError::BadTimestamp)?;
     check_escaped(escaped_text)?;
+    check_attrs(attrs)?;
     Ok(EntryLine {
         id,
         timestamp,
         millis,
         escaped_text,
+        attrs,
     })
+}
+
+/// The likely cause of a line that does not decode, for the causes a
+/// person's edit or a crash leave.
+fn diagnose(line: &[u8]) -> Option<LineError> {
+    if line.is_empty() {
+        Some(LineError::Blank)
+    } else if line.contains(&0) {
+        Some(LineError::Hole)
+    } else if line.ends_with(b"\r") {
+        Some(LineError::CarriageReturn)
+    } else if !line.contains(&b'\t')
+        && line.contains(&b' ')
+        && line.first().is_some_and(u8::is_ascii_digit)
+    {
+        Some(LineError::SpacesNotTabs)
+    } else {
+        None
+    }
+}
+
+/// Each attribute is `KEY=VALUE`: a key of lowercase letters, a value
+/// escaped like text (so without raw control bytes).
+fn check_attrs(attrs: &str) -> Result<(), LineError> {
+    for attr in attrs.split('\t').skip(1) {
+        let (key, value) = attr.split_once('=').ok_or(LineError::BadAttribute)?;
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_lowercase()) {
+            return Err(LineError::BadAttribute);
+        }
+        check_escaped(value).map_err(|_| LineError::BadAttribute)?;
+    }
+    Ok(())
 }
 
 fn parse_id(field: &str) -> Option<u64> {
@@ -309,11 +406,57 @@ mod tests {
             decode_line(b"1\t2026-11-25T06:00:28.123+00:00\tbad\\q"),
             Err(LineError::BadEscape)
         );
+        // A tab after the text starts an attribute (format 2), which `b` is not.
         assert_eq!(
             decode_line(b"1\t2026-11-25T06:00:28.123+00:00\ta\tb"),
+            Err(LineError::BadAttribute)
+        );
+        assert_eq!(
+            decode_line(b"1\t2026-11-25T06:00:28.123+00:00\ta\rb"),
             Err(LineError::RawControl)
         );
         assert_eq!(decode_line(b"1"), Err(LineError::MissingField("timestamp")));
         assert_eq!(decode_line(b"\xff"), Err(LineError::NotUtf8));
+    }
+
+    #[test]
+    fn hand_edits_and_holes_are_named_for_what_they_are() {
+        assert_eq!(decode_line(b""), Err(LineError::Blank));
+        assert_eq!(
+            decode_line(b"3 2026-11-25T06:00:28.123+00:00 hi"),
+            Err(LineError::SpacesNotTabs)
+        );
+        assert_eq!(
+            decode_line(b"3\t2026-11-25T06:00:28.123+00:00\thi\r"),
+            Err(LineError::CarriageReturn)
+        );
+        assert_eq!(decode_line(b"\0\0\0\0"), Err(LineError::Hole));
+        assert_eq!(
+            decode_line(b"3\t2026-11-25T06:00:28.123+00:00\th\0i"),
+            Err(LineError::Hole)
+        );
+        assert_eq!(
+            decode_line(b"3\t2026-11-25T06:00:28.123+00:00\thi\tnot an attribute"),
+            Err(LineError::BadAttribute)
+        );
+    }
+
+    #[test]
+    fn attributes_follow_the_text_and_round_trip() {
+        let ts = "2026-11-25T06:00:28.123+08:00";
+        let mut attrs = String::new();
+        push_req_attr("a1-b2", &mut attrs);
+        let mut out = Vec::new();
+        encode_line_digits("9", ts, "tab\there", &attrs, &mut out);
+        assert_eq!(
+            out,
+            b"9\t2026-11-25T06:00:28.123+08:00\ttab\\there\treq=a1-b2\n"
+        );
+        let line = decode_line(&out[..out.len() - 1]).unwrap();
+        assert_eq!(line.text(), "tab\there");
+        assert_eq!(line.req(), Some("a1-b2"));
+        assert_eq!(line.attr("other"), None);
+        let plain = decode_line(b"9\t2026-11-25T06:00:28.123+08:00\tx").unwrap();
+        assert_eq!((plain.req(), plain.attrs), (None, ""));
     }
 }

@@ -75,7 +75,7 @@ impl Server {
             poll,
             udp,
             tcp,
-            shared: Shared::new(store),
+            shared: Shared::new(store, limits.replay_memory),
             local_addr,
             stop: Arc::new(AtomicBool::new(false)),
             waker,
@@ -159,7 +159,8 @@ impl Server {
         timeout
     }
 
-    /// commit → patch acks → feed followers → sweep → flush → reap.
+    /// commit → patch acks → feed followers → sweep (once a second, with a
+    /// look at the diary file) → flush → reap.
     fn end_iteration(&mut self) {
         self.commit_and_patch();
         self.tcp.feed_followers(&mut self.shared);
@@ -170,6 +171,7 @@ impl Server {
             self.tcp
                 .sweep(now, self.poll.registry(), self.shared.stats());
             self.udp.sweep(now, self.shared.stats());
+            self.shared.watch_file();
         }
         let registry = self.poll.registry();
         self.udp.flush(registry, self.shared.stats());
@@ -181,9 +183,8 @@ impl Server {
     /// becomes its error, later sites first so that earlier offsets in the
     /// same buffer stay valid.
     fn commit_and_patch(&mut self) {
-        let _ = self.shared.commit();
+        self.shared.commit();
         for failed in self.shared.take_failed().iter().rev() {
-            self.udp.forget_batch(failed.batch);
             for site in failed.sites.iter().rev() {
                 match *site {
                     AckSite::Tcp { key, at } => self.tcp.patch_ack(key, at, &failed.line),

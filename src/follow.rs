@@ -41,7 +41,7 @@ impl Follower {
     pub fn start(after: Option<u64>, store: &Store, out: &mut Vec<u8>) -> Follower {
         let head = store.len();
         let after = after.unwrap_or(head);
-        protocol::push_following(out, after);
+        protocol::push_following(out, after, store.identity());
         Follower {
             next: after.saturating_add(1),
             backlog_end: head,

@@ -28,13 +28,15 @@ pub fn handle(
         }
         Ok(command) => {
             let body = out.len();
-            run(command, transport, store, stats, (start, body), out)
+            let tag = req.envelope.map(|e| e.tag);
+            run(command, tag, transport, store, stats, (start, body), out)
         }
     }
 }
 
 fn run(
     command: &Command,
+    tag: Option<&str>,
     transport: Transport,
     store: &mut Store,
     stats: &mut Stats,
@@ -49,7 +51,7 @@ fn run(
             } else {
                 stats.udp_writes += 1;
             }
-            let entry = store.append(text);
+            let entry = store.append(text, tag);
             let ack_at = out.len();
             protocol::push_ack(out, entry.id_text, entry.timestamp);
             Outcome::Wrote {
@@ -76,13 +78,18 @@ fn run(
             }
             Outcome::Replied
         }
-        Command::Follow { after } => {
-            if tcp {
-                Outcome::Follow { after: *after }
-            } else {
+        Command::Follow { after, diary } => {
+            let len = store.len();
+            if !tcp {
                 protocol::push_follow_is_tcp_only(out);
-                Outcome::Replied
+            } else if let Some(wanted) = diary.filter(|d| *d != store.identity()) {
+                protocol::push_other_diary(out, wanted, store.identity());
+            } else if let Some(after) = after.filter(|&a| a > len) {
+                protocol::push_past_end(out, after, len);
+            } else {
+                return Outcome::Follow { after: *after };
             }
+            Outcome::Replied
         }
         Command::Past { query } => {
             if tcp {

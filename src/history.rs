@@ -16,30 +16,61 @@ const FILL_CHUNK: usize = 64 * 1024;
 /// Room kept in a raw datagram for the "left out" line.
 const NOTICE_ROOM: usize = 100;
 
-/// A `/past` reply still to be sent: entries `next..end` (ids, end exclusive).
+/// A `/past` reply still to be sent: entries `next..end` (ids, end
+/// exclusive) that pass the filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PastCursor {
     next: u64,
     end: u64,
+    filter: Filter,
+}
+
+/// What a selected entry must satisfy besides its place in the range.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Filter {
     grep: Option<Box<str>>,
+    /// Written at or after this time. Times need not be in order, so the
+    /// range only starts where such entries can begin; each is checked.
+    from_millis: Option<i64>,
+}
+
+impl Filter {
+    fn new(query: &PastQuery) -> Filter {
+        Filter {
+            grep: query.grep.map(Box::from),
+            from_millis: match query.since {
+                Some(Since::Time(ms)) => Some(ms),
+                _ => None,
+            },
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.grep.is_none() && self.from_millis.is_none()
+    }
+
+    fn matches(&self, store: &Store, id: u64, line: &[u8]) -> bool {
+        self.from_millis.is_none_or(|ms| store.millis_of(id) >= ms)
+            && self.grep.as_deref().is_none_or(|w| line_contains(line, w))
+    }
 }
 
 /// The entries a query selects, as a cursor to stream oldest first.
 pub fn cursor(store: &Store, query: &PastQuery) -> io::Result<PastCursor> {
     let end = store.len() + 1;
     let first = first_selected(store, query.since).min(end);
-    let grep = query.grep.map(Box::from);
-    let first = match (query.last, &grep) {
-        (None, _) => first,
-        (Some(n), None) => first.max(end.saturating_sub(n)),
-        (Some(n), Some(words)) => {
+    let filter = Filter::new(query);
+    let first = match query.last {
+        None => first,
+        Some(n) if filter.is_empty() => first.max(end.saturating_sub(n)),
+        Some(n) => {
             let mut start = end;
             let mut found = 0;
             store.for_each_rev(first, end, |id, line| {
                 if found == n {
                     return ControlFlow::Break(());
                 }
-                if line_contains(line, words) {
+                if filter.matches(store, id, line) {
                     found += 1;
                     start = id;
                 }
@@ -51,7 +82,7 @@ pub fn cursor(store: &Store, query: &PastQuery) -> io::Result<PastCursor> {
     Ok(PastCursor {
         next: first,
         end,
-        grep,
+        filter,
     })
 }
 
@@ -80,11 +111,7 @@ pub fn fill(
             if out.len() >= target {
                 return ControlFlow::Break(());
             }
-            if cursor
-                .grep
-                .as_deref()
-                .is_none_or(|w| line_contains(line, w))
-            {
+            if cursor.filter.matches(store, id, line) {
                 out.extend_from_slice(line);
             }
             next = id + 1;
@@ -136,17 +163,18 @@ pub fn fit_newest(
 ) -> io::Result<()> {
     let end = store.len() + 1;
     let first = first_selected(store, query.since).min(end);
+    let filter = Filter::new(query);
     let wanted = query.last.unwrap_or(u64::MAX);
     let budget = room.saturating_sub(protocol::END.len() + NOTICE_ROOM);
     let mut shown: Vec<u8> = Vec::new();
     let mut ranges: Vec<(usize, usize)> = Vec::new();
     let mut selected = 0u64;
     let mut full = false;
-    store.for_each_rev(first, end, |_, line| {
+    store.for_each_rev(first, end, |id, line| {
         if selected == wanted {
             return ControlFlow::Break(());
         }
-        if query.grep.is_some_and(|w| !line_contains(line, w)) {
+        if !filter.matches(store, id, line) {
             return ControlFlow::Continue(());
         }
         selected += 1;
@@ -157,14 +185,14 @@ pub fn fit_newest(
             ranges.push((at, shown.len()));
         } else {
             full = true;
-            if query.grep.is_none() {
-                // The rest is only counted, and without grep the index counts it.
+            if filter.is_empty() {
+                // The rest is only counted, and without a filter the index counts it.
                 return ControlFlow::Break(());
             }
         }
         ControlFlow::Continue(())
     })?;
-    if query.grep.is_none() {
+    if filter.is_empty() {
         selected = wanted.min(end - first);
     }
     let left_out = selected - ranges.len() as u64;

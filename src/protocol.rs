@@ -28,9 +28,11 @@ pub enum Command<'a> {
     Help,
     Quit,
     /// Send entries after this id (after the newest when `None`), then
-    /// every new one as it is committed.
+    /// every new one as it is committed; `diary` names the diary the client
+    /// followed before, when it resumes.
     Follow {
         after: Option<u64>,
+        diary: Option<&'a str>,
     },
     Stats,
     /// UDP: a cookie proving the source address, for replies over 3x the request.
@@ -107,13 +109,15 @@ pub enum ErrorCode {
     TcpOnly,
     UdpOnly,
     Io,
+    PastEnd,
+    OtherDiary,
     Busy,
     Idle,
     Behind,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::BadUtf8,
         ErrorCode::BadByte,
         ErrorCode::Empty,
@@ -123,6 +127,8 @@ impl ErrorCode {
         ErrorCode::TcpOnly,
         ErrorCode::UdpOnly,
         ErrorCode::Io,
+        ErrorCode::PastEnd,
+        ErrorCode::OtherDiary,
         ErrorCode::Busy,
         ErrorCode::Idle,
         ErrorCode::Behind,
@@ -139,6 +145,8 @@ impl ErrorCode {
             ErrorCode::TcpOnly => "tcp-only",
             ErrorCode::UdpOnly => "udp-only",
             ErrorCode::Io => "io",
+            ErrorCode::PastEnd => "past-end",
+            ErrorCode::OtherDiary => "other-diary",
             ErrorCode::Busy => "busy",
             ErrorCode::Idle => "idle",
             ErrorCode::Behind => "behind",
@@ -355,21 +363,27 @@ fn parse_count(s: &str) -> Result<u64, String> {
 }
 
 fn parse_follow(args: &str) -> Result<Command<'_>, RequestError> {
-    let args = args.trim();
-    if args.is_empty() {
-        return Ok(Command::Follow { after: None });
+    let usage = |why: String| {
+        RequestError::BadArgument(format!("{why}; usage: /follow [since ID] [diary DIARY-ID]"))
+    };
+    let (mut after, mut diary) = (None, None);
+    let mut words = args.split_whitespace();
+    while let Some(word) = words.next() {
+        let value = words
+            .next()
+            .ok_or_else(|| usage(format!("{word} needs a value")))?;
+        match word {
+            "since" => {
+                let id = value
+                    .parse()
+                    .map_err(|_| usage(format!("{value:?} is not an entry id")))?;
+                after = Some(id);
+            }
+            "diary" => diary = Some(value),
+            other => return Err(usage(format!("unexpected {other:?}"))),
+        }
     }
-    match args.split_once(' ') {
-        Some(("since", id)) => match id.trim().parse() {
-            Ok(after) => Ok(Command::Follow { after: Some(after) }),
-            Err(_) => Err(RequestError::BadArgument(format!(
-                "{id:?} is not an entry id; usage: /follow [since ID]"
-            ))),
-        },
-        _ => Err(RequestError::BadArgument(
-            "usage: /follow [since ID]".into(),
-        )),
-    }
+    Ok(Command::Follow { after, diary })
 }
 
 /// `ID` (entries after it), a date `YYYY-MM-DD`, a local time
@@ -424,6 +438,13 @@ pub fn push_ack(out: &mut Vec<u8>, id: &str, timestamp: &str) {
     out.push(b'\n');
 }
 
+/// The TIME of the `ok ID TIME` line at the start of `ack` ("" if none).
+pub fn ack_timestamp(ack: &[u8]) -> &str {
+    let line = ack.split(|&b| b == b'\n').next().unwrap_or_default();
+    let time = line.splitn(3, |&b| b == b' ').nth(2).unwrap_or_default();
+    std::str::from_utf8(time).unwrap_or_default()
+}
+
 /// `err CODE MESSAGE\n`.
 pub fn push_error(out: &mut Vec<u8>, code: ErrorCode, message: &dyn fmt::Display) {
     use std::io::Write;
@@ -470,10 +491,40 @@ pub fn push_follow_is_tcp_only(out: &mut Vec<u8>) {
     );
 }
 
-/// The first line of a follow: entries after `after` come next.
-pub fn push_following(out: &mut Vec<u8>, after: u64) {
+/// The first line of a follow: entries after `after` of diary `diary` come next.
+pub fn push_following(out: &mut Vec<u8>, after: u64, diary: &str) {
     use std::io::Write;
-    let _ = writeln!(out, "# following entries after {after}");
+    let _ = writeln!(out, "# following entries after {after} in diary {diary}");
+}
+
+/// To a follower whose input ended: the follow goes on.
+pub fn push_follow_goes_on(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"# end of your input seen; following goes on\n");
+}
+
+/// A follow that asks to resume after an entry the diary does not have.
+pub fn push_past_end(out: &mut Vec<u8>, after: u64, len: u64) {
+    push_error(
+        out,
+        ErrorCode::PastEnd,
+        &format_args!(
+            "there is no entry {after} here: this diary has {len}; it may have been \
+             restored from an older copy. Follow from its start with \"/follow since 0\", \
+             or new entries with \"/follow\""
+        ),
+    );
+}
+
+/// A follow that asks to resume a diary other than the one served here.
+pub fn push_other_diary(out: &mut Vec<u8>, wanted: &str, served: &str) {
+    push_error(
+        out,
+        ErrorCode::OtherDiary,
+        &format_args!(
+            "this server keeps diary {served}, not {wanted}: the file was replaced, or \
+             this is another server. Follow it afresh with \"/follow\""
+        ),
+    );
 }
 
 /// The last line to a follower that fell `limit` bytes behind.

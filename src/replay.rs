@@ -1,66 +1,76 @@
-//! The memory of recent tagged writes, keyed by (source, tag), that makes a
-//! retried write answer again instead of storing twice.
+//! The memory of recent tagged writes, keyed by tag, that makes a retried
+//! write answer again instead of storing twice, on either transport.
+//!
+//! The key is the tag alone: a retry may come from a new socket (a new TCP
+//! connection, a client run again with `--tag`), so the source cannot be
+//! part of it. The store keeps each tag with its entry, so the memory is
+//! rebuilt from the file's newest entries after a restart.
 
 use crate::protocol::MAX_TAG_LEN;
 use hashbrown::HashTable;
-use std::net::SocketAddr;
 
-/// Remembered replies to tagged writes, keyed by (source, tag), oldest
-/// forgotten first once `capacity` is reached.
+/// Remembered tagged writes, oldest forgotten first once `capacity` is
+/// reached.
 ///
-/// The entries live in a ring in arrival order, reused in place (reply
-/// buffers included), so a write allocates nothing once the ring is full.
-/// The index holds only slot numbers, 4 bytes an entry (about 640 KiB at
-/// 100 000 entries, which caches well); a map of whole entries cost a cache
-/// miss per write, for the eviction, in the UDP profile. Evicting reads the
-/// oldest slot, next in the ring, and touches no other slot.
+/// The entries live in a ring in arrival order, reused in place, so a write
+/// allocates nothing. The index holds only slot numbers, 4 bytes an entry
+/// (about 640 KiB at 100 000 entries, which caches well); a map of whole
+/// entries cost a cache miss per write, for the eviction, in the UDP
+/// profile. Evicting reads the oldest slot, next in the ring, and touches no
+/// other slot.
 pub struct ReplayMemory {
     slots: Vec<Slot>,
     /// The slot the next write fills: the oldest one once the ring is full.
     next: usize,
     /// Slot numbers, by the hash of their key.
     index: HashTable<u32>,
-    /// Keyed: sources and tags come from the network.
+    /// Keyed: tags come from the network.
     hasher: std::hash::RandomState,
     capacity: usize,
 }
 
 struct Slot {
     hash: u64,
-    from: SocketAddr,
-    tag: Tag,
+    tag: Inline<MAX_TAG_LEN>,
     /// Indexed, as opposed to forgotten after a failed commit.
     live: bool,
     /// The commit batch the write joined.
     batch: u64,
-    remembered: Remembered,
+    id: u64,
+    timestamp: Inline<STAMP_LEN>,
 }
 
-#[derive(Debug, Clone)]
-pub struct Remembered {
+/// Room for a timestamp as diaryd writes it (29 bytes) and then some.
+const STAMP_LEN: usize = 40;
+
+/// A remembered write: what its ack said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remembered<'a> {
     pub id: u64,
-    pub reply: Vec<u8>,
+    pub timestamp: &'a str,
 }
 
-/// An `/id` tag held inline (the parser allows at most [`MAX_TAG_LEN`] bytes).
+/// Short text held inline.
 #[derive(Clone, Copy, PartialEq, Eq)]
-struct Tag {
+struct Inline<const N: usize> {
     len: u8,
-    bytes: [u8; MAX_TAG_LEN],
+    bytes: [u8; N],
 }
 
-impl Tag {
-    fn new(tag: &str) -> Option<Tag> {
-        let mut bytes = [0; MAX_TAG_LEN];
-        bytes.get_mut(..tag.len())?.copy_from_slice(tag.as_bytes());
-        Some(Tag {
-            len: tag.len() as u8,
+impl<const N: usize> Inline<N> {
+    fn new(text: &str) -> Option<Inline<N>> {
+        let mut bytes = [0; N];
+        bytes
+            .get_mut(..text.len())?
+            .copy_from_slice(text.as_bytes());
+        Some(Inline {
+            len: text.len() as u8,
             bytes,
         })
     }
 
-    fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len as usize]
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len as usize]).expect("made from a str")
     }
 }
 
@@ -76,70 +86,66 @@ impl ReplayMemory {
         }
     }
 
-    fn hash(&self, from: SocketAddr, tag: &Tag) -> u64 {
-        use std::hash::{BuildHasher, Hash, Hasher};
-        let mut state = self.hasher.build_hasher();
-        from.hash(&mut state);
-        state.write(tag.as_bytes());
-        state.finish()
+    fn hash(&self, tag: &Inline<MAX_TAG_LEN>) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(tag.as_str())
     }
 
-    fn find(&self, hash: u64, from: SocketAddr, tag: &Tag) -> Option<usize> {
+    fn find(&self, hash: u64, tag: &Inline<MAX_TAG_LEN>) -> Option<usize> {
         let slots = &self.slots;
         self.index
-            .find(hash, |&i| {
-                let slot = &slots[i as usize];
-                slot.from == from && slot.tag == *tag
-            })
+            .find(hash, |&i| slots[i as usize].tag == *tag)
             .map(|&i| i as usize)
     }
 
-    pub fn get(&self, from: SocketAddr, tag: &str) -> Option<&Remembered> {
-        let tag = Tag::new(tag)?;
-        let at = self.find(self.hash(from, &tag), from, &tag)?;
-        Some(&self.slots[at].remembered)
+    pub fn get(&self, tag: &str) -> Option<Remembered<'_>> {
+        let tag = Inline::new(tag)?;
+        let slot = &self.slots[self.find(self.hash(&tag), &tag)?];
+        Some(Remembered {
+            id: slot.id,
+            timestamp: slot.timestamp.as_str(),
+        })
     }
 
-    /// Remembers the reply to a write of batch `batch`.
-    pub fn remember(&mut self, from: SocketAddr, tag: &str, id: u64, batch: u64, reply: &[u8]) {
-        let Some(tag) = Tag::new(tag).filter(|_| self.capacity > 0) else {
+    /// Remembers that the write tagged `tag`, of batch `batch`, got `id`
+    /// at `timestamp`.
+    pub fn remember(&mut self, tag: &str, id: u64, batch: u64, timestamp: &str) {
+        let (Some(tag), Some(timestamp)) = (Inline::new(tag), Inline::new(timestamp)) else {
             return;
         };
-        let hash = self.hash(from, &tag);
-        let at = match self.find(hash, from, &tag) {
+        if self.capacity == 0 {
+            return;
+        }
+        let hash = self.hash(&tag);
+        let at = match self.find(hash, &tag) {
             // The same tag again: the newer write is the one to answer.
             Some(at) => at,
-            None => self.claim_slot(hash, from, tag),
+            None => self.claim_slot(hash, tag),
         };
-        self.slots[at].batch = batch;
-        let remembered = &mut self.slots[at].remembered;
-        remembered.id = id;
-        remembered.reply.clear();
-        remembered.reply.extend_from_slice(reply);
+        let slot = &mut self.slots[at];
+        slot.batch = batch;
+        slot.id = id;
+        slot.timestamp = timestamp;
     }
 
     /// Indexes the next slot of the ring for a new key, forgetting what it held.
-    fn claim_slot(&mut self, hash: u64, from: SocketAddr, tag: Tag) -> usize {
+    fn claim_slot(&mut self, hash: u64, tag: Inline<MAX_TAG_LEN>) -> usize {
         let at = self.next;
         self.next = (at + 1) % self.capacity;
         if at == self.slots.len() {
             self.slots.push(Slot {
                 hash,
-                from,
                 tag,
                 live: false,
                 batch: 0,
-                remembered: Remembered {
-                    id: 0,
-                    reply: Vec::new(),
-                },
+                id: 0,
+                timestamp: Inline::new("").expect("empty fits"),
             });
         } else {
             self.unindex(at);
         }
         let slots = &mut self.slots;
         slots[at].hash = hash;
-        slots[at].from = from;
         slots[at].tag = tag;
         slots[at].live = true;
         self.index
@@ -179,70 +185,68 @@ impl ReplayMemory {
 mod tests {
     use super::*;
 
+    const T: &str = "2026-11-25T06:00:28.123+00:00";
+
     #[test]
     fn replay_memory_is_bounded_and_forgets_failed_writes() {
-        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let mut m = ReplayMemory::new(2);
-        m.remember(a, "t1", 1, 1, b"ok 1");
-        m.remember(a, "t2", 2, 2, b"ok 2");
-        m.remember(a, "t3", 3, 3, b"ok 3");
+        m.remember("t1", 1, 1, T);
+        m.remember("t2", 2, 2, T);
+        m.remember("t3", 3, 3, T);
         assert_eq!(m.len(), 2);
-        assert!(m.get(a, "t1").is_none());
-        assert_eq!(m.get(a, "t3").unwrap().reply, b"ok 3");
+        assert!(m.get("t1").is_none());
+        assert_eq!(
+            m.get("t3"),
+            Some(Remembered {
+                id: 3,
+                timestamp: T
+            })
+        );
         m.forget_batch(3);
-        assert!(m.get(a, "t3").is_none());
-        assert!(m.get(a, "t2").is_some());
+        assert!(m.get("t3").is_none());
+        assert!(m.get("t2").is_some());
     }
 
     /// Many laps of the ring, with forgetting and repeated tags mixed in:
-    /// exactly the newest `capacity` writes are found, each with its reply.
+    /// exactly the newest `capacity` writes are found, each with its id.
     #[test]
     fn replay_ring_keeps_exactly_the_newest_writes() {
-        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let b: SocketAddr = "[::1]:1".parse().unwrap();
         let capacity = 50;
         let mut m = ReplayMemory::new(capacity);
         for id in 1..=1000u64 {
-            let from = if id % 3 == 0 { b } else { a };
-            m.remember(
-                from,
-                &format!("t{id}"),
-                id,
-                id,
-                format!("ok {id}").as_bytes(),
-            );
+            m.remember(&format!("t{id}"), id, id, &format!("time {id}"));
             assert!(m.len() <= capacity);
         }
         for id in 1..=1000u64 {
-            let from = if id % 3 == 0 { b } else { a };
-            let other = if id % 3 == 0 { a } else { b };
-            let found = m.get(from, &format!("t{id}"));
+            let found = m.get(&format!("t{id}"));
             if id > 1000 - capacity as u64 {
-                assert_eq!(found.unwrap().reply, format!("ok {id}").as_bytes());
-                assert_eq!(found.unwrap().id, id);
+                let time = format!("time {id}");
+                assert_eq!(
+                    found,
+                    Some(Remembered {
+                        id,
+                        timestamp: &time
+                    })
+                );
             } else {
                 assert!(found.is_none(), "t{id} should be forgotten");
             }
-            assert!(
-                m.get(other, &format!("t{id}")).is_none(),
-                "the source is part of the key"
-            );
         }
         (991..=1000).for_each(|batch| m.forget_batch(batch));
         assert_eq!(m.len(), capacity - 10);
-        assert!(m.get(a, "t991").is_none() && m.get(a, "t989").is_some());
+        assert!(m.get("t991").is_none() && m.get("t989").is_some());
         // The same tag again answers with the newer write, in one slot.
-        m.remember(a, "t989", 2000, 2000, b"ok 2000");
-        assert_eq!(m.get(a, "t989").unwrap().reply, b"ok 2000");
+        m.remember("t989", 2000, 2000, T);
+        assert_eq!(m.get("t989").unwrap().id, 2000);
         assert_eq!(m.len(), capacity - 10);
         for id in 2001..=2100u64 {
-            m.remember(a, &format!("u{id}"), id, id, b"ok");
+            m.remember(&format!("u{id}"), id, id, T);
         }
         assert_eq!(m.len(), capacity);
-        assert!(m.get(a, "u2051").is_some() && m.get(a, "u2050").is_none());
+        assert!(m.get("u2051").is_some() && m.get("u2050").is_none());
         let long = "x".repeat(MAX_TAG_LEN + 1);
-        m.remember(a, &long, 3000, 3000, b"ok");
-        assert!(m.get(a, &long).is_none());
-        assert!(ReplayMemory::new(0).get(a, "t1").is_none());
+        m.remember(&long, 3000, 3000, T);
+        assert!(m.get(&long).is_none());
+        assert!(ReplayMemory::new(0).get("t1").is_none());
     }
 }

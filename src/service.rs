@@ -30,9 +30,13 @@ pub enum Transport {
 pub enum Outcome {
     /// The whole reply is in the output.
     Replied,
-    /// An entry was buffered; its `ok` line starts at `ack_at` in the output
-    /// and waits for the commit ([`Service::await_commit`]).
+    /// An entry was buffered (or this is a retry of a write still in the
+    /// batch); its `ok` line starts at `ack_at` in the output and waits for
+    /// the commit ([`Service::await_commit`]).
     Wrote { id: u64, ack_at: usize },
+    /// A retry of a write already stored: its `ok` line, at `ack_at`, is
+    /// true now.
+    Acked { id: u64, ack_at: usize },
     /// `bye` is in the output; a TCP session ends once it is sent.
     Quit,
     /// TCP only: the rest of the reply comes from [`crate::history::fill`].
@@ -62,15 +66,10 @@ pub trait Service {
     /// Answers one request, appending the reply to `out`.
     fn answer(&mut self, request: &Request, transport: Transport, out: &mut Vec<u8>) -> Outcome;
     /// Writes the pending batch now, so that a read sees every write
-    /// before it. Its acks are settled by the loop later in the iteration;
-    /// a failed batch's number is returned at once, for what remembers
-    /// its writes.
-    fn commit(&mut self) -> Result<(), u64>;
+    /// before it. Its acks are settled by the loop later in the iteration.
+    fn commit(&mut self);
     /// Whether writes are waiting for a commit.
     fn has_pending(&self) -> bool;
-    /// The number of the batch that new writes join; a failed batch is
-    /// reported by its number, so that what remembered it can forget it.
-    fn batch(&self) -> u64;
     /// Records where a write's ack waits for its batch.
     fn await_commit(&mut self, site: AckSite);
     fn store(&self) -> &Store;

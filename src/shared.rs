@@ -1,5 +1,9 @@
 //! What the two sides share: the store, the batch being built and where
-//! each of its acks waits, and the stats. It is the loop's [`Service`].
+//! each of its acks waits, the retry memory, and the stats. It is the
+//! loop's [`Service`].
+//!
+//! A tagged write whose tag was seen is answered from the retry memory and
+//! not stored again, whichever transport or socket the retry came by.
 //!
 //! A commit that fails turns every ack of its batch into an `err io` line;
 //! the sites are kept until the loop's "patch acks" step, which hands each
@@ -7,7 +11,8 @@
 
 use crate::handler;
 use crate::logging::{self, Throttle};
-use crate::protocol::{self, Request};
+use crate::protocol::{self, Command, Request};
+use crate::replay::ReplayMemory;
 use crate::service::{AckSite, Outcome, Service, Transport};
 use crate::stats::Stats;
 use crate::store::Store;
@@ -16,7 +21,6 @@ use std::time::Instant;
 /// A batch whose commit failed: its acks are to become `line`.
 #[derive(Debug)]
 pub struct FailedBatch {
-    pub batch: u64,
     pub line: Vec<u8>,
     /// In the order the writes were answered.
     pub sites: Vec<AckSite>,
@@ -24,6 +28,7 @@ pub struct FailedBatch {
 
 pub struct Shared {
     store: Store,
+    replay: ReplayMemory,
     stats: Stats,
     /// The number of the batch being built.
     batch: u64,
@@ -35,9 +40,24 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(store: Store) -> Shared {
+    /// Shares `store`, remembering up to `replay_memory` tagged writes,
+    /// starting with the newest ones in the file.
+    pub fn new(store: Store, replay_memory: usize) -> Shared {
+        let mut replay = ReplayMemory::new(replay_memory);
+        match store.recent_requests(replay_memory) {
+            Ok(recent) => {
+                for (tag, id, timestamp) in recent.iter().rev() {
+                    replay.remember(tag, *id, 0, timestamp);
+                }
+            }
+            Err(e) => log::warn!(
+                "cannot read the newest entries to remember their request tags ({e}); \
+                 a retry of a write from before this start may be stored again"
+            ),
+        }
         Shared {
             store,
+            replay,
             stats: Stats::default(),
             batch: 1,
             waiting: Vec::new(),
@@ -62,6 +82,14 @@ impl Shared {
         }
     }
 
+    /// Once a second: notices what a person did to the diary file while
+    /// nothing was being written (commits check it themselves).
+    pub fn watch_file(&mut self) {
+        if !self.store.has_pending() {
+            self.store.watch();
+        }
+    }
+
     /// Flushes whatever was written, whatever the policy (at shutdown).
     pub fn sync_now(&mut self) {
         if let Err(e) = self.store.sync_now() {
@@ -76,42 +104,62 @@ impl Shared {
 
 impl Service for Shared {
     fn answer(&mut self, request: &Request, transport: Transport, out: &mut Vec<u8>) -> Outcome {
-        handler::handle(request, transport, &mut self.store, &mut self.stats, out)
+        let tag = request.envelope.map(|e| e.tag);
+        let is_write = matches!(request.command, Ok(Command::Write(_)));
+        if let Some(tag) = tag.filter(|_| is_write)
+            && let Some(seen) = self.replay.get(tag)
+        {
+            protocol::push_tag(out, tag);
+            let ack_at = out.len();
+            let mut digits = itoa::Buffer::new();
+            protocol::push_ack(out, digits.format(seen.id), seen.timestamp);
+            // A retry of a write still in this batch shares its fate.
+            return if seen.id > self.store.len() {
+                Outcome::Wrote {
+                    id: seen.id,
+                    ack_at,
+                }
+            } else {
+                Outcome::Acked {
+                    id: seen.id,
+                    ack_at,
+                }
+            };
+        }
+        let outcome = handler::handle(request, transport, &mut self.store, &mut self.stats, out);
+        if let (Outcome::Wrote { id, ack_at }, Some(tag)) = (&outcome, tag) {
+            let timestamp = protocol::ack_timestamp(&out[*ack_at..]);
+            self.replay.remember(tag, *id, self.batch, timestamp);
+        }
+        outcome
     }
 
-    fn commit(&mut self) -> Result<(), u64> {
+    fn commit(&mut self) {
         if !self.store.has_pending() {
-            return Ok(());
+            return;
         }
         let batch = self.batch;
         self.batch += 1;
         match self.store.commit() {
-            Ok(()) => {
-                self.waiting.clear();
-                Ok(())
-            }
+            Ok(()) => self.waiting.clear(),
             Err(failure) => {
+                // Their ids go to other writes now; a retry must be stored.
+                self.replay.forget_batch(batch);
                 logging::warn_throttled(
                     &mut self.commit_log,
                     format_args!("could not store entries: {}", failure.error),
                 );
                 self.stats.failed_commits += 1;
                 self.failed.push(FailedBatch {
-                    batch,
                     line: protocol::commit_failed_line(&failure.error),
                     sites: std::mem::take(&mut self.waiting),
                 });
-                Err(batch)
             }
         }
     }
 
     fn has_pending(&self) -> bool {
         self.store.has_pending()
-    }
-
-    fn batch(&self) -> u64 {
-        self.batch
     }
 
     fn await_commit(&mut self, site: AckSite) {

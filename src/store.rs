@@ -1,18 +1,29 @@
-//! The append-only diary file: recovery at open, the id → offset index,
-//! buffered appends with one group commit per loop iteration, and reads.
+//! The append-only diary file: recovery and identity at open, the index,
+//! buffered appends with one group commit per loop iteration, reads, and
+//! watching that the file at the path is still the one being written.
 //!
 //! Appends only fill an in-memory buffer; [`Store::commit`] writes it with one
 //! `write` and (policy `always`) one `fdatasync`, so every write of a loop
 //! iteration shares one disk flush. Reads see only committed entries. A commit
 //! that fails cuts the file back to its last good length and forgets the
 //! batch, so the file never holds a partial line and ids stay dense.
+//!
+//! diaryd owns its file while it runs. Before every commit (and once a
+//! second when idle) it checks that the path still names the file it holds
+//! and that the file is the size it wrote. Lines a person appended are
+//! indexed if they are entries; a copy of this diary saved over it (an
+//! editor's save) is re-opened; anything else refuses writes (`err io`,
+//! with what happened and what to do) and keeps serving reads, so no write
+//! is ever acknowledged into a file that is no longer the diary.
 
-use crate::entry::{self, LineError};
+use crate::disk::Disk;
+use crate::entry;
+use crate::scan::{self, CutReason, Index, Mode, Scan, ScanError};
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Write};
 use std::ops::ControlFlow;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -61,6 +72,12 @@ impl fmt::Display for FsyncPolicy {
 /// How long `interval` lets written data wait for its `fdatasync`.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
+/// A small step back of the clock (NTP slewing, a VM's correction) is
+/// absorbed: the entry keeps the previous time. A bigger one is believed
+/// and logged; the diary's times are then out of order, which every time
+/// query allows for.
+const CLOCK_SLACK_MS: i64 = 2_000;
+
 /// Why the diary could not be opened.
 #[derive(Debug)]
 pub enum OpenError {
@@ -85,11 +102,13 @@ impl fmt::Display for OpenError {
             ),
             OpenError::Corrupt { path, line, reason } => write!(
                 f,
-                "{p}:{line}: not a diary entry: {reason}.\n\
-                 Look at it with: sed -n '{line}p' {p}\n\
-                 Every line must be ID<TAB>RFC3339-TIME<TAB>TEXT with ids 1, 2, 3, ...; \
-                 fix that line by hand, or restore the file from a backup, then start again.",
-                p = path.display()
+                "{p}:{line}: {reason}.\n\
+                 Look at it with: sed -n '{line}p' {q}\n\
+                 Every line must be an entry ID<TAB>TIME<TAB>TEXT with ids 1, 2, 3, ... \
+                 (or a line starting with #); fix that line by hand, or restore the file \
+                 from a backup, then start again.",
+                p = path.display(),
+                q = shell_quote(path),
             ),
         }
     }
@@ -97,11 +116,64 @@ impl fmt::Display for OpenError {
 
 impl std::error::Error for OpenError {}
 
+/// `path` quoted for a POSIX shell, for the commands hints suggest.
+pub fn shell_quote(path: &Path) -> String {
+    let text = path.display().to_string();
+    if !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@%".contains(&b))
+    {
+        return text;
+    }
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
 /// What recovery did at open.
 #[derive(Debug, Default)]
 pub struct Recovery {
-    /// Bytes of an unfinished last line that were cut off and where they went.
-    pub torn_tail: Option<(usize, PathBuf)>,
+    /// The end of the file that was cut off, and where its bytes went.
+    pub cut: Option<RecoveryCut>,
+    /// The file had no identity (written by an earlier version), and was
+    /// given one by an appended line.
+    pub identity_added: bool,
+}
+
+#[derive(Debug)]
+pub struct RecoveryCut {
+    pub bytes: usize,
+    /// The file's line where the cut began.
+    pub line: u64,
+    pub why: CutReason,
+    pub side: PathBuf,
+}
+
+impl Recovery {
+    /// What to tell the person who owns the file, if anything was cut.
+    pub fn warning(&self, path: &Path) -> Option<String> {
+        let cut = self.cut.as_ref()?;
+        let (file, side) = (path.display(), cut.side.display());
+        Some(match cut.why {
+            CutReason::Unfinished => format!(
+                "{file}:{line} was a last line without its newline ({bytes} bytes). Either a \
+                 crash cut a write short (such a write was never acknowledged), or the file was \
+                 edited and saved without a final newline. It was cut off and kept in {side}. \
+                 If it was a complete entry of yours, stop diaryd, put it back with \
+                 `tail -n 1 {qs} >> {qf}`, and start diaryd again.",
+                line = cut.line,
+                bytes = cut.bytes,
+                qs = shell_quote(&cut.side),
+                qf = shell_quote(path),
+            ),
+            CutReason::Hole => format!(
+                "{file}:{line} held NUL bytes: a write torn by a crash or power cut, never \
+                 acknowledged. From that line to the end ({bytes} bytes) was cut off and kept \
+                 in {side}.",
+                line = cut.line,
+                bytes = cut.bytes,
+            ),
+        })
+    }
 }
 
 /// A commit that did not reach the disk; every id from `first_lost` on was forgotten.
@@ -120,18 +192,37 @@ pub struct Appended<'a> {
     pub timestamp: &'a str,
 }
 
+/// Why writes are refused: the file at the path is not the diary diaryd
+/// holds, or not as it left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lost {
+    /// Nothing is at the path any more (removed, or renamed away).
+    Removed,
+    /// Another file is at the path, and it is not this diary.
+    Replaced(String),
+    /// The file is shorter than what was written to it.
+    Truncated { len: u64, expected: u64 },
+    /// A line added to the file is not an entry that can follow.
+    BadLine { line: u64, reason: String },
+}
+
+/// The device and inode of a file: what "the same file" means.
+type FileId = (u64, u64);
+
 pub struct Store {
-    file: File,
+    disk: Box<dyn Disk>,
     path: PathBuf,
     policy: FsyncPolicy,
-    /// `offsets[i]` is where entry `i + 1` starts, pending ones included.
-    offsets: Vec<u64>,
-    /// `millis[i]` is entry `i + 1`'s time; never decreasing, so it can be bisected.
-    millis: Vec<i64>,
+    identity: String,
+    held: FileId,
+    /// Entries, pending ones included.
+    index: Index,
     /// Entries written to the file (visible to reads).
     committed: usize,
     /// File length covering exactly the committed entries.
     committed_len: u64,
+    /// Complete lines in the file, of every kind.
+    lines: u64,
     pending: Vec<u8>,
     /// Written but not yet `fdatasync`ed (policy `interval`).
     unsynced_since: Option<Instant>,
@@ -142,131 +233,185 @@ pub struct Store {
     cached_stamp: (i64, String),
     /// The last appended id in decimal, for its line and its ack.
     id_text: itoa::Buffer,
+    /// Attributes of the entry being appended.
+    attrs: String,
     /// The time of the batch being built, read at its first append.
     batch_clock: Option<i64>,
+    /// The time given to the last batch.
+    last_stamp: i64,
+    lost: Option<Lost>,
 }
 
 impl Store {
-    /// Opens (creating if needed) and locks the diary, recovering a torn tail.
+    /// Opens (creating if needed) and locks the diary, recovering a torn end.
     pub fn open(path: &Path, policy: FsyncPolicy) -> Result<(Store, Recovery), OpenError> {
+        Store::open_on(path, policy, |file| Box::new(file))
+    }
+
+    /// As [`Store::open`], writing through the [`Disk`] that `wrap` makes of
+    /// the opened file (a fault-injecting layer in a test).
+    pub fn open_on(
+        path: &Path,
+        policy: FsyncPolicy,
+        wrap: impl FnOnce(File) -> Box<dyn Disk>,
+    ) -> Result<(Store, Recovery), OpenError> {
         let io_err = |e| OpenError::Io(path.to_path_buf(), e);
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(path)
-            .map_err(io_err)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(OpenError::Locked(path.to_path_buf()));
+        let mut file = open_locked(path).map_err(|e| match e {
+            None => OpenError::Locked(path.to_path_buf()),
+            Some(e) => io_err(e),
+        })?;
+        let meta = file.metadata().map_err(io_err)?;
+        let held = (meta.dev(), meta.ino());
+        let mut scan = match scan::scan(&file, scan::From::START, Mode::Recover) {
+            Ok(scan) => scan,
+            Err(ScanError::Io(e)) => return Err(io_err(e)),
+            Err(ScanError::Bad(bad)) => {
+                return Err(OpenError::Corrupt {
+                    path: path.to_path_buf(),
+                    line: bad.line,
+                    reason: bad.reason,
+                });
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
+        };
+        let mut recovery = Recovery::default();
+        if let Some(cut) = scan.cut.take() {
+            let bytes = meta.len() - cut.at;
+            let side = set_aside(&file, path, cut.at, bytes)?;
+            file.set_len(cut.at).map_err(io_err)?;
+            file.sync_all().map_err(io_err)?;
+            recovery.cut = Some(RecoveryCut {
+                bytes: bytes as usize,
+                line: cut.line,
+                why: cut.why,
+                side,
+            });
         }
-        let mut store = Store {
-            file,
+        let identity = match scan.identity.take() {
+            Some(identity) => identity,
+            None => {
+                let identity = scan::new_identity();
+                let line = if scan.len == 0 {
+                    format!(
+                        "# diary v{} id={identity} created={}\n",
+                        scan::FORMAT,
+                        entry::format_timestamp(wall_clock())
+                    )
+                } else {
+                    recovery.identity_added = true;
+                    format!(
+                        "# diary id={identity} (given by diaryd {} to a diary begun without one)\n",
+                        env!("CARGO_PKG_VERSION")
+                    )
+                };
+                file.write_all(line.as_bytes())
+                    .and_then(|()| file.sync_all())
+                    .map_err(io_err)?;
+                scan.len += line.len() as u64;
+                scan.lines += 1;
+                identity
+            }
+        };
+        let last_stamp = scan.index.millis.last().copied().unwrap_or(i64::MIN);
+        let store = Store {
+            disk: wrap(file),
             path: path.to_path_buf(),
             policy,
-            offsets: Vec::new(),
-            millis: Vec::new(),
-            committed: 0,
-            committed_len: 0,
+            identity,
+            held,
+            committed: scan.index.len(),
+            committed_len: scan.len,
+            lines: scan.lines,
+            index: scan.index,
             pending: Vec::with_capacity(64 * 1024),
             unsynced_since: None,
             sync_failed: false,
             cached_stamp: (i64::MIN, String::new()),
             id_text: itoa::Buffer::new(),
+            attrs: String::new(),
             batch_clock: None,
+            last_stamp,
+            lost: None,
         };
-        let recovery = store.load()?;
         Ok((store, recovery))
-    }
-
-    fn load(&mut self) -> Result<Recovery, OpenError> {
-        let io_err = |e| OpenError::Io(self.path.clone(), e);
-        let mut reader = BufReader::with_capacity(1 << 20, &self.file);
-        let mut line = Vec::with_capacity(256);
-        let mut offset = 0u64;
-        let mut recovery = Recovery::default();
-        loop {
-            line.clear();
-            let n = reader.read_until(b'\n', &mut line).map_err(io_err)?;
-            if n == 0 {
-                break;
-            }
-            if line.last() != Some(&b'\n') {
-                recovery.torn_tail = Some((line.len(), self.set_aside(&line)?));
-                self.file.set_len(offset).map_err(io_err)?;
-                self.file.sync_all().map_err(io_err)?;
-                break;
-            }
-            let expected = self.offsets.len() as u64 + 1;
-            let corrupt = |reason: String| OpenError::Corrupt {
-                path: self.path.clone(),
-                line: expected,
-                reason,
-            };
-            let decoded = entry::decode_line(&line[..n - 1])
-                .map_err(|e: LineError| corrupt(e.to_string()))?;
-            if decoded.id != expected {
-                return Err(corrupt(format!(
-                    "expected id {expected}, found {}",
-                    decoded.id
-                )));
-            }
-            let last = self.millis.last().copied().unwrap_or(i64::MIN);
-            self.offsets.push(offset);
-            self.millis.push(decoded.millis.max(last));
-            offset += n as u64;
-        }
-        self.committed = self.offsets.len();
-        self.committed_len = offset;
-        Ok(recovery)
-    }
-
-    fn set_aside(&self, fragment: &[u8]) -> Result<PathBuf, OpenError> {
-        let mut side = self.path.clone().into_os_string();
-        side.push(".torn");
-        let side = PathBuf::from(side);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&side)
-            .map_err(|e| OpenError::Io(side.clone(), e))?;
-        file.write_all(fragment)
-            .and_then(|()| file.write_all(b"\n"))
-            .and_then(|()| file.sync_all())
-            .map_err(|e| OpenError::Io(side.clone(), e))?;
-        Ok(side)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The diary's unique id, from its header.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// Why writes are refused, if they are.
+    pub fn lost(&self) -> Option<&Lost> {
+        self.lost.as_ref()
+    }
+
     /// Buffers a new entry; it is stored by the next [`Store::commit`].
-    pub fn append(&mut self, text: &str) -> Appended<'_> {
+    /// `req` is the tag of the request that writes it, kept with the entry
+    /// so that a retry is answered, not stored again, even after a restart.
+    pub fn append(&mut self, text: &str, req: Option<&str>) -> Appended<'_> {
+        if self.pending.is_empty() {
+            // What a person did to the file since the last batch is taken
+            // in before ids are given out; the commit looks again.
+            self.watch();
+        }
         // One clock read per batch: its entries are stored together anyway.
-        let now = *self.batch_clock.get_or_insert_with(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64)
-        });
-        let millis = now.max(self.millis.last().copied().unwrap_or(i64::MIN));
+        let millis = match self.batch_clock {
+            Some(millis) => millis,
+            None => {
+                let millis = self.next_stamp();
+                self.batch_clock = Some(millis);
+                millis
+            }
+        };
         if self.cached_stamp.0 != millis {
             self.cached_stamp = (millis, entry::format_timestamp(millis));
         }
-        let id = self.offsets.len() as u64 + 1;
+        let id = self.index.len() as u64 + 1;
         let start = self.committed_len + self.pending.len() as u64;
         let id_text = self.id_text.format(id);
-        entry::encode_line_digits(id_text, &self.cached_stamp.1, text, &mut self.pending);
-        self.offsets.push(start);
-        self.millis.push(millis);
+        self.attrs.clear();
+        if let Some(tag) = req {
+            entry::push_req_attr(tag, &mut self.attrs);
+        }
+        entry::encode_line_digits(
+            id_text,
+            &self.cached_stamp.1,
+            text,
+            &self.attrs,
+            &mut self.pending,
+        );
+        self.index.push(start, millis);
         Appended {
             id,
             id_text,
             timestamp: &self.cached_stamp.1,
         }
+    }
+
+    /// The time for a new batch: the clock, unless it stepped back a little.
+    fn next_stamp(&mut self) -> i64 {
+        let now = wall_clock();
+        let last = self.last_stamp;
+        let stamp = if now >= last || last - now > CLOCK_SLACK_MS {
+            if now < last {
+                log::warn!(
+                    "the clock stepped back {} s (from {} to {}); new entries carry the \
+                     clock's time, earlier than the last entry's",
+                    (last - now) / 1000,
+                    entry::format_timestamp(last),
+                    entry::format_timestamp(now)
+                );
+            }
+            now
+        } else {
+            last
+        };
+        self.last_stamp = stamp;
+        stamp
     }
 
     pub fn has_pending(&self) -> bool {
@@ -275,10 +420,17 @@ impl Store {
 
     /// Writes the buffered entries with one `write`, and flushes them as the
     /// policy says. On failure the batch is forgotten and the file cut back.
+    ///
+    /// First it checks that the file at the path is still the one it holds
+    /// ([`Store::watch`]); if anything changed, the batch is refused, since
+    /// its ids and offsets were reckoned on the file as it was.
     pub fn commit(&mut self) -> Result<(), CommitError> {
         self.batch_clock = None;
         if self.pending.is_empty() {
             return Ok(());
+        }
+        if let Err(error) = self.check_file() {
+            return Err(self.forget_batch(error));
         }
         let earlier_sync = if self.sync_failed {
             self.sync_now()
@@ -286,10 +438,10 @@ impl Store {
             Ok(())
         };
         let result = earlier_sync
-            .and_then(|()| self.file.write_all(&self.pending))
+            .and_then(|()| self.disk.append(&self.pending))
             .and_then(|()| {
                 match self.policy {
-                    FsyncPolicy::Always => self.file.sync_data()?,
+                    FsyncPolicy::Always => self.disk.sync()?,
                     FsyncPolicy::Interval => {
                         self.unsynced_since.get_or_insert_with(Instant::now);
                     }
@@ -300,19 +452,173 @@ impl Store {
         match result {
             Ok(()) => {
                 self.committed_len += self.pending.len() as u64;
-                self.committed = self.offsets.len();
+                self.lines += (self.index.len() - self.committed) as u64;
+                self.committed = self.index.len();
                 self.pending.clear();
                 Ok(())
             }
             Err(error) => {
-                let first_lost = self.committed as u64 + 1;
                 // Best effort: if even this fails, the next open cuts the torn tail.
-                let _ = self.file.set_len(self.committed_len);
-                self.offsets.truncate(self.committed);
-                self.millis.truncate(self.committed);
-                self.pending.clear();
-                Err(CommitError { first_lost, error })
+                let _ = self.disk.truncate(self.committed_len);
+                Err(self.forget_batch(error))
             }
+        }
+    }
+
+    fn forget_batch(&mut self, error: io::Error) -> CommitError {
+        let first_lost = self.committed as u64 + 1;
+        self.index.truncate(self.committed);
+        self.pending.clear();
+        CommitError { first_lost, error }
+    }
+
+    /// Before a commit: the file must be the one held, as it was left.
+    fn check_file(&mut self) -> io::Result<()> {
+        let changed = self.watch();
+        match &self.lost {
+            Some(lost) => Err(io::Error::other(self.describe(lost))),
+            None if changed => Err(io::Error::other(
+                "the diary file changed while this write waited; nothing stored, send it again",
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Looks at what the path names now, and follows what a person did to
+    /// the file: lines they appended are indexed, a valid copy of this
+    /// diary saved over it is re-opened, anything else refuses writes until
+    /// it is put right. Returns whether the index changed. Call it only
+    /// with no batch pending (a commit does so itself).
+    pub fn watch(&mut self) -> bool {
+        let before = self.lost.clone();
+        let outcome = self.look();
+        let changed = matches!(outcome, Ok(true));
+        self.lost = outcome.err();
+        if self.lost != before {
+            match &self.lost {
+                Some(lost) => log::error!("{}", self.describe(lost)),
+                None => log::warn!(
+                    "{} is this diary again ({} entries); writes are accepted again",
+                    self.path.display(),
+                    self.committed
+                ),
+            }
+        }
+        changed
+    }
+
+    fn look(&mut self) -> Result<bool, Lost> {
+        let meta = match std::fs::metadata(&self.path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Lost::Removed),
+            Err(e) => return Err(Lost::Replaced(format!("cannot look at it: {e}"))),
+        };
+        if (meta.dev(), meta.ino()) != self.held {
+            return self.adopt().map(|()| true);
+        }
+        let len = meta.len();
+        if len < self.committed_len {
+            return Err(Lost::Truncated {
+                len,
+                expected: self.committed_len,
+            });
+        }
+        if len == self.committed_len {
+            return Ok(false);
+        }
+        self.index_appended().map(|()| true)
+    }
+
+    /// Indexes lines appended to the file by someone else.
+    fn index_appended(&mut self) -> Result<(), Lost> {
+        let file = File::open(&self.path).map_err(|e| Lost::Replaced(e.to_string()))?;
+        let from = scan::From {
+            offset: self.committed_len,
+            line: self.lines,
+            next_id: self.committed as u64 + 1,
+        };
+        let scan = scan::scan(&file, from, Mode::Strict).map_err(|e| match e {
+            ScanError::Bad(bad) => Lost::BadLine {
+                line: bad.line,
+                reason: bad.reason,
+            },
+            ScanError::Io(e) => Lost::Replaced(e.to_string()),
+        })?;
+        let added = scan.index.len();
+        for i in 0..added {
+            self.index.push(scan.index.offsets[i], scan.index.millis[i]);
+        }
+        self.committed = self.index.len();
+        self.committed_len = scan.len;
+        self.lines = scan.lines;
+        log::warn!(
+            "{} lines were added to {} by hand; {added} entries among them are indexed",
+            scan.lines - from.line,
+            self.path.display()
+        );
+        Ok(())
+    }
+
+    /// Re-opens the path, which names another file now: an editor's save
+    /// or `sed -i` replaced the diary. Only a whole, valid copy of this
+    /// same diary is taken.
+    fn adopt(&mut self) -> Result<(), Lost> {
+        let file = open_locked(&self.path).map_err(|e| {
+            Lost::Replaced(match e {
+                None => "another diaryd holds it".into(),
+                Some(e) => format!("cannot open it: {e}"),
+            })
+        })?;
+        let meta = file.metadata().map_err(|e| Lost::Replaced(e.to_string()))?;
+        let scan: Scan = scan::scan(&file, scan::From::START, Mode::Strict)
+            .map_err(|e| Lost::Replaced(format!("it is not a whole diary ({e})")))?;
+        if scan.identity.as_deref() != Some(self.identity.as_str()) {
+            return Err(Lost::Replaced(match scan.identity {
+                Some(other) => format!("it is another diary (id {other})"),
+                None => "it has no diary id, so it is not this diary".into(),
+            }));
+        }
+        log::warn!(
+            "{} was replaced by an edited copy of this diary ({} entries); writing to the new file",
+            self.path.display(),
+            scan.index.len()
+        );
+        self.disk = Box::new(file);
+        self.held = (meta.dev(), meta.ino());
+        self.committed = scan.index.len();
+        self.committed_len = scan.len;
+        self.lines = scan.lines;
+        self.index = scan.index;
+        self.unsynced_since = None;
+        Ok(())
+    }
+
+    /// What happened to the file and what to do, for the log and `err io`.
+    pub fn describe(&self, lost: &Lost) -> String {
+        let p = self.path.display();
+        let n = self.committed;
+        let keep = format!(
+            "writes are refused so that none is acknowledged into a file that is not the \
+             diary; entries 1 to {n} are still served"
+        );
+        match lost {
+            Lost::Removed => format!(
+                "{p} was removed or renamed while diaryd ran; {keep}. Move it back, or restart \
+                 diaryd to begin a new diary there (save the old one first: diary past > saved.txt)"
+            ),
+            Lost::Replaced(why) => format!(
+                "{p} was replaced by another file, and {why}; {keep}. Put this diary back \
+                 there, or restart diaryd to serve the new file"
+            ),
+            Lost::Truncated { len, expected } => format!(
+                "{p} was cut to {len} bytes while diaryd ran (it wrote {expected}); {keep}. \
+                 Restore it from a backup, or restart diaryd to accept it as it is"
+            ),
+            Lost::BadLine { line, reason } => format!(
+                "{p}:{line}: a line added while diaryd ran is not an entry that can follow: \
+                 {reason}; {keep}. Remove that line (write it with `diary write` instead), \
+                 or fix it"
+            ),
         }
     }
 
@@ -333,7 +639,7 @@ impl Store {
     /// Until a flush succeeds after one failed, every commit fails.
     pub fn sync_now(&mut self) -> io::Result<()> {
         self.unsynced_since = None;
-        let result = self.file.sync_data();
+        let result = self.disk.sync();
         self.sync_failed = result.is_err();
         result
     }
@@ -347,42 +653,65 @@ impl Store {
         self.committed == 0
     }
 
-    /// Bytes of committed entries.
+    /// Bytes of the file as written (committed entries and other lines).
     pub fn bytes(&self) -> u64 {
         self.committed_len
     }
 
-    /// The first committed id whose time is at or after `millis` (len + 1 if none).
+    /// The first committed id at or after which entries may be at or after
+    /// `millis` (len + 1 if none): none before it is. Times need not be in
+    /// order, so entries from it on must still be checked with
+    /// [`Store::millis_of`].
     pub fn first_at_or_after(&self, millis: i64) -> u64 {
-        self.millis[..self.committed].partition_point(|&m| m < millis) as u64 + 1
+        self.index.first_candidate(millis, self.committed)
+    }
+
+    /// The time of committed entry `id`.
+    pub fn millis_of(&self, id: u64) -> i64 {
+        self.index.millis[(id - 1) as usize]
     }
 
     fn offset_of(&self, id: u64) -> u64 {
         let i = (id - 1) as usize;
         if i < self.committed {
-            self.offsets[i]
+            self.index.offsets[i]
         } else {
             self.committed_len
         }
     }
 
-    /// Size in bytes of the committed entries `first..end` (ids, end exclusive).
+    /// Size in bytes of the committed entries `first..end` (ids, end
+    /// exclusive), with any other lines among them.
     pub fn span_len(&self, first: u64, end: u64) -> u64 {
         self.offset_of(end) - self.offset_of(first)
     }
 
-    /// Appends the lines of committed entries `first..end` (end exclusive) to `out`.
-    pub fn read_span(&self, first: u64, end: u64, out: &mut Vec<u8>) -> io::Result<()> {
+    /// Appends the bytes of the file from entry `first` up to entry `end`
+    /// (end exclusive), other lines among them included.
+    fn read_span(&self, first: u64, end: u64, out: &mut Vec<u8>) -> io::Result<()> {
         assert!(first >= 1 && first <= end && end <= self.len() + 1);
         let start = self.offset_of(first);
         let len = (self.offset_of(end) - start) as usize;
         let old = out.len();
         out.resize(old + len, 0);
-        if let Err(e) = self.file.read_exact_at(&mut out[old..], start) {
+        if let Err(e) = self.disk.read_at(&mut out[old..], start) {
             out.truncate(old);
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Entry `id`'s line (newline included) in `buf`, which holds the file
+    /// from `base` on: from its start to the first newline.
+    fn line_in<'b>(&self, buf: &'b [u8], base: u64, id: u64) -> io::Result<&'b [u8]> {
+        let from = (self.offset_of(id) - base) as usize;
+        match memchr::memchr(b'\n', &buf[from..]) {
+            Some(i) => Ok(&buf[from..from + i + 1]),
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the diary file changed under its index",
+            )),
+        }
     }
 
     /// Calls `f` with each committed entry `first..end` (end exclusive),
@@ -406,9 +735,8 @@ impl Store {
             self.read_span(lo, hi, &mut buf)?;
             let base = self.offset_of(lo);
             for id in (lo..hi).rev() {
-                let from = (self.offset_of(id) - base) as usize;
-                let to = (self.offset_of(id + 1) - base) as usize - 1;
-                if f(id, &buf[from..to]).is_break() {
+                let line = self.line_in(&buf, base, id)?;
+                if f(id, &line[..line.len() - 1]).is_break() {
                     return Ok(());
                 }
             }
@@ -437,9 +765,7 @@ impl Store {
             self.read_span(lo, hi, &mut buf)?;
             let base = self.offset_of(lo);
             for id in lo..hi {
-                let from = (self.offset_of(id) - base) as usize;
-                let to = (self.offset_of(id + 1) - base) as usize;
-                if f(id, &buf[from..to]).is_break() {
+                if f(id, self.line_in(&buf, base, id)?).is_break() {
                     return Ok(());
                 }
             }
@@ -447,6 +773,70 @@ impl Store {
         }
         Ok(())
     }
+
+    /// The request tags of the newest `limit` entries that have one, with
+    /// their ids and timestamps, newest first: the retry memory after a
+    /// restart.
+    pub fn recent_requests(&self, limit: usize) -> io::Result<Vec<(String, u64, String)>> {
+        let mut found = Vec::new();
+        let end = self.len() + 1;
+        let first = end.saturating_sub(limit as u64).max(1);
+        self.for_each_rev(first, end, |id, line| {
+            if let Ok(e) = entry::decode_line(line)
+                && let Some(tag) = e.req()
+            {
+                found.push((tag.to_string(), id, e.timestamp.to_string()));
+            }
+            ControlFlow::Continue(())
+        })?;
+        Ok(found)
+    }
+}
+
+fn wall_clock() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Opens the diary for reading and appending, created if missing, and
+/// takes its lock. `Err(None)`: another process holds the lock.
+fn open_locked(path: &Path) -> Result<File, Option<io::Error>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(Some)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(Some(e)),
+    }
+}
+
+/// Copies `len` bytes from `at` to the side file `PATH.torn`, ending them
+/// with a newline, before they are cut off the diary.
+fn set_aside(file: &File, path: &Path, at: u64, len: u64) -> Result<PathBuf, OpenError> {
+    use std::os::unix::fs::FileExt;
+    let mut fragment = vec![0; len as usize];
+    file.read_exact_at(&mut fragment, at)
+        .map_err(|e| OpenError::Io(path.to_path_buf(), e))?;
+    if fragment.last() != Some(&b'\n') {
+        fragment.push(b'\n');
+    }
+    let mut side = path.to_path_buf().into_os_string();
+    side.push(".torn");
+    let side = PathBuf::from(side);
+    let mut out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&side)
+        .map_err(|e| OpenError::Io(side.clone(), e))?;
+    out.write_all(&fragment)
+        .and_then(|()| out.sync_all())
+        .map_err(|e| OpenError::Io(side.clone(), e))?;
+    Ok(side)
 }
 
 #[cfg(test)]
@@ -462,8 +852,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("diary.log");
         let mut store = open(&path);
-        assert_eq!(store.append("one").id, 1);
-        assert_eq!(store.append("二\n行").id, 2);
+        assert_eq!(store.append("one", None).id, 1);
+        assert_eq!(store.append("二\n行", Some("t-1")).id, 2);
         assert_eq!(store.len(), 0, "pending entries are not visible");
         store.commit().unwrap();
         assert_eq!(store.len(), 2);
@@ -474,6 +864,126 @@ mod tests {
         store.read_span(2, 3, &mut out).unwrap();
         let line = entry::decode_line(&out[..out.len() - 1]).unwrap();
         assert_eq!((line.id, line.text().as_str()), (2, "二\n行"));
+    }
+
+    const T0: &str = "2026-11-25T06:00:00.000+00:00";
+
+    #[test]
+    fn a_new_diary_gets_a_header_and_keeps_its_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("diary.log");
+        let mut store = open(&path);
+        let identity = store.identity().to_string();
+        assert!(scan::is_identity(&identity));
+        store.append("one", Some("tag-1"));
+        store.commit().unwrap();
+        drop(store);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines = text.lines();
+        assert!(
+            lines
+                .next()
+                .unwrap()
+                .starts_with(&format!("# diary v2 id={identity} created=")),
+            "{text}"
+        );
+        assert!(
+            lines.next().unwrap().ends_with("\tone\treq=tag-1"),
+            "{text}"
+        );
+        let store = open(&path);
+        assert_eq!(store.identity(), identity);
+        assert_eq!(
+            store.recent_requests(10).unwrap(),
+            vec![("tag-1".to_string(), 1, store_time(&store, 1))]
+        );
+    }
+
+    fn store_time(store: &Store, id: u64) -> String {
+        entry::format_timestamp(store.millis_of(id))
+    }
+
+    #[test]
+    fn an_older_file_opens_unchanged_and_gets_an_identity_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("diary.log");
+        let old = format!("1\t{T0}\tfirst\n2\t{T0}\tsecond\n");
+        std::fs::write(&path, &old).unwrap();
+        let (mut store, recovery) = Store::open(&path, FsyncPolicy::Always).unwrap();
+        assert!(recovery.identity_added && recovery.cut.is_none());
+        let identity = store.identity().to_string();
+        assert_eq!(store.append("third", None).id, 3);
+        store.commit().unwrap();
+        let mut out = Vec::new();
+        store
+            .for_each(1, 4, 1 << 16, |_, line| {
+                out.extend_from_slice(line);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        let entries = String::from_utf8(out).unwrap();
+        assert!(
+            !entries.contains('#'),
+            "reads skip the identity line: {entries}"
+        );
+        assert_eq!(entries.lines().count(), 3);
+        drop(store);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with(&old), "nothing rewritten: {text}");
+        let (store, recovery) = Store::open(&path, FsyncPolicy::Always).unwrap();
+        assert!(!recovery.identity_added);
+        assert_eq!((store.identity(), store.len()), (identity.as_str(), 3));
+    }
+
+    #[test]
+    fn a_hole_in_the_tail_is_cut_and_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("diary.log");
+        let t1 = "2026-11-25T06:00:01.000+00:00";
+        // A torn batch: the file grew, part of it never reached the disk.
+        let good = format!("1\t{T0}\tkept\n");
+        let torn = format!("\0\0\0\0\0\0\0\03\t{t1}\tb\n4\t{t1}\tc\n");
+        std::fs::write(&path, format!("{good}{torn}")).unwrap();
+        let (store, recovery) = Store::open(&path, FsyncPolicy::Always).unwrap();
+        let cut = recovery.cut.as_ref().unwrap();
+        assert_eq!(
+            (cut.why, cut.line, cut.bytes),
+            (CutReason::Hole, 2, torn.len())
+        );
+        assert!(recovery.warning(&path).unwrap().contains("NUL"));
+        assert_eq!(store.len(), 1);
+        let side = std::fs::read(dir.path().join("diary.log.torn")).unwrap();
+        assert_eq!(side, torn.as_bytes());
+        drop(store);
+        assert!(std::fs::read_to_string(&path).unwrap().starts_with(&good));
+    }
+
+    #[test]
+    fn a_hole_in_the_middle_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("diary.log");
+        let t1 = "2026-11-25T06:00:01.000+00:00";
+        let t2 = "2026-11-25T06:00:02.000+00:00";
+        let content = format!("1\t{T0}\ta\n\0\0\0\n3\t{t1}\tb\n4\t{t2}\tc\n");
+        std::fs::write(&path, &content).unwrap();
+        match Store::open(&path, FsyncPolicy::Always) {
+            Err(e @ OpenError::Corrupt { line: 2, .. }) => {
+                assert!(e.to_string().contains("damage in the middle"), "{e}")
+            }
+            other => panic!("expected a refusal at line 2, got {:?}", other.map(|_| ())),
+        }
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            content,
+            "untouched"
+        );
+    }
+
+    #[test]
+    fn hints_quote_paths_for_the_shell() {
+        assert_eq!(shell_quote(Path::new("/tmp/d.log")), "/tmp/d.log");
+        assert_eq!(shell_quote(Path::new("/tmp/my diary")), "'/tmp/my diary'");
+        assert_eq!(shell_quote(Path::new("it's")), r"'it'\''s'");
     }
 
     #[test]
@@ -491,8 +1001,8 @@ mod tests {
     fn time_lookup_bisects() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = open(&dir.path().join("d"));
-        store.append("a");
-        store.append("b");
+        store.append("a", None);
+        store.append("b", None);
         store.commit().unwrap();
         assert_eq!(store.first_at_or_after(i64::MIN), 1);
         assert_eq!(store.first_at_or_after(i64::MAX), 3);

@@ -21,7 +21,7 @@ use crate::store::Store;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -43,6 +43,29 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;
     Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Reads and drops what a follower sends; notices when its input ends
+/// (and says the follow goes on) or the connection breaks.
+fn drain_follower_input(conn: &mut Conn) {
+    let mut scratch = [0u8; 4096];
+    loop {
+        match conn.stream.read(&mut scratch) {
+            Ok(0) => {
+                if !std::mem::replace(&mut conn.input_ended, true) {
+                    protocol::push_follow_goes_on(&mut conn.out.buf);
+                }
+                return;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(_) => {
+                conn.dead = true;
+                return;
+            }
+        }
+    }
 }
 
 /// What a connection is doing besides answering request lines.
@@ -69,6 +92,10 @@ struct Conn {
     /// connection was paused; read it when it resumes.
     stalled: bool,
     writable_interest: bool,
+    /// A follower has shut its sending side. It may still read (a half
+    /// close), so it is told once that the follow goes on: a peer that is
+    /// gone answers that line with a reset, and leaves at once.
+    input_ended: bool,
     last_active: Instant,
     /// When the output queue was last empty or last made progress.
     last_sent: Instant,
@@ -85,6 +112,7 @@ impl Conn {
             dead: false,
             stalled: false,
             writable_interest: false,
+            input_ended: false,
             last_active: Instant::now(),
             last_sent: Instant::now(),
         }
@@ -186,6 +214,13 @@ impl TcpSide {
             let to_the_end = event.is_read_closed() || event.is_error();
             self.serve(key, to_the_end, service);
         }
+        if (event.is_error() || event.is_write_closed())
+            && let Some(conn) = self.conns.get_mut(key)
+        {
+            // Reset, or closed both ways: nothing sent can arrive. (After
+            // a FIN, reads only say end of input, so only the event tells.)
+            conn.dead = true;
+        }
         if event.is_writable() {
             self.touched.push(key);
         }
@@ -215,7 +250,14 @@ impl TcpSide {
         loop {
             self.continue_stream(key, service);
             if !self.answer_lines(key, service) {
-                self.conns[key].stalled = true;
+                let conn = &mut self.conns[key];
+                if matches!(conn.mode, Mode::Following(_)) {
+                    // A follower's input is not read as requests, but its
+                    // end or a reset must be seen, to let it go.
+                    drain_follower_input(conn);
+                } else {
+                    conn.stalled = true;
+                }
                 return;
             }
             if socket_empty {
@@ -225,9 +267,7 @@ impl TcpSide {
             match conn.framer.read_from(&mut conn.stream) {
                 Ok(0) => {
                     // The client is done sending; answer what it asked, then close.
-                    if !matches!(conn.mode, Mode::Following(_)) {
-                        conn.closing = true;
-                    }
+                    conn.closing = true;
                     return;
                 }
                 Ok(_) => {
@@ -275,12 +315,12 @@ impl TcpSide {
             if service.has_pending() && protocol::reads_store(&request) {
                 // A read sees every write before it; a failure is settled
                 // with the iteration's other acks.
-                let _ = service.commit();
+                service.commit();
             }
             let outcome = service.answer(&request, Transport::Tcp, &mut conn.out.buf);
             conn.framer.consume(&frame);
             match outcome {
-                Outcome::Replied => {}
+                Outcome::Replied | Outcome::Acked { .. } => {}
                 Outcome::Wrote { ack_at, .. } => {
                     service.await_commit(AckSite::Tcp { key, at: ack_at })
                 }

@@ -1,7 +1,6 @@
 //! The UDP side of the server: the socket, datagrams in batches, framing
 //! (one datagram is one request), the reply size rule, address cookies,
-//! the retry memory, recent sources, and the queue of replies waiting for
-//! the socket.
+//! recent sources, and the queue of replies waiting for the socket.
 //!
 //! It reaches the diary only through the [`Service`] the loop lends it.
 //! Replies are queued, never sent, before the loop's commit of the same
@@ -12,7 +11,6 @@ use crate::cookie::{Cookie, CookieJar};
 use crate::datagrams::{self, RecvBatch};
 use crate::limits::Limits;
 use crate::protocol::{self, Command, Envelope, Oversize};
-use crate::replay::ReplayMemory;
 use crate::service::{AckSite, Outcome, Service, Transport};
 use crate::stats::Stats;
 use mio::net::UdpSocket;
@@ -54,7 +52,6 @@ pub struct UdpSide {
     /// Replies not yet sent, oldest first.
     queue: VecDeque<(SocketAddr, Vec<u8>)>,
     spare: Vec<Vec<u8>>,
-    replay: ReplayMemory,
     sources: RecentSources,
     cookies: CookieJar,
     limits: Limits,
@@ -70,7 +67,6 @@ impl UdpSide {
             writable_interest: false,
             queue: VecDeque::new(),
             spare: Vec::new(),
-            replay: ReplayMemory::new(limits.replay_memory),
             sources: RecentSources::default(),
             cookies: CookieJar::default(),
             limits: limits.clone(),
@@ -123,26 +119,10 @@ impl UdpSide {
     fn answer(&mut self, datagram: &[u8], from: SocketAddr, service: &mut impl Service) {
         let request = protocol::parse(request_bytes(datagram), self.limits.max_entry);
         let limit = self.reply_limit(request.envelope.as_ref(), datagram.len(), from);
-        if let (Some(envelope), Ok(Command::Write(_))) = (&request.envelope, &request.command)
-            && let Some(seen) = self.replay.get(from, envelope.tag)
-        {
-            let (id, mut copy) = (seen.id, self.spare.pop().unwrap_or_default());
-            copy.extend_from_slice(&seen.reply);
-            let at = copy.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
-            // A retry of a write still in this batch shares its fate.
-            if let Some(slot) = self.queue_reply(from, copy, service.stats())
-                && id > service.store().len()
-            {
-                service.await_commit(AckSite::Udp { slot, at, limit });
-            }
-            return;
-        }
-        if service.has_pending()
-            && protocol::reads_store(&request)
-            && let Err(failed) = service.commit()
-        {
-            // A retry later in this iteration must not be answered from it.
-            self.replay.forget_batch(failed);
+        if service.has_pending() && protocol::reads_store(&request) {
+            // A read sees every write before it; a failure is settled with
+            // the iteration's other acks.
+            service.commit();
         }
         let cookie = match request.command {
             Ok(Command::Cookie) => self.cookies.issue(from.ip(), Instant::now()),
@@ -156,7 +136,7 @@ impl UdpSide {
         let mut reply = self.spare.pop().unwrap_or_default();
         let outcome = service.answer(&request, transport, &mut reply);
         let oversize = match (&outcome, &request.envelope) {
-            (Outcome::Wrote { id, ack_at }, _) => Oversize::Ack {
+            (Outcome::Wrote { id, ack_at } | Outcome::Acked { id, ack_at }, _) => Oversize::Ack {
                 ack_at: *ack_at,
                 id: *id,
             },
@@ -164,14 +144,10 @@ impl UdpSide {
             (_, None) => Oversize::Raw,
         };
         protocol::fit_datagram(&mut reply, 0, limit, oversize);
-        let Outcome::Wrote { id, ack_at } = outcome else {
+        let Outcome::Wrote { ack_at, .. } = outcome else {
             self.queue_reply(from, reply, service.stats());
             return;
         };
-        if let Some(envelope) = &request.envelope {
-            self.replay
-                .remember(from, envelope.tag, id, service.batch(), &reply);
-        }
         if let Some(slot) = self.queue_reply(from, reply, service.stats()) {
             service.await_commit(AckSite::Udp {
                 slot,
@@ -235,11 +211,6 @@ impl UdpSide {
         if let Some((_, reply)) = self.queue.get_mut(slot) {
             protocol::replace_ack(reply, at, line, limit);
         }
-    }
-
-    /// Forgets the writes of a failed batch, so that their retries are stored.
-    pub fn forget_batch(&mut self, batch: u64) {
-        self.replay.forget_batch(batch);
     }
 
     /// Once a second: forgets sources gone quiet.

@@ -3,7 +3,9 @@
 //! request parser nor the TCP line framer can be made to panic or to hand on
 //! something other than the lines that were sent.
 
-use diary::entry::{self, decode_line, encode_line, format_timestamp, parse_timestamp};
+use diary::entry::{
+    self, decode_line, encode_line, encode_line_digits, format_timestamp, parse_timestamp,
+};
 use diary::framing::{Frame, LineFramer};
 use diary::protocol::{self, Command};
 use proptest::prelude::*;
@@ -76,11 +78,16 @@ proptest! {
 
     #[test]
     fn decode_line_never_panics_and_accepts_only_what_it_can_encode_back(
-        bytes in prop::collection::vec(any::<u8>(), 0..256),
+        bytes in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..256),
+            "[1-9][0-9]{0,3}\t2026-11-25T06:00:0[0-9].000\\+08:00\t[ -~日\\\\]{0,20}(\t[a-z]{1,4}=[ -~]{0,8}){0,3}"
+                .prop_map(String::into_bytes),
+        ],
     ) {
         if let Ok(line) = decode_line(&bytes) {
             let mut again = Vec::new();
-            encode_line(line.id, line.timestamp, &line.text(), &mut again);
+            let id = line.id.to_string();
+        encode_line_digits(&id, line.timestamp, &line.text(), line.attrs, &mut again);
             prop_assert_eq!(&again[..again.len() - 1], &bytes[..]);
         }
     }

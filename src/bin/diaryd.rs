@@ -87,15 +87,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some((bytes, side)) = &recovery.torn_tail {
-        log::warn!(
-            "{} ended in an unfinished line ({bytes} bytes, from a crash \
-             mid-write); it was cut off and kept in {}",
+    if let Some(warning) = recovery.warning(&args.file) {
+        log::warn!("{warning}");
+    }
+    if recovery.identity_added {
+        log::info!(
+            "{} was begun by an earlier diaryd; it now has the diary id {} \
+             (one line appended, nothing rewritten)",
             args.file.display(),
-            side.display()
+            store.identity()
         );
     }
     let entries = store.len();
+    let identity = store.identity().to_string();
     let limits = Limits {
         max_entry: args.max_entry,
         max_connections: args.max_connections,
@@ -129,11 +133,12 @@ fn main() -> ExitCode {
     let mut stdout = std::io::stdout();
     let _ = writeln!(
         stdout,
-        "diaryd: listening on {} (UDP and TCP), writing {} ({} entries, fsync {})",
+        "diaryd: listening on {} (UDP and TCP), writing {} ({} entries, fsync {}, diary {})",
         server.local_addr(),
         path.display(),
         entries,
-        args.fsync
+        args.fsync,
+        identity
     )
     .and_then(|()| stdout.flush());
     match server.run() {

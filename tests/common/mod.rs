@@ -268,12 +268,13 @@ pub fn udp_raw(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
     buf[..n].to_vec()
 }
 
-/// The entries of a diary file as (id, text) pairs, read directly from disk.
+/// The entries of a diary file as (id, text) pairs, read directly from
+/// disk; `#` lines (the header, comments) are not entries.
 pub fn file_entries(path: &Path) -> Vec<(u64, String)> {
     let bytes = std::fs::read(path).unwrap();
     bytes
         .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
+        .filter(|l| !l.is_empty() && l[0] != b'#')
         .map(|l| {
             let line = diary::entry::decode_line(l).unwrap();
             (line.id, line.text())
