@@ -1,0 +1,334 @@
+//! Chaos: writers that retry with their tags across server crashes, and a
+//! check that every line is stored exactly once with the id it was
+//! acknowledged with.
+//!
+//! - kill -9 loop: the real `diaryd` is killed and restarted on the same
+//!   port while UDP and TCP writers write.
+//! - power cut: the server writes through a fault-injecting layer that
+//!   keeps what was not flushed aside, as LazyFS does. On the cut, the
+//!   flush in flight fails (so nothing of it is acknowledged), and the file
+//!   is left as a disk would hold it: what was flushed, then either nothing
+//!   or the unflushed batch torn by a hole of NUL bytes. A new server must
+//!   start on it by itself.
+//!
+//! Short by default (CI). Longer: DIARY_CHAOS_ROUNDS=110 cargo test --test chaos
+
+mod common;
+
+use common::*;
+use diary::disk::Disk;
+use diary::event_loop::{Limits, Server};
+use diary::store::{FsyncPolicy, Store};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn rounds(default: usize) -> usize {
+    std::env::var("DIARY_CHAOS_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(default)
+}
+
+/// What one writer had acknowledged: tag → (id, text).
+type Acked = HashMap<String, (u64, String)>;
+
+/// Writes lines `0..` tagged `{who}-{i}` over UDP or TCP, each retried with
+/// its tag until acknowledged, until `stop`; the line in flight is still
+/// finished (the server comes back).
+fn retrying_writer(addr: SocketAddr, who: &str, tcp: bool, stop: Arc<AtomicBool>) -> Acked {
+    let mut acked = Acked::new();
+    let mut link: Option<(TcpStream, BufReader<TcpStream>)> = None;
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_millis(150)))
+        .unwrap();
+    let give_up = Instant::now() + Duration::from_secs(120);
+    for i in 0.. {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let tag = format!("{who}-{i}");
+        let text = format!("chaos {who} line {i} 日记");
+        let request = format!("/id {tag} {text}\n");
+        let expected = format!("id {tag}");
+        let id = loop {
+            assert!(Instant::now() < give_up, "{tag} never acknowledged");
+            let reply = if tcp {
+                tcp_attempt(addr, &mut link, &request)
+            } else {
+                udp_attempt(&udp, addr, &request, &expected)
+            };
+            match reply {
+                Some(lines) if lines[0] == expected && lines[1].starts_with("ok ") => {
+                    break ack_id(&lines[1]);
+                }
+                // err io while the disk is gone: not stored; send it again.
+                Some(lines) if lines[0] == expected && lines[1].starts_with("err io") => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Some(lines) if lines[0] != expected => {} // a late reply to an earlier try
+                Some(lines) => panic!("{tag}: unexpected reply {lines:?}"),
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        if let Some((earlier, _)) = acked.insert(tag.clone(), (id, text)) {
+            panic!("{tag} acknowledged twice: {earlier} and {id}");
+        }
+    }
+    acked
+}
+
+fn udp_attempt(
+    socket: &UdpSocket,
+    addr: SocketAddr,
+    request: &str,
+    expected: &str,
+) -> Option<Vec<String>> {
+    socket.send_to(request.as_bytes(), addr).ok()?;
+    let mut buf = [0u8; 2048];
+    loop {
+        let n = socket.recv(&mut buf).ok()?;
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        if lines.first().map(String::as_str) == Some(expected) {
+            return Some(lines);
+        }
+    }
+}
+
+/// One try on the current connection (made if needed); `None` and a new
+/// connection next time when anything goes wrong.
+fn tcp_attempt(
+    addr: SocketAddr,
+    link: &mut Option<(TcpStream, BufReader<TcpStream>)>,
+    request: &str,
+) -> Option<Vec<String>> {
+    if link.is_none() {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .ok()?;
+        let reader = BufReader::new(stream.try_clone().ok()?);
+        *link = Some((stream, reader));
+    }
+    let (stream, reader) = link.as_mut().expect("made above");
+    let result = (|| {
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut lines = Vec::new();
+        for _ in 0..2 {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(n) if n > 0 => lines.push(line.trim_end().to_string()),
+                _ => return None,
+            }
+        }
+        Some(lines)
+    })();
+    if result.is_none() {
+        *link = None;
+    }
+    result
+}
+
+/// Every acknowledged line is in the file once, with its id; no line is
+/// there twice; ids are dense.
+fn check_exactly_once(path: &Path, acked: &[Acked]) -> usize {
+    let entries = file_entries(path);
+    for (i, (id, _)) in entries.iter().enumerate() {
+        assert_eq!(*id, i as u64 + 1, "ids are dense");
+    }
+    let mut seen: HashMap<&str, u64> = HashMap::new();
+    for (id, text) in &entries {
+        if let Some(first) = seen.insert(text, *id) {
+            panic!("{text:?} stored twice: #{first} and #{id}");
+        }
+    }
+    let mut total = 0;
+    for writer in acked {
+        for (tag, (id, text)) in writer {
+            assert_eq!(
+                seen.get(text.as_str()),
+                Some(id),
+                "{tag}: {text:?} acknowledged as #{id}"
+            );
+            total += 1;
+        }
+    }
+    assert_eq!(
+        total,
+        entries.len(),
+        "nothing stored that was not acknowledged"
+    );
+    total
+}
+
+fn start_writers(addr: SocketAddr, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<Acked>> {
+    ["u1", "u2", "t1", "t2"]
+        .into_iter()
+        .map(|who| {
+            let stop = stop.clone();
+            std::thread::spawn(move || retrying_writer(addr, who, who.starts_with('t'), stop))
+        })
+        .collect()
+}
+
+#[test]
+fn kill_9_loop_loses_nothing_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("diary.log");
+    let mut daemon = Daemon::start(&file, &[]);
+    let addr = daemon.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(addr, &stop);
+    let kills = rounds(5);
+    for round in 0..kills {
+        std::thread::sleep(Duration::from_millis(60 + (round as u64 * 37) % 120));
+        drop(daemon); // kill -9
+        daemon = Daemon::try_start_at(&file, &addr.to_string(), &[]).expect("restarts");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::SeqCst);
+    let acked: Vec<Acked> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    drop(daemon);
+    let total = check_exactly_once(&file, &acked);
+    println!("{kills} kills, {total} writes acknowledged, each stored exactly once");
+    assert!(total > 0);
+}
+
+/// What the simulated disk has flushed, and whether the power is off.
+#[derive(Default)]
+struct Power {
+    /// File length at the last successful flush.
+    synced: u64,
+    /// The next flush cuts the power instead.
+    cut_at_next_sync: bool,
+    off: bool,
+}
+
+/// A [`Disk`] that fails everything once the power is off. The file keeps
+/// what was written (the page cache); the test then makes it what the disk
+/// would hold.
+struct FlakyDisk {
+    file: File,
+    power: Arc<Mutex<Power>>,
+}
+
+impl FlakyDisk {
+    fn check(&self) -> io::Result<()> {
+        if self.power.lock().unwrap().off {
+            return Err(io::Error::other("the power is off"));
+        }
+        Ok(())
+    }
+}
+
+impl Disk for FlakyDisk {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.check()?;
+        self.file.write_all(bytes)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.check()?;
+        let mut power = self.power.lock().unwrap();
+        if power.cut_at_next_sync {
+            power.off = true;
+            return Err(io::Error::other("the power went off during the flush"));
+        }
+        self.file.sync_data()?;
+        power.synced = self.file.metadata()?.len();
+        Ok(())
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.check()?;
+        self.file.set_len(len)
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.check()?;
+        self.file.read_exact_at(buf, offset)
+    }
+}
+
+/// After the cut: the file as the disk holds it. Without `tear`, what was
+/// not flushed is gone; with it, the unflushed batch is there with its
+/// middle third lost to a hole of NUL bytes (the file had grown).
+fn as_the_disk_holds_it(path: &Path, synced: u64, tear: bool) -> usize {
+    let bytes = std::fs::read(path).unwrap();
+    let unsynced = &bytes[synced as usize..];
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.set_len(synced).unwrap();
+    if tear && unsynced.len() >= 3 {
+        let mut torn = unsynced.to_vec();
+        let third = torn.len() / 3;
+        torn[third..2 * third].fill(0);
+        file.write_all_at(&torn, synced).unwrap();
+    }
+    unsynced.len()
+}
+
+#[test]
+fn power_cuts_lose_no_acknowledged_write_and_the_server_restarts_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("diary.log");
+    let cuts = rounds(6);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut addr: Option<SocketAddr> = None;
+    let mut writers = None;
+    let mut torn_bytes = 0;
+    for cut in 0..cuts {
+        let power = Arc::new(Mutex::new(Power::default()));
+        let disk_power = power.clone();
+        let (store, _) = Store::open_on(&path, FsyncPolicy::Always, move |file| {
+            Box::new(FlakyDisk {
+                file,
+                power: disk_power,
+            })
+        })
+        .expect("starts by itself on what the last cut left");
+        power.lock().unwrap().synced = std::fs::metadata(&path).unwrap().len();
+        let listen = addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
+        let mut server = Server::bind(listen, store, Limits::default()).unwrap();
+        addr = Some(server.local_addr());
+        let handle = server.stop_handle();
+        let thread = std::thread::spawn(move || server.run().unwrap());
+        let writers = writers.get_or_insert_with(|| start_writers(addr.unwrap(), &stop));
+        assert!(!writers.is_empty());
+
+        std::thread::sleep(Duration::from_millis(80 + (cut as u64 * 53) % 150));
+        power.lock().unwrap().cut_at_next_sync = true;
+        wait_for("the power cut", Duration::from_secs(10), || {
+            power.lock().unwrap().off
+        });
+        handle.stop();
+        thread.join().unwrap();
+        let synced = power.lock().unwrap().synced;
+        torn_bytes += as_the_disk_holds_it(&path, synced, cut % 2 == 1);
+    }
+    // The last start recovers the last cut; the writers finish on it.
+    let (store, recovery) = Store::open(&path, FsyncPolicy::Always).unwrap();
+    println!("last recovery: {:?}", recovery.cut);
+    let mut server = Server::bind(addr.unwrap(), store, Limits::default()).unwrap();
+    let handle = server.stop_handle();
+    let thread = std::thread::spawn(move || server.run().unwrap());
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::SeqCst);
+    let acked: Vec<Acked> = writers
+        .unwrap()
+        .into_iter()
+        .map(|w| w.join().unwrap())
+        .collect();
+    handle.stop();
+    thread.join().unwrap();
+    let total = check_exactly_once(&path, &acked);
+    println!(
+        "{cuts} power cuts ({torn_bytes} unflushed bytes dropped or torn), {total} writes acknowledged, each stored exactly once"
+    );
+}
