@@ -282,8 +282,10 @@ fn parse_command(raw: &[u8], max_entry: usize) -> Result<Command<'_>, RequestErr
     let Some(command) = line.strip_prefix('/') else {
         return entry_text(line, max_entry).map(Command::Write);
     };
-    let (name, args) = command.split_once(' ').unwrap_or((command, ""));
-    let args = args.trim_start_matches(' ');
+    let (name, text) = command.split_once(' ').unwrap_or((command, ""));
+    // `/write` takes everything after its one space as is, leading spaces
+    // included; other commands' arguments are words.
+    let args = text.trim_start_matches(' ');
     let no_args = |c: Command<'static>| {
         if args.trim().is_empty() {
             Ok(c)
@@ -294,7 +296,7 @@ fn parse_command(raw: &[u8], max_entry: usize) -> Result<Command<'_>, RequestErr
         }
     };
     match name {
-        "write" => entry_text(args, max_entry).map(Command::Write),
+        "write" => entry_text(text, max_entry).map(Command::Write),
         "past" => parse_past(args).map(|query| Command::Past { query }),
         "help" => no_args(Command::Help),
         "quit" => no_args(Command::Quit),
@@ -775,6 +777,11 @@ mod tests {
         assert_eq!(cmd(" p"), Ok(Command::Write(" p")));
         assert_eq!(cmd("/write p"), Ok(Command::Write("p")));
         assert_eq!(cmd("/write /past"), Ok(Command::Write("/past")));
+        assert_eq!(
+            cmd("/write    indented "),
+            Ok(Command::Write("   indented "))
+        );
+        assert_eq!(cmd("/write  "), Ok(Command::Write(" ")));
     }
 
     #[test]
