@@ -108,6 +108,12 @@ pub enum ClientError {
     BadAddress(String, io::Error),
     Io(SocketAddr, Proto, io::Error),
     BadReply(String),
+    /// What answered is not diaryd (the seed's server, say): the request is
+    /// not repeated.
+    NotDiary {
+        server: SocketAddr,
+        got: String,
+    },
 }
 
 impl fmt::Display for ClientError {
@@ -136,6 +142,11 @@ impl fmt::Display for ClientError {
                 "cannot talk to {server} over {proto}: {e}; is diaryd running there?"
             ),
             ClientError::BadReply(why) => write!(f, "unexpected reply from the server: {why}"),
+            ClientError::NotDiary { server, got } => write!(
+                f,
+                "{server} answered {got:?}, which is not the diary protocol: is it diaryd? \
+                 Nothing was sent again"
+            ),
         }
     }
 }
@@ -240,35 +251,54 @@ impl Client {
         &self.opts
     }
 
+    /// A new request tag: this run's random base and a counter.
+    pub fn new_tag(&mut self) -> String {
+        self.next_tag += 1;
+        format!("{}-{}", self.tag_base, self.next_tag)
+    }
+
     /// Sends one request (a line of the protocol, without envelope) and
     /// returns the server's reply.
     pub fn request(&mut self, command: &str) -> Result<Reply, ClientError> {
-        self.next_tag += 1;
-        let tag = format!("{}-{}", self.tag_base, self.next_tag);
+        let tag = self.new_tag();
+        self.request_tagged(&tag, command)
+    }
+
+    /// As [`Client::request`], with the tag the caller chose: a write sent
+    /// again with its tag is stored once, whatever happened before.
+    pub fn request_tagged(&mut self, tag: &str, command: &str) -> Result<Reply, ClientError> {
         let use_udp = self.opts.proto == Proto::Udp && command.len() < MAX_UDP_REQUEST;
         if use_udp {
-            if let Some(reply) = self.udp_request(&tag, command)? {
+            if let Some(reply) = self.udp_request(tag, command)? {
                 return Ok(reply);
             }
             // Truncated: perhaps only by the anti-amplification rule. Once,
             // get a cookie and ask again over UDP; after that, a truncated
             // reply really is too big and goes straight to TCP.
-            if self.cookie.is_none()
-                && let Some(Reply::Cookie(cookie)) =
-                    self.udp_request(&format!("{tag}c"), "/cookie")?
-            {
-                self.cookie = Some(cookie);
-                if let Some(reply) = self.udp_request(&tag, command)? {
-                    return Ok(reply);
+            if self.cookie.is_none() {
+                let cookie_tag = self.new_tag();
+                if let Some(Reply::Cookie(cookie)) = self.udp_request(&cookie_tag, "/cookie")? {
+                    self.cookie = Some(cookie);
+                    if let Some(reply) = self.udp_request(tag, command)? {
+                        return Ok(reply);
+                    }
                 }
             }
         }
-        self.tcp_request(&tag, command)
+        self.tcp_request(tag, command)
     }
 
-    /// Stores `text` as one entry.
+    /// Stores `text` as one entry, exactly as given.
     pub fn write(&mut self, text: &str) -> Result<Reply, ClientError> {
-        self.request(&format!("/write {text}"))
+        let tag = self.new_tag();
+        self.write_tagged(&tag, text)
+    }
+
+    /// Stores `text` with tag `tag`: sent again with the same tag, it is
+    /// answered with the same entry, never stored twice.
+    pub fn write_tagged(&mut self, tag: &str, text: &str) -> Result<Reply, ClientError> {
+        // One space, then the text as is: leading spaces are part of it.
+        self.request_tagged(tag, &format!("/write {text}"))
     }
 
     /// `Ok(None)` when the reply was truncated and must come over TCP.
@@ -319,6 +349,13 @@ impl Client {
                         if first == format!("id {tag} truncated") {
                             return Ok(None);
                         }
+                        if !first.starts_with("id ") {
+                            // diaryd answers every tagged request with its tag.
+                            return Err(ClientError::NotDiary {
+                                server: self.addr,
+                                got: text.chars().take(80).collect(),
+                            });
+                        }
                         if first != format!("id {tag}") {
                             continue; // a late answer to an earlier request
                         }
@@ -354,84 +391,250 @@ impl Client {
         })
     }
 
+    /// One request over TCP: on a connection that broke, was closed by the
+    /// server (idle), or answered out of step, the same tagged request is
+    /// sent again on a new connection, with backoff, until the timeout.
     fn tcp_request(&mut self, tag: &str, command: &str) -> Result<Reply, ClientError> {
-        let reused = self.tcp.is_some();
-        match self.tcp_exchange(tag, command) {
-            Err(ClientError::Io(..)) if reused => {
-                // The server may have restarted since the last request: reconnect once.
-                self.tcp = None;
-                self.tcp_exchange(tag, command)
+        let started = Instant::now();
+        let deadline = started + self.opts.timeout;
+        let mut pause = Duration::from_millis(50);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let error = match self.tcp_exchange(tag, command, deadline) {
+                Ok(Exchange::Reply(reply)) => return Ok(reply),
+                Ok(Exchange::Stale) => None,
+                Err(e @ (ClientError::NotDiary { .. } | ClientError::BadReply(_))) => {
+                    return Err(e);
+                }
+                Err(e) => Some(e),
+            };
+            self.tcp = None;
+            if Instant::now() + pause >= deadline {
+                return Err(match error {
+                    Some(ClientError::Io(..)) | None => ClientError::NoAnswer {
+                        server: self.addr,
+                        proto: Proto::Tcp,
+                        waited: started.elapsed(),
+                        attempts,
+                    },
+                    Some(e) => e,
+                });
             }
-            other => other,
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(MAX_WAIT);
         }
     }
 
-    fn tcp_exchange(&mut self, tag: &str, command: &str) -> Result<Reply, ClientError> {
+    /// The TCP connection, made if need be. One kept from an earlier
+    /// request is dropped if the server has closed it or sent something
+    /// unasked (its idle notice): using it would lose the request.
+    fn tcp_link(&mut self, deadline: Instant) -> Result<&mut TcpLink, ClientError> {
         let addr = self.addr;
-        let io_err = |e| ClientError::Io(addr, Proto::Tcp, e);
-        let link = match &mut self.tcp {
-            Some(link) => link,
-            None => {
-                let stream = TcpStream::connect_timeout(&addr, self.opts.timeout).map_err(|e| {
-                    if e.kind() == io::ErrorKind::TimedOut {
-                        ClientError::NoAnswer {
-                            server: addr,
-                            proto: Proto::Tcp,
-                            waited: self.opts.timeout,
-                            attempts: 1,
-                        }
-                    } else {
-                        io_err(e)
-                    }
-                })?;
-                stream.set_nodelay(true).map_err(io_err)?;
-                stream
-                    .set_read_timeout(Some(self.opts.timeout))
-                    .map_err(io_err)?;
-                let reader = BufReader::new(stream.try_clone().map_err(io_err)?);
-                self.tcp.insert(TcpLink {
-                    reader,
-                    writer: stream,
-                })
-            }
-        };
-        let result = (|| {
-            link.writer
-                .write_all(format!("/id {tag} {command}\n").as_bytes())
-                .map_err(io_err)?;
-            let mut next = || -> Result<Option<String>, ClientError> {
-                let mut line = String::new();
-                match link.reader.read_line(&mut line) {
-                    Ok(0) => Err(io_err(io::ErrorKind::UnexpectedEof.into())),
-                    Ok(_) => Ok(Some(line.trim_end_matches(['\n', '\r']).to_string())),
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        Err(ClientError::NoAnswer {
-                            server: addr,
-                            proto: Proto::Tcp,
-                            waited: self.opts.timeout,
-                            attempts: 1,
-                        })
-                    }
-                    Err(e) => Err(io_err(e)),
-                }
-            };
-            let first = next()?.unwrap_or_default();
-            if first != format!("id {tag}") {
-                // Errors about the envelope itself come without a tag.
-                return read_reply_from_first(first, &mut next);
-            }
-            read_reply(next)
-        })();
-        if result.is_err() {
+        if let Some(link) = &mut self.tcp
+            && !link.is_quiet()
+        {
             self.tcp = None;
         }
-        result
+        if self.tcp.is_none() {
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(10));
+            let stream = TcpStream::connect_timeout(&addr, wait)
+                .map_err(|e| ClientError::Io(addr, Proto::Tcp, e))?;
+            let io_err = |e| ClientError::Io(addr, Proto::Tcp, e);
+            stream.set_nodelay(true).map_err(io_err)?;
+            let reader = BufReader::new(stream.try_clone().map_err(io_err)?);
+            self.tcp = Some(TcpLink {
+                reader,
+                writer: stream,
+            });
+        }
+        Ok(self.tcp.as_mut().expect("made above"))
     }
+
+    fn tcp_exchange(
+        &mut self,
+        tag: &str,
+        command: &str,
+        deadline: Instant,
+    ) -> Result<Exchange, ClientError> {
+        let addr = self.addr;
+        let link = self.tcp_link(deadline)?;
+        let io_err = |e| ClientError::Io(addr, Proto::Tcp, e);
+        link.writer
+            .write_all(format!("/id {tag} {command}\n").as_bytes())
+            .map_err(io_err)?;
+        let mut next = || link.read_line(deadline, addr);
+        let first = next()?.ok_or_else(|| io_err(io::ErrorKind::UnexpectedEof.into()))?;
+        if first == format!("id {tag}") {
+            return read_reply(next).map(Exchange::Reply);
+        }
+        if first.starts_with("err idle ") || first.starts_with("id ") {
+            // The server's notice before it closed an idle connection, or
+            // a reply to an earlier request: not this request's answer.
+            return Ok(Exchange::Stale);
+        }
+        if first.starts_with("err ") {
+            // Errors about the envelope itself, or `busy`, come without a tag.
+            return read_reply_from_first(first, &mut next).map(Exchange::Reply);
+        }
+        Err(ClientError::NotDiary {
+            server: addr,
+            got: first.chars().take(80).collect(),
+        })
+    }
+}
+
+/// What one TCP exchange gave.
+enum Exchange {
+    Reply(Reply),
+    /// The connection held something else; send again on a new one.
+    Stale,
+}
+
+impl TcpLink {
+    /// Whether nothing has arrived unasked: no bytes, no end of stream.
+    fn is_quiet(&mut self) -> bool {
+        if !self.reader.buffer().is_empty() {
+            return false;
+        }
+        let stream = self.reader.get_ref();
+        if stream.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        let quiet =
+            matches!(stream.peek(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        quiet && stream.set_nonblocking(false).is_ok()
+    }
+
+    /// One line, without its ending; `None` at end of stream.
+    fn read_line(
+        &mut self,
+        deadline: Instant,
+        addr: SocketAddr,
+    ) -> Result<Option<String>, ClientError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let io_err = |e| ClientError::Io(addr, Proto::Tcp, e);
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .map_err(io_err)?;
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => Ok(None),
+            Ok(_) => Ok(Some(line.trim_end_matches(['\n', '\r']).to_string())),
+            Err(e) => Err(io_err(e)),
+        }
+    }
+}
+
+/// Writes many entries over one TCP connection, keeping up to `window` in
+/// flight, each with its own tag; a connection that breaks is made again
+/// and the unanswered ones are sent again with the same tags, so each is
+/// stored once. `on_reply(i, reply)` hears each answer in order. Stops at
+/// the first error it cannot get past, with the index reached.
+pub fn write_pipelined(
+    opts: &Options,
+    entries: &[(String, String)],
+    window: usize,
+    mut on_reply: impl FnMut(usize, Reply),
+) -> Result<(), (usize, ClientError)> {
+    let addr = resolve(&opts.server).map_err(|e| (0, e))?;
+    let window = window.max(1);
+    let mut done = 0;
+    let mut pause = Duration::from_millis(50);
+    let mut last_progress = Instant::now();
+    while done < entries.len() {
+        match pipeline_pass(addr, opts.timeout, &entries[done..], window, |i, reply| {
+            on_reply(done + i, reply)
+        }) {
+            Ok(n) => done += n,
+            Err((n, e)) => {
+                if n > 0 {
+                    last_progress = Instant::now();
+                    pause = Duration::from_millis(50);
+                }
+                done += n;
+                if matches!(e, ClientError::NotDiary { .. } | ClientError::BadReply(_))
+                    || last_progress.elapsed() + pause > opts.timeout
+                {
+                    let e = match e {
+                        ClientError::Io(..) => ClientError::NoAnswer {
+                            server: addr,
+                            proto: Proto::Tcp,
+                            waited: last_progress.elapsed(),
+                            attempts: 1,
+                        },
+                        e => e,
+                    };
+                    return Err((done, e));
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(MAX_WAIT);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One connection's worth of a pipelined write; how many were answered.
+fn pipeline_pass(
+    addr: SocketAddr,
+    timeout: Duration,
+    entries: &[(String, String)],
+    window: usize,
+    mut on_reply: impl FnMut(usize, Reply),
+) -> Result<usize, (usize, ClientError)> {
+    let io_err = |e| (0, ClientError::Io(addr, Proto::Tcp, e));
+    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(io_err)?;
+    stream.set_nodelay(true).map_err(io_err)?;
+    stream.set_read_timeout(Some(timeout)).map_err(io_err)?;
+    let mut link = TcpLink {
+        reader: BufReader::new(stream.try_clone().map_err(io_err)?),
+        writer: stream,
+    };
+    let (mut sent, mut answered) = (0, 0);
+    let mut batch = Vec::new();
+    while answered < entries.len() {
+        batch.clear();
+        while sent < entries.len() && sent - answered < window {
+            let (tag, text) = &entries[sent];
+            batch.extend_from_slice(format!("/id {tag} /write {text}\n").as_bytes());
+            sent += 1;
+        }
+        if !batch.is_empty() {
+            link.writer
+                .write_all(&batch)
+                .map_err(|e| (answered, ClientError::Io(addr, Proto::Tcp, e)))?;
+        }
+        let deadline = Instant::now() + timeout;
+        let mut next = || link.read_line(deadline, addr);
+        let first = next()
+            .and_then(|l| {
+                l.ok_or_else(|| {
+                    ClientError::Io(addr, Proto::Tcp, io::ErrorKind::UnexpectedEof.into())
+                })
+            })
+            .map_err(|e| (answered, e))?;
+        let (tag, _) = &entries[answered];
+        if first != format!("id {tag}") {
+            let e = if first.starts_with("id ") || first.starts_with("err ") {
+                ClientError::Io(addr, Proto::Tcp, io::Error::other(first))
+            } else {
+                ClientError::NotDiary {
+                    server: addr,
+                    got: first.chars().take(80).collect(),
+                }
+            };
+            return Err((answered, e));
+        }
+        let reply = read_reply(next).map_err(|e| (answered, e))?;
+        on_reply(answered, reply);
+        answered += 1;
+    }
+    Ok(answered)
 }
 
 fn resolve(server: &str) -> Result<SocketAddr, ClientError> {

@@ -320,6 +320,18 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// The store's timestamp format for `millis` in UTC: a canonical time for
+/// a request.
+pub fn format_timestamp_utc(millis: i64) -> String {
+    use chrono::TimeZone;
+    chrono::Utc
+        .timestamp_millis_opt(millis)
+        .single()
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%S%.3f+00:00")
+        .to_string()
+}
+
 /// The store's timestamp format for `millis` in the server's local offset.
 pub fn format_timestamp(millis: i64) -> String {
     use chrono::TimeZone;

@@ -3,12 +3,20 @@
 //! seed; Ctrl-D leaves. Line editing (CJK width included) is rustyline's.
 //! A second, following TCP connection shows what other terminals write,
 //! printed above the line being edited.
+//!
+//! One line is one entry, always: lines pasted together (bracketed or not)
+//! are stored one by one, in order. A line typed while the server cannot be
+//! reached goes to the outbox ([`crate::outbox`]) and is sent, with its
+//! tag, as soon as the server answers again, or by the next session.
 
 use crate::client::{self, Client, ClientError, FollowEvent, Reply, format_entry, parse_entry};
+use crate::outbox::{self, Outbox};
+use crate::protocol::{self, Command};
 use rustyline::ExternalPrinter;
 use rustyline::error::ReadlineError;
 use std::collections::HashSet;
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -16,7 +24,9 @@ use std::time::Duration;
 const RECENT: u32 = 20;
 
 const HELP: &str = "\
-Type a line and press Enter to store it.
+Type a line and press Enter to store it. Each line is one entry: lines you
+paste are stored one by one, in order. While the server cannot be reached,
+lines are queued and sent as soon as it answers again.
   p        all past entries, oldest first
   h        this help
   e        leave (Ctrl-D too)
@@ -37,6 +47,9 @@ struct OwnWrites {
 struct Shared {
     own: Mutex<OwnWrites>,
     settled: Condvar,
+    /// The live view cannot reach the server: queue at once, do not wait.
+    unreachable: AtomicBool,
+    outbox: Mutex<Option<Outbox>>,
 }
 
 impl Shared {
@@ -52,8 +65,15 @@ impl Shared {
 
     /// Sends one request with the live view told about it.
     fn request(&self, client: &mut Client, line: &str) -> Result<Reply, ClientError> {
+        self.own_request(|| client.request(line))
+    }
+
+    fn own_request(
+        &self,
+        send: impl FnOnce() -> Result<Reply, ClientError>,
+    ) -> Result<Reply, ClientError> {
         self.own.lock().expect("never poisoned").in_flight = true;
-        let reply = client.request(line);
+        let reply = send();
         let mut own = self.own.lock().expect("never poisoned");
         if let Ok(Reply::Stored { id, .. }) = &reply {
             own.ids.insert(*id);
@@ -61,6 +81,60 @@ impl Shared {
         own.in_flight = false;
         self.settled.notify_all();
         reply
+    }
+
+    /// Writes `text`, or queues it when the server cannot be reached (or
+    /// earlier lines are still queued: order is kept).
+    fn write(&self, client: &mut Client, text: &str) {
+        let tag = client.new_tag();
+        let mut outbox = self.outbox.lock().expect("never poisoned");
+        let queue_first = self.unreachable.load(Ordering::SeqCst)
+            || outbox.as_ref().is_some_and(|o| !o.is_empty());
+        if !queue_first {
+            match self.own_request(|| client.write_tagged(&tag, text)) {
+                Err(ClientError::NoAnswer { .. } | ClientError::Io(..)) => {}
+                Ok(reply) => return print_reply(reply),
+                Err(e) => return eprintln!("diary: {e}"),
+            }
+        }
+        match outbox.as_mut().map(|o| o.push(&tag, text)) {
+            Some(Ok(())) => {
+                println!("  queued (server unreachable); it is sent when the server answers")
+            }
+            Some(Err(e)) => eprintln!("diary: not stored, and cannot queue it: {e}"),
+            None => eprintln!("diary: not stored: the server cannot be reached (no outbox)"),
+        }
+        drop(outbox);
+        if queue_first && !self.unreachable.load(Ordering::SeqCst) {
+            self.deliver(client, &mut |line| println!("{line}"));
+        }
+    }
+
+    /// Sends what the outbox holds, printing each answer.
+    fn deliver(&self, client: &mut Client, print: &mut dyn FnMut(String)) {
+        let mut guard = self.outbox.lock().expect("never poisoned");
+        let Some(outbox) = guard.as_mut().filter(|o| !o.is_empty()) else {
+            return;
+        };
+        print(format!("  sending {} queued entries", outbox.len()));
+        let result = outbox.deliver(client, |queued, reply| {
+            if let Reply::Stored { id, .. } = reply {
+                self.own.lock().expect("never poisoned").ids.insert(*id);
+            }
+            print(format!("  {}: {}", queued.text, describe(reply)));
+        });
+        if let Err(e) = result {
+            print(format!("  ({e}; {} still queued)", outbox.len()));
+        }
+    }
+}
+
+/// One reply, in a few words.
+fn describe(reply: &Reply) -> String {
+    match reply {
+        Reply::Stored { id, time } => format!("stored #{id} at {}", client::short_time(time)),
+        Reply::Refused { code, message } => format!("not stored ({code}): {message}"),
+        other => format!("{other:?}"),
     }
 }
 
@@ -73,6 +147,14 @@ pub fn run(client: &mut Client) -> Result<(), Box<dyn std::error::Error>> {
     println!("Writing to {}. h for help, e to leave.", client.server());
     let mut editor = rustyline::DefaultEditor::new()?;
     let shared = Arc::new(Shared::default());
+    let server = client.options().server.clone();
+    match outbox::default_path().map(|path| Outbox::open(path, &server)) {
+        Some(Ok(outbox)) => *shared.outbox.lock().expect("never poisoned") = Some(outbox),
+        Some(Err(e)) => eprintln!("diary: cannot read the outbox: {e}; lines are not queued"),
+        None => eprintln!("diary: no HOME or XDG_STATE_HOME: lines are not queued"),
+    }
+    // What an earlier session could not send goes first.
+    shared.deliver(client, &mut |line| println!("{line}"));
     let printer: Box<dyn FnMut(String) + Send> = match editor.create_external_printer() {
         Ok(mut p) if std::io::stdin().is_terminal() => Box::new(move |line| {
             let _ = p.print(format!("{line}\n"));
@@ -90,23 +172,40 @@ pub fn run(client: &mut Client) -> Result<(), Box<dyn std::error::Error>> {
             continue;
         }
         let _ = editor.add_history_entry(line.as_str());
-        let result = match line.as_str() {
-            "e" | "/quit" => {
-                let _ = shared.request(client, "e");
-                break;
+        // A bracketed paste arrives as one buffer: still one entry a line.
+        for line in line.split('\n').filter(|l| !l.trim().is_empty()) {
+            if !answer(client, &shared, line) {
+                return Ok(());
             }
-            "h" => {
-                println!("{HELP}");
-                Ok(())
-            }
-            "p" => show_past(client, "/past").map(|_| ()),
-            line => shared.request(client, line).map(print_reply),
-        };
-        if let Err(e) = result {
-            eprintln!("diary: {e}");
         }
     }
     Ok(())
+}
+
+/// Answers one line of the session; false to leave.
+fn answer(client: &mut Client, shared: &Shared, line: &str) -> bool {
+    let result = match line {
+        "e" | "/quit" => {
+            let _ = shared.request(client, "e");
+            return false;
+        }
+        "h" => {
+            println!("{HELP}");
+            Ok(())
+        }
+        "p" => show_past(client, "/past").map(|_| ()),
+        line => match protocol::parse(line.as_bytes(), usize::MAX).command {
+            Ok(Command::Write(text)) => {
+                shared.write(client, text);
+                Ok(())
+            }
+            _ => shared.request(client, line).map(print_reply),
+        },
+    };
+    if let Err(e) = result {
+        eprintln!("diary: {e}");
+    }
+    true
 }
 
 /// Starts the live view: entries after `after` written by others, as they come.
@@ -118,6 +217,8 @@ fn start_live_view(
 ) {
     let options = client.options().clone();
     std::thread::spawn(move || {
+        // Its own client, to send the outbox when the server is back.
+        let mut sender = Client::new(options.clone()).ok();
         // Both callbacks print; they never run at the same time.
         let printer = std::cell::RefCell::new(printer);
         let print = |line: String| (printer.borrow_mut())(line);
@@ -130,10 +231,24 @@ fn start_live_view(
                 }
                 true
             },
-            |event| {
-                if let FollowEvent::Reconnecting(why) = event {
-                    print(format!("(live view: {why}; reconnecting)"));
+            |event| match event {
+                FollowEvent::Reconnecting(why) => {
+                    // Said once, not at every try.
+                    if !shared.unreachable.swap(true, Ordering::SeqCst) {
+                        print(format!(
+                            "(server unreachable: {why}; lines you type are queued)"
+                        ));
+                    }
                 }
+                FollowEvent::Following(_) => {
+                    if shared.unreachable.swap(false, Ordering::SeqCst) {
+                        print("(reconnected)".to_string());
+                        if let Some(sender) = sender.as_mut() {
+                            shared.deliver(sender, &mut |line| print(line));
+                        }
+                    }
+                }
+                FollowEvent::Resuming(_) => {}
             },
         );
         if let Err(e) = result {

@@ -6,7 +6,8 @@ use clap::{Parser, Subcommand};
 use diary::client::{
     Client, ClientError, FollowEvent, Options, Proto, Reply, format_entry, parse_entry,
 };
-use std::io::{BufRead, Write};
+use diary::dates::Point;
+use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -63,22 +64,28 @@ struct Args {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Store TEXT as one entry; with no TEXT, store each line of stdin
-    /// (`diary write < old-diary.txt` imports a file).
+    /// (`diary write < old-diary.txt` imports a file: one entry per line,
+    /// over TCP, many in flight; run again, it stores nothing twice).
     Write {
-        /// The entry; several words are joined with spaces.
+        /// The entry, exactly as given; several words are joined with spaces.
         text: Vec<String>,
+        /// Send with this request tag, as a failed `diary write` printed
+        /// it: if the entry was stored, it is not stored again.
+        #[arg(long, value_parser = parse_tag)]
+        tag: Option<String>,
     },
     /// Print past entries, oldest first.
     Past {
         /// Only the newest N.
         #[arg(short = 'n', long = "last")]
         last: Option<u64>,
-        /// Only entries after this id, or from this date/time on
-        /// (2026-11-25, 2026-11-25T08:30, or RFC 3339).
-        #[arg(long)]
-        since: Option<String>,
+        /// Only entries after this id, or from this date/time on, in your
+        /// time zone: 120, today, yesterday, "3 days ago", "5 hours ago",
+        /// 2026, 2026-11, 2026-11-25, "2026-11-25 08:30", or RFC 3339.
+        #[arg(long, value_parser = parse_since)]
+        since: Option<Point>,
         /// Only entries whose text contains this (case-sensitive).
-        #[arg(long)]
+        #[arg(long, value_parser = parse_words)]
         grep: Option<String>,
         /// JSON Lines: {"id":…,"time":…,"text":…} per entry.
         #[arg(long)]
@@ -111,8 +118,14 @@ fn main() -> ExitCode {
     };
     let result = match args.command {
         None => diary::interactive::run(&mut client).map(|()| ExitCode::SUCCESS),
-        Some(Cmd::Write { text }) if text.is_empty() => import(&mut client),
-        Some(Cmd::Write { text }) => write_one(&mut client, &text.join(" ")),
+        Some(Cmd::Write { text, tag }) if text.is_empty() => {
+            if tag.is_some() {
+                eprintln!("diary: --tag is for one entry; an import makes a tag for each line");
+                return ExitCode::from(2);
+            }
+            import(&client)
+        }
+        Some(Cmd::Write { text, tag }) => write_one(&mut client, &text.join(" "), tag),
         Some(Cmd::Past {
             last,
             since,
@@ -146,19 +159,62 @@ type Outcome = Result<ExitCode, Box<dyn std::error::Error>>;
 fn fail(e: &ClientError) -> ExitCode {
     eprintln!("diary: {e}");
     ExitCode::from(match e {
-        ClientError::BadReply(_) => EXIT_BAD_REPLY,
+        ClientError::BadReply(_) | ClientError::NotDiary { .. } => EXIT_BAD_REPLY,
         _ => EXIT_NO_SERVER,
     })
 }
 
-fn write_one(client: &mut Client, text: &str) -> Outcome {
-    match client.write(text)? {
-        Reply::Stored { id, time } => {
+fn parse_tag(tag: &str) -> Result<String, String> {
+    let ok = (1..=diary::protocol::MAX_TAG_LEN).contains(&tag.len())
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(tag.to_string())
+    } else {
+        Err("a tag is 1 to 32 letters, digits, '-' or '_'".into())
+    }
+}
+
+fn parse_since(text: &str) -> Result<Point, String> {
+    diary::dates::parse_point(text, chrono::Local::now())
+}
+
+/// Words to look for: any text on one line.
+fn parse_words(words: &str) -> Result<String, String> {
+    if words.is_empty() {
+        return Err("give some words to look for".into());
+    }
+    if words.chars().any(char::is_control) {
+        return Err("the words cannot hold a line break or other control character".into());
+    }
+    Ok(words.to_string())
+}
+
+fn write_one(client: &mut Client, text: &str, tag: Option<String>) -> Outcome {
+    let tag = tag.unwrap_or_else(|| client.new_tag());
+    match client.write_tagged(&tag, text) {
+        Ok(Reply::Stored { id, time }) => {
             println!("stored #{id} at {time}");
             Ok(ExitCode::SUCCESS)
         }
-        other => refused(other),
+        Ok(other) => refused(other),
+        Err(e @ (ClientError::NoAnswer { .. } | ClientError::Io(..))) => {
+            eprintln!("diary: {e}");
+            eprintln!(
+                "diary: the entry may or may not have been stored. To be sure it is stored \
+                 once, send it again with its tag: diary write --tag {tag} {}",
+                shell_words(text)
+            );
+            Ok(ExitCode::from(EXIT_NO_SERVER))
+        }
+        Err(e) => Err(Box::new(e)),
     }
+}
+
+/// `text` as one shell word.
+fn shell_words(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
 }
 
 fn refused(reply: Reply) -> Outcome {
@@ -171,19 +227,25 @@ fn refused(reply: Reply) -> Outcome {
     }
 }
 
+/// Lines in flight during an import.
+const IMPORT_WINDOW: usize = 256;
+
 /// One entry per stdin line; empty lines are skipped, bad ones reported.
-fn import(client: &mut Client) -> Outcome {
-    let stdin = std::io::stdin();
-    let mut input = stdin.lock();
-    let mut raw = Vec::new();
-    let (mut stored, mut failed, mut first, mut last) = (0u64, 0u64, None, 0);
-    for number in 1.. {
-        raw.clear();
-        if input.read_until(b'\n', &mut raw)? == 0 {
-            break;
-        }
-        let line = raw.strip_suffix(b"\n").unwrap_or(&raw);
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+///
+/// Each line's tag is made from the input (a hash of its first 64 KiB) and
+/// the line's number and text, so running the same import again, after an
+/// interruption or not, stores each line once. It always goes over TCP,
+/// many lines in flight.
+fn import(client: &Client) -> Outcome {
+    let mut input = Vec::new();
+    std::io::stdin().lock().read_to_end(&mut input)?;
+    let head = blake3::hash(&input[..input.len().min(64 * 1024)]);
+    let mut entries = Vec::new();
+    let mut numbers = Vec::new();
+    let mut failed = 0u64;
+    for (i, raw) in input.split(|&b| b == b'\n').enumerate() {
+        let number = i + 1;
+        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
         if line.is_empty() {
             continue;
         }
@@ -192,22 +254,52 @@ fn import(client: &mut Client) -> Outcome {
             failed += 1;
             continue;
         };
-        match client.write(text)? {
-            Reply::Stored { id, .. } => {
-                stored += 1;
-                first.get_or_insert(id);
-                last = id;
-            }
-            Reply::Refused { code, message } => {
-                eprintln!("diary: stdin line {number}: refused ({code}): {message}");
-                failed += 1;
-            }
-            other => return Err(Box::new(ClientError::BadReply(format!("{other:?}")))),
-        }
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(head.as_bytes());
+        hasher.update(&(number as u64).to_le_bytes());
+        hasher.update(line);
+        let tag = format!("i{}", &hasher.finalize().to_hex()[..24]);
+        entries.push((tag, text.to_string()));
+        numbers.push(number);
     }
+    let (mut stored, mut first, mut last) = (0u64, None, 0);
+    let result =
+        diary::client::write_pipelined(client.options(), &entries, IMPORT_WINDOW, |i, reply| {
+            match reply {
+                Reply::Stored { id, .. } => {
+                    stored += 1;
+                    first.get_or_insert(id);
+                    last = id;
+                }
+                Reply::Refused { code, message } => {
+                    eprintln!(
+                        "diary: stdin line {}: refused ({code}): {message}",
+                        numbers[i]
+                    );
+                    failed += 1;
+                }
+                other => {
+                    eprintln!(
+                        "diary: stdin line {}: unexpected reply {other:?}",
+                        numbers[i]
+                    );
+                    failed += 1;
+                }
+            }
+        });
     match first {
         Some(first) => println!("stored {stored} entries (#{first} to #{last})"),
         None => println!("stored 0 entries"),
+    }
+    if let Err((done, e)) = result {
+        let line = numbers.get(done).copied().unwrap_or(0);
+        eprintln!("diary: {e}");
+        eprintln!(
+            "diary: stopped at stdin line {line}: the {done} lines before it were answered. \
+             Run the same import again to store the rest: lines already stored are \
+             recognised by their tags and not stored twice."
+        );
+        return Err(Box::new(e));
     }
     if failed > 0 {
         eprintln!("diary: {failed} lines were not stored");
@@ -219,16 +311,18 @@ fn import(client: &mut Client) -> Outcome {
 fn past(
     client: &mut Client,
     last: Option<u64>,
-    since: Option<String>,
+    since: Option<Point>,
     grep: Option<String>,
     json: bool,
 ) -> Outcome {
+    // Canonical values only: nothing a person typed becomes request syntax
+    // (grep's words come last, and the server takes the rest of the line).
     let mut request = String::from("/past");
     if let Some(n) = last {
         request.push_str(&format!(" {n}"));
     }
     if let Some(since) = since {
-        request.push_str(&format!(" since {since}"));
+        request.push_str(&format!(" since {}", since.canonical()));
     }
     if let Some(words) = grep {
         request.push_str(&format!(" grep {words}"));

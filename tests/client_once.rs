@@ -1,0 +1,249 @@
+//! The `diary` client never loses or doubles what a person writes: text is
+//! stored byte for byte, a write that may have failed can be sent again
+//! with its tag, an import interrupted by a crash is run again without
+//! doubling anything, and a server that is not diaryd is never written to
+//! twice.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+fn run(server: SocketAddr, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = diary_command(server, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn texts(path: &Path) -> Vec<String> {
+    file_entries(path).into_iter().map(|(_, t)| t).collect()
+}
+
+#[test]
+fn leading_and_trailing_spaces_are_kept_byte_for_byte() {
+    let server = TestServer::start();
+    for proto in ["udp", "tcp"] {
+        let out = run(
+            server.addr,
+            &["--proto", proto, "write", "   indented "],
+            b"",
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = run(
+        server.addr,
+        &["write"],
+        "  imported, indented\n\tand a tab\n".as_bytes(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // And from nc: `/write` takes everything after its one space.
+    udp_raw(server.addr, b"/write    four spaces");
+    Tcp::connect(server.addr).write("/write  one more");
+    assert_eq!(
+        texts(&server.path),
+        [
+            "   indented ",
+            "   indented ",
+            "  imported, indented",
+            "\tand a tab",
+            "   four spaces",
+            " one more"
+        ]
+    );
+}
+
+/// A UDP and TCP server that is not diaryd: it answers every request
+/// with the seed's prompt, and counts what it got.
+fn not_diaryd() -> (SocketAddr, Arc<AtomicU64>) {
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let udp = UdpSocket::bind(addr).unwrap();
+    let got = Arc::new(AtomicU64::new(0));
+    let counted = got.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((_, from)) = udp.recv_from(&mut buf) {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let _ = udp.send_to(b"Continue to Write:--->", from);
+        }
+    });
+    let counted = got.clone();
+    std::thread::spawn(move || {
+        for mut stream in tcp.incoming().flatten() {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let _ = stream.write_all(b"Continue to Write:--->\n");
+        }
+    });
+    (addr, got)
+}
+
+#[test]
+fn a_server_that_is_not_diaryd_is_written_to_once_and_named() {
+    let (addr, got) = not_diaryd();
+    for proto in ["udp", "tcp"] {
+        got.store(0, Ordering::SeqCst);
+        let started = Instant::now();
+        let out = run(addr, &["--proto", proto, "write", "hello"], b"");
+        assert_eq!(out.status.code(), Some(4), "{proto}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("Continue to Write"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(stderr(&out).contains("not the diary protocol"));
+        assert_eq!(got.load(Ordering::SeqCst), 1, "{proto}: sent once");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+}
+
+#[test]
+fn a_write_that_may_have_failed_is_sent_again_with_its_tag_and_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("diary.log");
+    let daemon = Daemon::start(&file, &[]);
+    let pid = daemon.child.id().to_string();
+    // A stopped server: the datagrams wait in its socket, unanswered.
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = run(
+        daemon.addr,
+        &["--timeout", "1", "write", "did it get there?"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let message = stderr(&out);
+    assert!(
+        message.contains("may or may not have been stored"),
+        "{message}"
+    );
+    let tag = message
+        .split("--tag ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("prints the tag: {message}"))
+        .to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    for proto in ["udp", "tcp"] {
+        let again = run(
+            daemon.addr,
+            &[
+                "--proto",
+                proto,
+                "write",
+                "--tag",
+                &tag,
+                "did it get there?",
+            ],
+            b"",
+        );
+        assert!(again.status.success(), "{}", stderr(&again));
+        assert!(String::from_utf8_lossy(&again.stdout).starts_with("stored #1 "));
+    }
+    assert_eq!(texts(&file), ["did it get there?"]);
+    let bad = run(
+        daemon.addr,
+        &["write", "--tag", "no spaces allowed", "x"],
+        b"",
+    );
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+/// Counts the entry lines of a diary file as it grows.
+fn entries_in(path: &Path) -> usize {
+    std::fs::read(path)
+        .map(|b| {
+            b.split(|&c| c == b'\n')
+                .filter(|l| l.first().is_some_and(u8::is_ascii_digit))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn interrupted_import_then_run_again(proto: &str) {
+    const LINES: usize = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("diary.log");
+    let input: String = (1..=LINES)
+        .map(|i| format!("imported line {i} of the old diary\n"))
+        .collect();
+    let daemon = Daemon::start(&file, &[]);
+    let addr = daemon.addr;
+    let mut import = diary_command(addr, &["--proto", proto, "--timeout", "1", "write"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = import.stdin.take().unwrap();
+    let feed = input.clone();
+    std::thread::spawn(move || {
+        let _ = stdin.write_all(feed.as_bytes());
+    });
+    wait_for("a part of the import", Duration::from_secs(60), || {
+        entries_in(&file) >= 20_000
+    });
+    drop(daemon); // kill -9 in the middle of the import
+    let first = import.wait_with_output().unwrap();
+    assert_eq!(first.status.code(), Some(3), "{}", stderr(&first));
+    assert!(
+        stderr(&first).contains("Run the same import again"),
+        "{}",
+        stderr(&first)
+    );
+    let stored_before = entries_in(&file);
+    assert!(stored_before < LINES, "the import really was cut short");
+
+    let daemon = Daemon::try_start_at(&file, &addr.to_string(), &[]).unwrap();
+    let second = run(daemon.addr, &["--proto", proto, "write"], input.as_bytes());
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert_eq!(
+        String::from_utf8_lossy(&second.stdout).trim(),
+        format!("stored {LINES} entries (#1 to #{LINES})")
+    );
+    let stored = texts(&file);
+    assert_eq!(stored.len(), LINES, "each line once");
+    for (i, text) in stored.iter().enumerate() {
+        assert_eq!(text, &format!("imported line {} of the old diary", i + 1));
+    }
+    // A third run of the same import stores nothing new.
+    let third = run(daemon.addr, &["--proto", proto, "write"], input.as_bytes());
+    assert!(third.status.success());
+    assert_eq!(texts(&file).len(), LINES);
+    println!("{proto}: {stored_before} lines stored before the crash, the rest by the second run");
+}
+
+#[test]
+fn an_import_cut_by_a_crash_and_run_again_stores_each_line_once_udp() {
+    interrupted_import_then_run_again("udp");
+}
+
+#[test]
+fn an_import_cut_by_a_crash_and_run_again_stores_each_line_once_tcp() {
+    interrupted_import_then_run_again("tcp");
+}
