@@ -17,6 +17,12 @@ pub trait Disk: Send {
     fn truncate(&mut self, len: u64) -> io::Result<()>;
     /// Fills `buf` from `offset`.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Whether what is appended lands in the file at the diary's path, so
+    /// that the store can check the path still names what it wrote. Only a
+    /// sink that keeps nothing (a benchmark's) says no.
+    fn is_the_file(&self) -> bool {
+        true
+    }
 }
 
 impl Disk for File {

@@ -490,6 +490,9 @@ impl Store {
     /// it is put right. Returns whether the index changed. Call it only
     /// with no batch pending (a commit does so itself).
     pub fn watch(&mut self) -> bool {
+        if !self.disk.is_the_file() {
+            return false;
+        }
         let before = self.lost.clone();
         let outcome = self.look();
         let changed = matches!(outcome, Ok(true));

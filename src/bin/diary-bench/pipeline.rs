@@ -4,20 +4,20 @@
 //! socket work, steadily enough to judge a change to the hot path (the
 //! socket loads swing ±20% on a shared machine).
 
+use diary::disk::Disk;
 use diary::framing::{Frame, LineFramer};
 use diary::service::{AckSite, Outcome, Service, Transport};
 use diary::shared::Shared;
 use diary::store::{FsyncPolicy, Store};
 use serde::Serialize;
 use std::io;
-use std::path::PathBuf;
 use std::time::Instant;
 
 /// Where the batches go.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Sink {
-    /// `/dev/null`: the code alone.
+    /// A disk that keeps nothing: the code alone.
     Null,
     /// A fresh diary in a temp dir: the code and the page cache.
     File,
@@ -83,14 +83,40 @@ pub fn run(
     })
 }
 
+/// Takes every write and keeps nothing: the code alone, without the page cache.
+struct NullDisk;
+
+impl Disk for NullDisk {
+    fn append(&mut self, _: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn truncate(&mut self, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn read_at(&self, _: &mut [u8], _: u64) -> io::Result<()> {
+        Err(io::Error::other("the null sink keeps nothing to read"))
+    }
+
+    fn is_the_file(&self) -> bool {
+        false
+    }
+}
+
 /// Serves `lines` lines, `input` (one batch) at a time; nanoseconds per line.
 fn one_round(input: &[u8], batch: usize, lines: u64, sink: Sink) -> io::Result<f64> {
     let dir = tempfile::tempdir()?;
-    let path = match sink {
-        Sink::Null => PathBuf::from("/dev/null"),
-        Sink::File => dir.path().join("pipeline.diary"),
-    };
-    let (store, _) = Store::open(&path, FsyncPolicy::Never).map_err(io::Error::other)?;
+    let path = dir.path().join("pipeline.diary");
+    let (store, _) = match sink {
+        Sink::Null => Store::open_on(&path, FsyncPolicy::Never, |_| Box::new(NullDisk)),
+        Sink::File => Store::open(&path, FsyncPolicy::Never),
+    }
+    .map_err(io::Error::other)?;
     let mut shared = Shared::new(store, 0);
     let max_entry = 64 * 1024;
     let mut framer = LineFramer::new(max_entry + 128);
