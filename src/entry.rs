@@ -154,7 +154,9 @@ pub fn encode_line_digits(id: &str, timestamp: &str, text: &str, attrs: &str, ou
     out.extend_from_slice(timestamp.as_bytes());
     out.push(b'\t');
     escape_into(text, out);
-    out.extend_from_slice(attrs.as_bytes());
+    if !attrs.is_empty() {
+        out.extend_from_slice(attrs.as_bytes());
+    }
     out.push(b'\n');
 }
 

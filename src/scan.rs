@@ -52,6 +52,7 @@ impl Index {
         self.offsets.is_empty()
     }
 
+    #[inline]
     pub fn push(&mut self, offset: u64, millis: i64) {
         let i = self.offsets.len();
         self.offsets.push(offset);

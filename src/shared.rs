@@ -104,11 +104,12 @@ impl Shared {
 
 impl Service for Shared {
     fn answer(&mut self, request: &Request, transport: Transport, out: &mut Vec<u8>) -> Outcome {
-        let tag = request.envelope.map(|e| e.tag);
-        let is_write = matches!(request.command, Ok(Command::Write(_)));
-        if let Some(tag) = tag.filter(|_| is_write)
-            && let Some(seen) = self.replay.get(tag)
-        {
+        let tag = match (&request.envelope, &request.command) {
+            (Some(envelope), Ok(Command::Write(_))) => envelope.tag,
+            // Only tagged writes are remembered: everything else goes straight on.
+            _ => return handler::handle(request, transport, &mut self.store, &mut self.stats, out),
+        };
+        if let Some(seen) = self.replay.get(tag) {
             protocol::push_tag(out, tag);
             let ack_at = out.len();
             let mut digits = itoa::Buffer::new();
@@ -127,7 +128,7 @@ impl Service for Shared {
             };
         }
         let outcome = handler::handle(request, transport, &mut self.store, &mut self.stats, out);
-        if let (Outcome::Wrote { id, ack_at }, Some(tag)) = (&outcome, tag) {
+        if let Outcome::Wrote { id, ack_at } = &outcome {
             let timestamp = protocol::ack_timestamp(&out[*ack_at..]);
             self.replay.remember(tag, *id, self.batch, timestamp);
         }
