@@ -228,7 +228,7 @@ fn refused(reply: Reply) -> Outcome {
 }
 
 /// Lines in flight during an import.
-const IMPORT_WINDOW: usize = 256;
+const IMPORT_WINDOW: usize = 1024;
 
 /// One entry per stdin line; empty lines are skipped, bad ones reported.
 ///
