@@ -777,6 +777,49 @@ impl Store {
         Ok(())
     }
 
+    /// As [`Store::for_each`], but calls `f` only with the entries whose
+    /// line holds `needle`, found by a SIMD substring search over the
+    /// file's bytes: an entry without it is never decoded. (`f` still
+    /// checks its own rule: a match may lie outside the text, or across an
+    /// escape.) Returns the id it stopped before: `end`, or the id at which
+    /// `f` broke.
+    pub fn for_each_holding(
+        &self,
+        first: u64,
+        end: u64,
+        chunk: usize,
+        needle: &memchr::memmem::Finder,
+        mut f: impl FnMut(u64, &[u8]) -> ControlFlow<()>,
+    ) -> io::Result<u64> {
+        let mut buf = Vec::new();
+        let mut lo = first;
+        while lo < end {
+            let mut hi = lo + 1;
+            while hi < end && self.span_len(lo, hi + 1) <= chunk as u64 {
+                hi += 1;
+            }
+            buf.clear();
+            self.read_span(lo, hi, &mut buf)?;
+            let base = self.offset_of(lo);
+            let starts = &self.index.offsets[(lo - 1) as usize..(hi - 1) as usize];
+            let mut after = lo; // entries before it are done
+            for at in needle.find_iter(&buf) {
+                let at = base + at as u64;
+                // The entry whose line holds the match.
+                let id = lo + starts.partition_point(|&o| o <= at) as u64 - 1;
+                if id < after {
+                    continue;
+                }
+                if f(id, self.line_in(&buf, base, id)?).is_break() {
+                    return Ok(id);
+                }
+                after = id + 1;
+            }
+            lo = hi;
+        }
+        Ok(end)
+    }
+
     /// The request tags of the newest `limit` entries that have one, with
     /// their ids and timestamps, newest first: the retry memory after a
     /// restart.
