@@ -8,6 +8,9 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 
+/// A flush of the file that another thread can run (the syncer's).
+pub type SyncFn = Box<dyn FnMut() -> io::Result<()> + Send>;
+
 pub trait Disk: Send {
     /// Appends all of `bytes` at the end of the file.
     fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
@@ -23,6 +26,9 @@ pub trait Disk: Send {
     fn is_the_file(&self) -> bool {
         true
     }
+    /// `fdatasync` of the same file, to run on another thread while this
+    /// one goes on appending.
+    fn sync_handle(&self) -> io::Result<SyncFn>;
 }
 
 impl Disk for File {
@@ -40,5 +46,10 @@ impl Disk for File {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.read_exact_at(buf, offset)
+    }
+
+    fn sync_handle(&self) -> io::Result<SyncFn> {
+        let file = self.try_clone()?;
+        Ok(Box::new(move || file.sync_data()))
     }
 }

@@ -67,6 +67,8 @@ impl Server {
         let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let mut store = store;
+        store.flush_off_the_loop(waker.clone())?;
         let mut udp = UdpSide::new(socket, UDP, &limits);
         let mut tcp = TcpSide::new(listener, &limits);
         tcp.register_listener(poll.registry(), LISTENER)?;
@@ -174,7 +176,8 @@ impl Server {
             self.shared.watch_file();
         }
         let registry = self.poll.registry();
-        self.udp.flush(registry, self.shared.stats());
+        let settled = self.shared.settled_batch();
+        self.udp.flush(registry, self.shared.stats(), settled);
         self.tcp.flush(registry, self.shared.store());
         self.tcp.reap(registry, self.shared.stats());
     }
@@ -183,7 +186,10 @@ impl Server {
     /// becomes its error, later sites first so that earlier offsets in the
     /// same buffer stay valid.
     fn commit_and_patch(&mut self) {
-        self.shared.commit();
+        // A flush that returned first: then this batch need not wait.
+        self.shared.settle();
+        self.shared.commit_when_due();
+        self.shared.settle();
         for failed in self.shared.take_failed().iter().rev() {
             for site in failed.sites.iter().rev() {
                 match *site {
@@ -194,18 +200,23 @@ impl Server {
                 }
             }
         }
+        // Only now that failed acks say so may what waited on them go.
+        self.tcp.release(self.shared.settled_batch());
     }
 
     /// Stop accepting, store what was written, answer what is queued.
     fn shut_down(&mut self) {
         self.tcp.stop_accepting(self.poll.registry());
-        self.commit_and_patch();
+        self.shared.commit();
+        // The flush in flight, then one of everything written.
         self.shared.sync_now();
+        self.commit_and_patch();
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
-            let udp_left = self.udp.send_queued(self.shared.stats());
+            let settled = self.shared.settled_batch();
+            self.udp.send_queued(self.shared.stats(), settled);
             let tcp_left = self.tcp.flush_all();
-            if (!udp_left && !tcp_left) || Instant::now() >= deadline {
+            if (!self.udp.has_queued() && !tcp_left) || Instant::now() >= deadline {
                 break;
             }
             std::thread::sleep(Duration::from_millis(5));

@@ -39,7 +39,7 @@ impl Follower {
     /// Starts a follow of the entries after `after` (after the newest when
     /// `None`) and queues the line that says so.
     pub fn start(after: Option<u64>, store: &Store, out: &mut Vec<u8>) -> Follower {
-        let head = store.len();
+        let head = store.durable();
         let after = after.unwrap_or(head);
         protocol::push_following(out, after, store.identity());
         Follower {
@@ -50,8 +50,10 @@ impl Follower {
 
     /// Queues the committed entries this follower has not had, within
     /// `limit` bytes of backlog.
+    /// Only durable entries are fed: a follower never sees one that a
+    /// failed flush then takes back.
     pub fn feed(&mut self, out: &mut OutBuf, store: &Store, limit: usize) -> Fed {
-        let head = store.len();
+        let head = store.durable();
         if self.next > head {
             return Fed::Following;
         }
@@ -71,7 +73,7 @@ impl Follower {
             return Fed::Following;
         }
         let room = limit - NOTICE_ROOM - queued;
-        match history::fill_follow(store, &mut self.next, &mut out.buf, room) {
+        match history::fill_follow(store, &mut self.next, head + 1, &mut out.buf, room) {
             Ok(()) => Fed::Following,
             Err(e) => {
                 protocol::push_read_error(&mut out.buf, &e);
@@ -83,6 +85,6 @@ impl Follower {
     /// Whether a feed now would queue more: entries are waiting and the
     /// queue has room for a refill.
     pub fn wants_more(&self, store: &Store, queued: usize, limit: usize) -> bool {
-        self.next <= store.len() && queued <= limit / 2
+        self.next <= store.durable() && queued <= limit / 2
     }
 }

@@ -6,6 +6,7 @@
 //! stores nothing. A line longer than the limit is reported once and its
 //! bytes are dropped up to the next newline, never buffered.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::ops::Range;
 
@@ -163,22 +164,74 @@ impl LineFramer {
     }
 }
 
-/// Bytes waiting to be written to a socket.
+/// Bytes waiting to be written to a socket, some of them held back until
+/// the batch they wait for is settled (an ack is sent only once its entry
+/// is durable, and nothing after it in the stream overtakes it).
+///
+/// Positions handed out ([`OutBuf::position`]) count every byte ever
+/// queued, so they stay valid while sent bytes are dropped from the front.
 #[derive(Debug, Default)]
 pub struct OutBuf {
     pub buf: Vec<u8>,
     sent: usize,
+    /// Position of `buf[0]` in the stream.
+    base: u64,
+    /// (batch, position): from the position on, bytes wait for the batch.
+    holds: VecDeque<(u64, u64)>,
 }
 
 impl OutBuf {
+    /// Bytes queued, held ones included.
     pub fn queued(&self) -> usize {
         self.buf.len() - self.sent
     }
 
-    /// Writes until done or the socket would block.
+    /// Where byte `index` of `buf` is in the stream.
+    pub fn position(&self, index: usize) -> u64 {
+        self.base + index as u64
+    }
+
+    /// Where stream position `at` is in `buf`, if still queued.
+    pub fn index_of(&self, at: u64) -> Option<usize> {
+        let i = usize::try_from(at.checked_sub(self.base)?).ok()?;
+        (i >= self.sent && i < self.buf.len()).then_some(i)
+    }
+
+    /// Holds the bytes from `buf[index]` on until `batch` is settled.
+    pub fn hold(&mut self, batch: u64, index: usize) {
+        let at = self.position(index);
+        // Holds come in stream order; a later one for an earlier batch
+        // changes nothing the earlier hold does not already keep back.
+        if self.holds.back().is_none_or(|&(b, _)| b < batch) {
+            self.holds.push_back((batch, at));
+        }
+    }
+
+    /// Lets go of the holds of batches up to `settled`; whether any are left.
+    pub fn release(&mut self, settled: u64) -> bool {
+        while self.holds.front().is_some_and(|&(b, _)| b <= settled) {
+            self.holds.pop_front();
+        }
+        !self.holds.is_empty()
+    }
+
+    /// Bytes that may be sent now.
+    pub fn sendable(&self) -> usize {
+        self.limit() - self.sent
+    }
+
+    fn limit(&self) -> usize {
+        match self.holds.front() {
+            Some(&(_, at)) => (at - self.base) as usize,
+            None => self.buf.len(),
+        }
+    }
+
+    /// Writes what may be sent until done or the socket would block.
     pub fn flush_to(&mut self, dst: &mut impl Write) -> io::Result<()> {
-        while self.sent < self.buf.len() {
-            match dst.write(&self.buf[self.sent..]) {
+        let limit = self.limit();
+        while self.sent < limit {
+            match dst.write(&self.buf[self.sent..limit]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.sent += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -187,12 +240,14 @@ impl OutBuf {
             }
         }
         if self.sent == self.buf.len() {
+            self.base += self.sent as u64;
             self.buf.clear();
             self.sent = 0;
             if self.buf.capacity() > RETAINED {
                 self.buf = Vec::new();
             }
         } else if self.sent > 64 * 1024 && self.sent > self.buf.len() / 2 {
+            self.base += self.sent as u64;
             self.buf.drain(..self.sent);
             self.sent = 0;
         }
@@ -214,6 +269,34 @@ mod tests {
             framer.consume(&frame);
         }
         got
+    }
+
+    #[test]
+    fn held_bytes_wait_for_their_batch_and_positions_survive_sending() {
+        let mut out = OutBuf::default();
+        out.buf.extend_from_slice(b"id a\n");
+        let ack = out.buf.len();
+        out.buf.extend_from_slice(b"ok 1 T\n");
+        out.hold(7, ack);
+        out.buf.extend_from_slice(b"help\n");
+        let at = out.position(ack);
+        let mut wire = Vec::new();
+        out.flush_to(&mut wire).unwrap();
+        assert_eq!(wire, b"id a\n", "the ack and what follows wait");
+        assert_eq!(out.sendable(), 0);
+        let i = out.index_of(at).unwrap();
+        out.buf.splice(i..i + 7, b"err io x\n".iter().copied());
+        assert!(out.release(6), "batch 7 is not settled by 6");
+        assert!(!out.release(7));
+        out.flush_to(&mut wire).unwrap();
+        assert_eq!(wire, b"id a\nerr io x\nhelp\n");
+        assert_eq!(out.queued(), 0);
+        assert_eq!(
+            out.position(0),
+            wire.len() as u64,
+            "positions count what was sent"
+        );
+        assert_eq!(out.index_of(at), None);
     }
 
     #[test]

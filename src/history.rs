@@ -141,15 +141,15 @@ pub fn fill(
     Ok(false)
 }
 
-/// Appends whole committed entries from `*next` on while they fit in
-/// `room` bytes, advancing `*next`.
+/// Appends whole entries from `*next` up to `end` (exclusive) while they
+/// fit in `room` bytes, advancing `*next`.
 pub fn fill_follow(
     store: &Store,
     next: &mut u64,
+    end: u64,
     out: &mut Vec<u8>,
     room: usize,
 ) -> io::Result<()> {
-    let end = store.len() + 1;
     let mut left = room;
     let mut cursor = *next;
     if cursor >= end {

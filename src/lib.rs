@@ -47,5 +47,6 @@ pub mod service;
 pub mod shared;
 pub mod stats;
 pub mod store;
+pub mod syncer;
 pub mod tcp;
 pub mod udp;

@@ -34,8 +34,8 @@ pub enum Outcome {
     /// batch); its `ok` line starts at `ack_at` in the output and waits for
     /// the commit ([`Service::await_commit`]).
     Wrote { id: u64, ack_at: usize },
-    /// A retry of a write already stored: its `ok` line, at `ack_at`, is
-    /// true now.
+    /// A retry of a write already written: its `ok` line, at `ack_at`, is
+    /// true once the entry is durable ([`Service::await_commit`] says).
     Acked { id: u64, ack_at: usize },
     /// `bye` is in the output; a TCP session ends once it is sent.
     Quit,
@@ -50,15 +50,11 @@ pub enum Outcome {
 /// can replace it with an error before anything is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AckSite {
-    /// At byte `at` of TCP connection `key`'s output.
-    Tcp { key: usize, at: usize },
-    /// At byte `at` of the UDP reply queued in `slot`, a datagram of at
-    /// most `limit` bytes.
-    Udp {
-        slot: usize,
-        at: usize,
-        limit: usize,
-    },
+    /// At stream position `at` of TCP connection `key`'s output.
+    Tcp { key: usize, at: u64 },
+    /// At byte `at` of the UDP reply queued as the `slot`th reply ever, a
+    /// datagram of at most `limit` bytes.
+    Udp { slot: u64, at: usize, limit: usize },
 }
 
 /// What a side may ask of the diary during one step of the loop.
@@ -70,8 +66,16 @@ pub trait Service {
     fn commit(&mut self);
     /// Whether writes are waiting for a commit.
     fn has_pending(&self) -> bool;
-    /// Records where a write's ack waits for its batch.
-    fn await_commit(&mut self, site: AckSite);
+    /// Records where the ack of entry `id` waits for its batch, and says
+    /// which batch that is (the reply is held until it is settled); `None`
+    /// when the entry is durable already.
+    fn await_commit(&mut self, site: AckSite, id: u64) -> Option<u64>;
+    /// The batch a reply that read the store waits for: what it read may
+    /// be written but not yet durable. `None`: it need not wait.
+    fn read_hold(&self) -> Option<u64>;
+    /// Every batch up to this one is durable or failed (and its acks
+    /// patched): replies held for it may go.
+    fn settled_batch(&self) -> u64;
     fn store(&self) -> &Store;
     fn stats(&mut self) -> &mut Stats;
 }

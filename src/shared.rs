@@ -5,9 +5,15 @@
 //! A tagged write whose tag was seen is answered from the retry memory and
 //! not stored again, whichever transport or socket the retry came by.
 //!
-//! A commit that fails turns every ack of its batch into an `err io` line;
-//! the sites are kept until the loop's "patch acks" step, which hands each
-//! to the side that queued it before anything is sent.
+//! Batches are numbered. A batch's acks wait until the batch is durable:
+//! at once under `--fsync never`/`interval`, or once the syncer's flush
+//! that covered it returns under `always` (the loop goes on meanwhile);
+//! the sides hold each reply behind the batch it waits for
+//! ([`Service::await_commit`], [`Service::read_hold`]), and send it once
+//! [`Service::settled_batch`] has passed it. A batch that fails (a write or
+//! a flush) turns every ack of it into an `err io` line; the sites are kept
+//! until the loop's "patch acks" step, which hands each to the side that
+//! queued it, and only then is the batch settled.
 
 use crate::handler;
 use crate::logging::{self, Throttle};
@@ -15,8 +21,19 @@ use crate::protocol::{self, Command, Request};
 use crate::replay::ReplayMemory;
 use crate::service::{AckSite, Outcome, Service, Transport};
 use crate::stats::Stats;
-use crate::store::Store;
+use crate::store::{CommitError, Store};
+use std::collections::VecDeque;
 use std::time::Instant;
+
+/// A batch written to the file, waiting for the flush that covers it.
+#[derive(Debug)]
+struct Written {
+    batch: u64,
+    /// Its entries' ids.
+    first_id: u64,
+    last_id: u64,
+    sites: Vec<AckSite>,
+}
 
 /// A batch whose commit failed: its acks are to become `line`.
 #[derive(Debug)]
@@ -34,6 +51,8 @@ pub struct Shared {
     batch: u64,
     /// Where the acks of the batch being built wait.
     waiting: Vec<AckSite>,
+    /// Batches written and not yet durable, oldest first.
+    unsynced: VecDeque<Written>,
     failed: Vec<FailedBatch>,
     commit_log: Throttle,
     sync_log: Throttle,
@@ -61,15 +80,99 @@ impl Shared {
             stats: Stats::default(),
             batch: 1,
             waiting: Vec::new(),
+            unsynced: VecDeque::new(),
             failed: Vec::new(),
             commit_log: Throttle::default(),
             sync_log: Throttle::default(),
         }
     }
 
+    /// The loop's group commit, at the end of an iteration: a small batch
+    /// waits while a flush is in flight (see [`Store::commit_when_due`]).
+    pub fn commit_when_due(&mut self) {
+        let first_id = self.store.len() + 1;
+        let result = self.store.commit_when_due();
+        self.after_commit(first_id, result);
+    }
+
+    fn after_commit(&mut self, first_id: u64, result: Result<bool, CommitError>) {
+        match result {
+            Ok(false) => {}
+            Ok(true) => {
+                let batch = self.batch;
+                self.batch += 1;
+                let last_id = self.store.len();
+                if last_id >= first_id {
+                    self.unsynced.push_back(Written {
+                        batch,
+                        first_id,
+                        last_id,
+                        sites: std::mem::take(&mut self.waiting),
+                    });
+                }
+                // Sites still waiting belong to writes a loss took before
+                // they were written: settling fails them.
+                self.settle();
+            }
+            Err(failure) => {
+                let batch = self.batch;
+                self.batch += 1;
+                // Their ids go to other writes now; a retry must be stored.
+                self.replay.forget_batch(batch);
+                logging::warn_throttled(
+                    &mut self.commit_log,
+                    format_args!("could not store entries: {}", failure.error),
+                );
+                self.stats.failed_commits += 1;
+                self.failed.push(FailedBatch {
+                    line: protocol::commit_failed_line(&failure.error),
+                    sites: std::mem::take(&mut self.waiting),
+                });
+            }
+        }
+    }
+
     /// The batches that failed since the last call, oldest first.
     pub fn take_failed(&mut self) -> Vec<FailedBatch> {
         std::mem::take(&mut self.failed)
+    }
+
+    /// Takes in flushes that returned: their batches are durable; a loss
+    /// (a flush failed, or the file changed under unflushed writes) fails
+    /// every batch not durable, the one being built included.
+    pub fn settle(&mut self) {
+        self.store.poll_sync();
+        for loss in self.store.take_losses() {
+            logging::warn_throttled(
+                &mut self.commit_log,
+                format_args!(
+                    "entries from #{} on were not stored: {}",
+                    loss.first_lost, loss.error
+                ),
+            );
+            self.stats.failed_commits += 1;
+            let line = protocol::commit_failed_line(&loss.error);
+            for written in std::mem::take(&mut self.unsynced) {
+                self.replay.forget_batch(written.batch);
+                self.failed.push(FailedBatch {
+                    line: line.clone(),
+                    sites: written.sites,
+                });
+            }
+            if !self.waiting.is_empty() {
+                self.replay.forget_batch(self.batch);
+                self.failed.push(FailedBatch {
+                    line,
+                    sites: std::mem::take(&mut self.waiting),
+                });
+                // That batch is over (failed): what was held for it may go.
+                self.batch += 1;
+            }
+        }
+        let durable = self.store.durable();
+        while self.unsynced.front().is_some_and(|w| w.last_id <= durable) {
+            self.unsynced.pop_front();
+        }
     }
 
     /// For policy `interval`: flushes the file if it is due.
@@ -95,6 +198,7 @@ impl Shared {
         if let Err(e) = self.store.sync_now() {
             log::error!("final fdatasync failed: {e}");
         }
+        self.settle();
     }
 
     pub fn store_mut(&mut self) -> &mut Store {
@@ -114,8 +218,8 @@ impl Service for Shared {
             let ack_at = out.len();
             let mut digits = itoa::Buffer::new();
             protocol::push_ack(out, digits.format(seen.id), seen.timestamp);
-            // A retry of a write still in this batch shares its fate.
-            return if seen.id > self.store.len() {
+            // A retry of a write not yet durable shares its fate.
+            return if seen.id > self.store.durable() {
                 Outcome::Wrote {
                     id: seen.id,
                     ack_at,
@@ -136,35 +240,37 @@ impl Service for Shared {
     }
 
     fn commit(&mut self) {
-        if !self.store.has_pending() {
-            return;
-        }
-        let batch = self.batch;
-        self.batch += 1;
-        match self.store.commit() {
-            Ok(()) => self.waiting.clear(),
-            Err(failure) => {
-                // Their ids go to other writes now; a retry must be stored.
-                self.replay.forget_batch(batch);
-                logging::warn_throttled(
-                    &mut self.commit_log,
-                    format_args!("could not store entries: {}", failure.error),
-                );
-                self.stats.failed_commits += 1;
-                self.failed.push(FailedBatch {
-                    line: protocol::commit_failed_line(&failure.error),
-                    sites: std::mem::take(&mut self.waiting),
-                });
-            }
-        }
+        let first_id = self.store.len() + 1;
+        let result = self.store.commit();
+        self.after_commit(first_id, result.map(|()| true));
     }
 
     fn has_pending(&self) -> bool {
         self.store.has_pending()
     }
 
-    fn await_commit(&mut self, site: AckSite) {
-        self.waiting.push(site);
+    fn await_commit(&mut self, site: AckSite, id: u64) -> Option<u64> {
+        if id > self.store.len() {
+            self.waiting.push(site);
+            return Some(self.batch);
+        }
+        let written = self
+            .unsynced
+            .iter_mut()
+            .find(|w| w.first_id <= id && id <= w.last_id)?;
+        written.sites.push(site);
+        Some(written.batch)
+    }
+
+    fn read_hold(&self) -> Option<u64> {
+        self.unsynced.back().map(|w| w.batch)
+    }
+
+    fn settled_batch(&self) -> u64 {
+        match self.unsynced.front() {
+            Some(w) => w.batch - 1,
+            None => self.batch - 1,
+        }
     }
 
     fn store(&self) -> &Store {

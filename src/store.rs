@@ -19,6 +19,7 @@
 use crate::disk::Disk;
 use crate::entry;
 use crate::scan::{self, CutReason, Index, Mode, Scan, ScanError};
+use crate::syncer::Syncer;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -176,6 +177,15 @@ impl Recovery {
     }
 }
 
+/// Written entries that will not be stored after all (a flush failed, or
+/// the file changed under them before they reached the disk): every id
+/// from `first_lost` on was forgotten, pending ones included.
+#[derive(Debug)]
+pub struct Loss {
+    pub first_lost: u64,
+    pub error: io::Error,
+}
+
 /// A commit that did not reach the disk; every id from `first_lost` on was forgotten.
 #[derive(Debug)]
 pub struct CommitError {
@@ -240,6 +250,14 @@ pub struct Store {
     /// The time given to the last batch.
     last_stamp: i64,
     lost: Option<Lost>,
+    /// Policy `always` with a syncer: flushes run off the loop's thread.
+    syncer: Option<Syncer>,
+    waker: Option<std::sync::Arc<mio::Waker>>,
+    /// Entries, bytes and lines a flush has made durable.
+    durable: (usize, u64, u64),
+    /// What the flush in flight makes durable when it returns.
+    sync_target: (usize, u64, u64),
+    losses: Vec<Loss>,
 }
 
 impl Store {
@@ -331,7 +349,14 @@ impl Store {
             batch_clock: None,
             last_stamp,
             lost: None,
+            syncer: None,
+            waker: None,
+            durable: (0, 0, 0),
+            sync_target: (0, 0, 0),
+            losses: Vec::new(),
         };
+        let mut store = store;
+        store.durable = store.written();
         Ok((store, recovery))
     }
 
@@ -429,6 +454,25 @@ impl Store {
         if self.pending.is_empty() {
             return Ok(());
         }
+        self.write_batch()
+    }
+
+    /// As [`Store::commit`], unless a flush is in flight and the batch is
+    /// small: then it keeps growing until the flush returns, so that each
+    /// flush covers as many writes as came during the one before (fewer,
+    /// larger writes; the loop serves meanwhile). Whether it was written.
+    pub fn commit_when_due(&mut self) -> Result<bool, CommitError> {
+        const SMALL: usize = 64 * 1024;
+        if self.pending.is_empty()
+            || (self.syncer.as_ref().is_some_and(Syncer::in_flight) && self.pending.len() < SMALL)
+        {
+            return Ok(false);
+        }
+        self.batch_clock = None;
+        self.write_batch().map(|()| true)
+    }
+
+    fn write_batch(&mut self) -> Result<(), CommitError> {
         if let Err(error) = self.check_file() {
             return Err(self.forget_batch(error));
         }
@@ -437,10 +481,12 @@ impl Store {
         } else {
             Ok(())
         };
+        let off_the_loop = self.syncer.is_some();
         let result = earlier_sync
             .and_then(|()| self.disk.append(&self.pending))
             .and_then(|()| {
                 match self.policy {
+                    FsyncPolicy::Always if off_the_loop => {}
                     FsyncPolicy::Always => self.disk.sync()?,
                     FsyncPolicy::Interval => {
                         self.unsynced_since.get_or_insert_with(Instant::now);
@@ -455,6 +501,11 @@ impl Store {
                 self.lines += (self.index.len() - self.committed) as u64;
                 self.committed = self.index.len();
                 self.pending.clear();
+                if off_the_loop {
+                    self.start_sync();
+                } else {
+                    self.durable = self.written();
+                }
                 Ok(())
             }
             Err(error) => {
@@ -470,6 +521,103 @@ impl Store {
         self.index.truncate(self.committed);
         self.pending.clear();
         CommitError { first_lost, error }
+    }
+
+    /// Entries, bytes and lines written to the file.
+    fn written(&self) -> (usize, u64, u64) {
+        (self.committed, self.committed_len, self.lines)
+    }
+
+    /// For policy `always`: flushes run on a thread of their own from now
+    /// on, and `waker` wakes the loop when one returns. Writes of a batch
+    /// are then durable only once [`Store::durable`] covers them.
+    pub fn flush_off_the_loop(&mut self, waker: std::sync::Arc<mio::Waker>) -> io::Result<()> {
+        if self.policy == FsyncPolicy::Always {
+            self.syncer = Some(Syncer::start(self.disk.sync_handle()?, waker.clone())?);
+            self.waker = Some(waker);
+        }
+        Ok(())
+    }
+
+    /// Entries that have reached the disk as the policy promises; with
+    /// flushes off the loop, fewer than [`Store::len`] while one runs.
+    pub fn durable(&self) -> u64 {
+        self.durable.0 as u64
+    }
+
+    /// Asks for a flush of what was written, unless one is in flight (its
+    /// return asks again).
+    fn start_sync(&mut self) {
+        let target = self.written();
+        if let Some(syncer) = &mut self.syncer
+            && !syncer.in_flight()
+            && target.0 > self.durable.0
+        {
+            self.sync_target = target;
+            syncer.request();
+        }
+    }
+
+    /// Takes in a flush that returned, if one has.
+    pub fn poll_sync(&mut self) {
+        if let Some(result) = self.syncer.as_mut().and_then(Syncer::try_result) {
+            self.sync_returned(result);
+        }
+    }
+
+    fn sync_returned(&mut self, result: io::Result<()>) {
+        match result {
+            Ok(()) => {
+                self.durable = self.sync_target;
+                self.start_sync();
+            }
+            Err(error) => {
+                // As after any failed fdatasync: what it covered may be
+                // gone, so cut back to what is known durable, and take no
+                // write until a flush succeeds.
+                self.sync_failed = true;
+                let _ = self.disk.truncate(self.durable.1);
+                self.lose_unsynced(error);
+            }
+        }
+    }
+
+    /// Forgets every entry not yet durable, pending ones included, and
+    /// records the loss for the acks that wait on them.
+    fn lose_unsynced(&mut self, error: io::Error) {
+        let (count, len, lines) = self.durable;
+        if self.index.len() > count {
+            self.losses.push(Loss {
+                first_lost: count as u64 + 1,
+                error,
+            });
+        }
+        self.index.truncate(count);
+        self.committed = count;
+        self.committed_len = len;
+        self.lines = lines;
+        self.pending.clear();
+        self.batch_clock = None;
+    }
+
+    /// The losses since the last call, oldest first.
+    pub fn take_losses(&mut self) -> Vec<Loss> {
+        std::mem::take(&mut self.losses)
+    }
+
+    /// Written entries not yet durable are in a file that is no longer the
+    /// diary at the path: they will not be stored. Waits for the flush in
+    /// flight (of that old file) and forgets them.
+    fn drop_unsynced_of_old_file(&mut self) {
+        if let Some(result) = self.syncer.as_mut().and_then(Syncer::wait) {
+            self.sync_returned(result);
+        }
+        if self.committed > self.durable.0 {
+            self.lose_unsynced(io::Error::other(
+                "the diary file changed before this write reached the disk; nothing stored, \
+                 send it again",
+            ));
+        }
     }
 
     /// Before a commit: the file must be the one held, as it was left.
@@ -513,14 +661,19 @@ impl Store {
     fn look(&mut self) -> Result<bool, Lost> {
         let meta = match std::fs::metadata(&self.path) {
             Ok(meta) => meta,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Lost::Removed),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.drop_unsynced_of_old_file();
+                return Err(Lost::Removed);
+            }
             Err(e) => return Err(Lost::Replaced(format!("cannot look at it: {e}"))),
         };
         if (meta.dev(), meta.ino()) != self.held {
+            self.drop_unsynced_of_old_file();
             return self.adopt().map(|()| true);
         }
         let len = meta.len();
         if len < self.committed_len {
+            self.drop_unsynced_of_old_file();
             return Err(Lost::Truncated {
                 len,
                 expected: self.committed_len,
@@ -551,9 +704,17 @@ impl Store {
         for i in 0..added {
             self.index.push(scan.index.offsets[i], scan.index.millis[i]);
         }
+        let all_durable = self.durable == self.written();
         self.committed = self.index.len();
         self.committed_len = scan.len;
         self.lines = scan.lines;
+        if all_durable {
+            // Someone else's lines: whatever their writer promised, and
+            // nothing of ours waits on a flush.
+            self.durable = self.written();
+        } else {
+            self.start_sync();
+        }
         log::warn!(
             "{} lines were added to {} by hand; {added} entries among them are indexed",
             scan.lines - from.line,
@@ -586,6 +747,13 @@ impl Store {
             self.path.display(),
             scan.index.len()
         );
+        if let Some(waker) = self.waker.clone() {
+            let handle = file
+                .sync_handle()
+                .map_err(|e| Lost::Replaced(e.to_string()))?;
+            self.syncer =
+                Some(Syncer::start(handle, waker).map_err(|e| Lost::Replaced(e.to_string()))?);
+        }
         self.disk = Box::new(file);
         self.held = (meta.dev(), meta.ino());
         self.committed = scan.index.len();
@@ -593,6 +761,7 @@ impl Store {
         self.lines = scan.lines;
         self.index = scan.index;
         self.unsynced_since = None;
+        self.durable = self.written();
         Ok(())
     }
 
@@ -642,8 +811,14 @@ impl Store {
     /// Until a flush succeeds after one failed, every commit fails.
     pub fn sync_now(&mut self) -> io::Result<()> {
         self.unsynced_since = None;
+        if let Some(result) = self.syncer.as_mut().and_then(Syncer::wait) {
+            self.sync_returned(result);
+        }
         let result = self.disk.sync();
         self.sync_failed = result.is_err();
+        if result.is_ok() {
+            self.durable = self.written();
+        }
         result
     }
 

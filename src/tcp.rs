@@ -136,6 +136,8 @@ pub struct TcpSide {
     /// Connections to remove at the end of the iteration.
     dead: Vec<usize>,
     followers: Vec<usize>,
+    /// Connections with output held back for a batch.
+    held: Vec<usize>,
     accept_log: Throttle,
 }
 
@@ -149,6 +151,7 @@ impl TcpSide {
             resume: Vec::new(),
             dead: Vec::new(),
             followers: Vec::new(),
+            held: Vec::new(),
             accept_log: Throttle::default(),
         }
     }
@@ -312,17 +315,31 @@ impl TcpSide {
                 Frame::Line(range) => range.clone(),
             };
             let request = protocol::parse(conn.framer.line(range), max_entry);
-            if service.has_pending() && protocol::reads_store(&request) {
+            let reads = protocol::reads_store(&request);
+            if service.has_pending() && reads {
                 // A read sees every write before it; a failure is settled
                 // with the iteration's other acks.
                 service.commit();
             }
+            let start = conn.out.buf.len();
             let outcome = service.answer(&request, Transport::Tcp, &mut conn.out.buf);
             conn.framer.consume(&frame);
+            // What it read may not be durable yet: it goes out no sooner.
+            if reads && let Some(batch) = service.read_hold() {
+                conn.out.hold(batch, start);
+                self.held.push(key);
+            }
             match outcome {
-                Outcome::Replied | Outcome::Acked { .. } => {}
-                Outcome::Wrote { ack_at, .. } => {
-                    service.await_commit(AckSite::Tcp { key, at: ack_at })
+                Outcome::Replied => {}
+                Outcome::Wrote { id, ack_at } | Outcome::Acked { id, ack_at } => {
+                    let site = AckSite::Tcp {
+                        key,
+                        at: conn.out.position(ack_at),
+                    };
+                    if let Some(batch) = service.await_commit(site, id) {
+                        conn.out.hold(batch, ack_at);
+                        self.held.push(key);
+                    }
                 }
                 Outcome::Quit => conn.closing = true,
                 Outcome::Stream(cursor) => conn.mode = Mode::Streaming(cursor),
@@ -375,11 +392,30 @@ impl TcpSide {
         }
     }
 
-    /// Replaces the ack at byte `at` of connection `key`'s output with `line`.
-    pub fn patch_ack(&mut self, key: usize, at: usize, line: &[u8]) {
-        if let Some(conn) = self.conns.get_mut(key) {
-            protocol::replace_ack(&mut conn.out.buf, at, line, usize::MAX);
+    /// Replaces the ack at stream position `at` of connection `key`'s
+    /// output with `line`.
+    pub fn patch_ack(&mut self, key: usize, at: u64, line: &[u8]) {
+        if let Some(conn) = self.conns.get_mut(key)
+            && let Some(i) = conn.out.index_of(at)
+        {
+            protocol::replace_ack(&mut conn.out.buf, i, line, usize::MAX);
         }
+    }
+
+    /// Lets go of what waited for batches up to `settled`.
+    pub fn release(&mut self, settled: u64) {
+        let mut held = std::mem::take(&mut self.held);
+        held.sort_unstable();
+        held.dedup();
+        held.retain(|&key| match self.conns.get_mut(key) {
+            Some(conn) => {
+                let still = conn.out.release(settled);
+                self.touched.push(key);
+                still
+            }
+            None => false,
+        });
+        self.held = held;
     }
 
     /// Feeds every follower what was committed this iteration.
@@ -457,7 +493,8 @@ impl TcpSide {
             conn.dead = true;
             return;
         }
-        let want_writable = queued > 0;
+        // Held bytes wait for a batch, not for the socket.
+        let want_writable = conn.out.sendable() > 0;
         if want_writable != conn.writable_interest {
             let interest = if want_writable {
                 Interest::READABLE | Interest::WRITABLE

@@ -49,8 +49,11 @@ pub struct UdpSide {
     /// Datagrams may be waiting (readiness is edge-triggered).
     readable: bool,
     writable_interest: bool,
-    /// Replies not yet sent, oldest first.
-    queue: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// Replies not yet sent, oldest first, each with the batch it waits
+    /// for (0: none).
+    queue: VecDeque<(SocketAddr, Vec<u8>, u64)>,
+    /// How many replies ever left the queue: the slot of its front.
+    sent: u64,
     spare: Vec<Vec<u8>>,
     sources: RecentSources,
     cookies: CookieJar,
@@ -66,6 +69,7 @@ impl UdpSide {
             readable: false,
             writable_interest: false,
             queue: VecDeque::new(),
+            sent: 0,
             spare: Vec::new(),
             sources: RecentSources::default(),
             cookies: CookieJar::default(),
@@ -119,7 +123,8 @@ impl UdpSide {
     fn answer(&mut self, datagram: &[u8], from: SocketAddr, service: &mut impl Service) {
         let request = protocol::parse(request_bytes(datagram), self.limits.max_entry);
         let limit = self.reply_limit(request.envelope.as_ref(), datagram.len(), from);
-        if service.has_pending() && protocol::reads_store(&request) {
+        let reads = protocol::reads_store(&request);
+        if service.has_pending() && reads {
             // A read sees every write before it; a failure is settled with
             // the iteration's other acks.
             service.commit();
@@ -144,17 +149,30 @@ impl UdpSide {
             (_, None) => Oversize::Raw,
         };
         protocol::fit_datagram(&mut reply, 0, limit, oversize);
-        let Outcome::Wrote { ack_at, .. } = outcome else {
-            self.queue_reply(from, reply, service.stats());
+        if self.queue.len() >= self.limits.udp_queue {
+            // Dropped as the network might have dropped it; the client's
+            // retry covers it (a write's, with its tag, is answered again).
+            service.stats().dropped_replies += 1;
+            self.recycle(reply);
             return;
-        };
-        if let Some(slot) = self.queue_reply(from, reply, service.stats()) {
-            service.await_commit(AckSite::Udp {
-                slot,
-                at: ack_at,
-                limit,
-            });
         }
+        let hold = match outcome {
+            Outcome::Wrote { id, ack_at } | Outcome::Acked { id, ack_at } => {
+                let slot = self.sent + self.queue.len() as u64;
+                service.await_commit(
+                    AckSite::Udp {
+                        slot,
+                        at: ack_at,
+                        limit,
+                    },
+                    id,
+                )
+            }
+            // What it read may not be durable yet: it goes out no sooner.
+            _ if reads => service.read_hold(),
+            _ => None,
+        };
+        self.queue.push_back((from, reply, hold.unwrap_or(0)));
     }
 
     /// How big the reply to a datagram of `size` bytes from `from` may be:
@@ -182,19 +200,6 @@ impl UdpSide {
         }
     }
 
-    /// Queues a reply; when the queue is full the reply is dropped, as the
-    /// network might have dropped it, and the client's retry covers it.
-    /// Returns its slot in the queue, if queued.
-    fn queue_reply(&mut self, to: SocketAddr, reply: Vec<u8>, stats: &mut Stats) -> Option<usize> {
-        if self.queue.len() >= self.limits.udp_queue {
-            stats.dropped_replies += 1;
-            self.recycle(reply);
-            return None;
-        }
-        self.queue.push_back((to, reply));
-        Some(self.queue.len() - 1)
-    }
-
     fn recycle(&mut self, mut buf: Vec<u8>) {
         // Enough small buffers for a whole iteration's datagrams, so that
         // ordinary replies allocate nothing; a big one is given back.
@@ -207,8 +212,12 @@ impl UdpSide {
     }
 
     /// Replaces the ack at byte `at` of the reply in `slot` with `line`.
-    pub fn patch_ack(&mut self, slot: usize, at: usize, limit: usize, line: &[u8]) {
-        if let Some((_, reply)) = self.queue.get_mut(slot) {
+    pub fn patch_ack(&mut self, slot: u64, at: usize, limit: usize, line: &[u8]) {
+        let queued = slot
+            .checked_sub(self.sent)
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| self.queue.get_mut(i));
+        if let Some((_, reply, _)) = queued {
             protocol::replace_ack(reply, at, line, limit);
         }
     }
@@ -219,10 +228,11 @@ impl UdpSide {
         stats.udp_sources = self.sources.len() as u64;
     }
 
-    /// Sends queued replies until done or the socket would block, and asks
-    /// for a writable event only while some are left.
-    pub fn flush(&mut self, registry: &Registry, stats: &mut Stats) {
-        let left = self.send_queued(stats);
+    /// Sends the queued replies whose batch is settled, until one is held
+    /// or the socket would block; asks for a writable event only while the
+    /// socket is what they wait for.
+    pub fn flush(&mut self, registry: &Registry, stats: &mut Stats, settled: u64) {
+        let left = self.send_queued(stats, settled);
         if left != self.writable_interest {
             let interest = if left {
                 Interest::READABLE | Interest::WRITABLE
@@ -238,10 +248,23 @@ impl UdpSide {
         }
     }
 
-    /// Sends what it can; whether anything is left.
-    pub fn send_queued(&mut self, stats: &mut Stats) -> bool {
-        while !self.queue.is_empty() {
-            let replies = self.queue.iter().map(|(to, reply)| (*to, &reply[..]));
+    /// Whether replies wait in the queue, held or not.
+    pub fn has_queued(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// Sends what it can; whether the socket would take no more.
+    pub fn send_queued(&mut self, stats: &mut Stats, settled: u64) -> bool {
+        while self
+            .queue
+            .front()
+            .is_some_and(|&(_, _, hold)| hold <= settled)
+        {
+            let replies = self
+                .queue
+                .iter()
+                .take_while(|&&(_, _, hold)| hold <= settled)
+                .map(|(to, reply, _)| (*to, &reply[..]));
             let sent = match datagrams::send(&self.socket, replies) {
                 Ok(sent) => sent,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
@@ -253,7 +276,8 @@ impl UdpSide {
                 }
             };
             for _ in 0..sent {
-                let (_, reply) = self.queue.pop_front().expect("sent from the queue");
+                let (_, reply, _) = self.queue.pop_front().expect("sent from the queue");
+                self.sent += 1;
                 self.recycle(reply);
             }
         }

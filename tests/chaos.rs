@@ -235,15 +235,12 @@ impl Disk for FlakyDisk {
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        self.check()?;
-        let mut power = self.power.lock().unwrap();
-        if power.cut_at_next_sync {
-            power.off = true;
-            return Err(io::Error::other("the power went off during the flush"));
-        }
-        self.file.sync_data()?;
-        power.synced = self.file.metadata()?.len();
-        Ok(())
+        flaky_sync(&self.file, &self.power)
+    }
+
+    fn sync_handle(&self) -> io::Result<diary::disk::SyncFn> {
+        let (file, power) = (self.file.try_clone()?, self.power.clone());
+        Ok(Box::new(move || flaky_sync(&file, &power)))
     }
 
     fn truncate(&mut self, len: u64) -> io::Result<()> {
@@ -255,6 +252,24 @@ impl Disk for FlakyDisk {
         self.check()?;
         self.file.read_exact_at(buf, offset)
     }
+}
+
+/// A flush, unless the power is off or goes off now; it records what it
+/// made durable.
+fn flaky_sync(file: &File, power: &Mutex<Power>) -> io::Result<()> {
+    let mut power = power.lock().unwrap();
+    if power.off {
+        return Err(io::Error::other("the power is off"));
+    }
+    if power.cut_at_next_sync {
+        power.off = true;
+        return Err(io::Error::other("the power went off during the flush"));
+    }
+    // The length first: what is appended during the flush is not covered.
+    let len = file.metadata()?.len();
+    file.sync_data()?;
+    power.synced = len;
+    Ok(())
 }
 
 /// After the cut: the file as the disk holds it. Without `tear`, what was

@@ -4,7 +4,7 @@
 //! socket work, steadily enough to judge a change to the hot path (the
 //! socket loads swing ±20% on a shared machine).
 
-use diary::disk::Disk;
+use diary::disk::{Disk, SyncFn};
 use diary::framing::{Frame, LineFramer};
 use diary::service::{AckSite, Outcome, Service, Transport};
 use diary::shared::Shared;
@@ -106,6 +106,10 @@ impl Disk for NullDisk {
     fn is_the_file(&self) -> bool {
         false
     }
+
+    fn sync_handle(&self) -> io::Result<SyncFn> {
+        Ok(Box::new(|| Ok(())))
+    }
 }
 
 /// Serves `lines` lines, `input` (one batch) at a time; nanoseconds per line.
@@ -136,10 +140,11 @@ fn one_round(input: &[u8], batch: usize, lines: u64, sink: Sink) -> io::Result<f
                 if shared.has_pending() && diary::protocol::reads_store(&request) {
                     return Err(io::Error::other("a generated line reads the store"));
                 }
-                if let Outcome::Wrote { ack_at, .. } =
+                if let Outcome::Wrote { id, ack_at } =
                     shared.answer(&request, Transport::Tcp, &mut out)
                 {
-                    shared.await_commit(AckSite::Tcp { key: 0, at: ack_at });
+                    let at = ack_at as u64;
+                    shared.await_commit(AckSite::Tcp { key: 0, at }, id);
                 }
                 framer.consume(&frame);
             }

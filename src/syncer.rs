@@ -1,0 +1,99 @@
+//! The syncer: one thread that only calls `fdatasync`, so that the loop
+//! goes on serving sockets while a batch reaches the disk (Redis waits for
+//! its `appendfsync always` flush; this does not have to).
+//!
+//! The loop writes batch k to the file, asks for a flush, and goes on
+//! writing batch k+1 behind it; the flush's result comes back through a
+//! channel and wakes the loop (mio's `Waker`). Acks of a batch are held
+//! until a flush that covered it has returned. Sockets, parsing and the
+//! store's buffers stay on the loop's thread.
+
+use crate::disk::SyncFn;
+use mio::Waker;
+use std::io;
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+
+pub struct Syncer {
+    requests: Option<Sender<()>>,
+    results: Receiver<io::Result<()>>,
+    in_flight: bool,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Syncer {
+    /// Starts the thread; each request runs `sync` once and wakes `waker`.
+    pub fn start(mut sync: SyncFn, waker: Arc<Waker>) -> io::Result<Syncer> {
+        let (requests, incoming) = mpsc::channel::<()>();
+        let (done, results) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("diaryd-syncer".into())
+            .spawn(move || {
+                while incoming.recv().is_ok() {
+                    if done.send(sync()).is_err() {
+                        return;
+                    }
+                    // A loop that cannot be woken still sees the result at
+                    // its next iteration (it polls at least once a second).
+                    let _ = waker.wake();
+                }
+            })?;
+        Ok(Syncer {
+            requests: Some(requests),
+            results,
+            in_flight: false,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn in_flight(&self) -> bool {
+        self.in_flight
+    }
+
+    /// Asks for a flush; only when none is in flight.
+    pub fn request(&mut self) {
+        debug_assert!(!self.in_flight);
+        let sent = self.requests.as_ref().is_some_and(|r| r.send(()).is_ok());
+        self.in_flight = sent;
+    }
+
+    /// The result of the flush in flight, if it has come.
+    pub fn try_result(&mut self) -> Option<io::Result<()>> {
+        if !self.in_flight {
+            return None;
+        }
+        match self.results.try_recv() {
+            Ok(result) => {
+                self.in_flight = false;
+                Some(result)
+            }
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => {
+                self.in_flight = false;
+                Some(Err(io::Error::other("the syncer thread stopped")))
+            }
+        }
+    }
+
+    /// Waits for the flush in flight, if any.
+    pub fn wait(&mut self) -> Option<io::Result<()>> {
+        if !self.in_flight {
+            return None;
+        }
+        self.in_flight = false;
+        Some(
+            self.results
+                .recv()
+                .unwrap_or_else(|_| Err(io::Error::other("the syncer thread stopped"))),
+        )
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.requests = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
