@@ -18,10 +18,14 @@
 //! | [`protocol`] | request grammar and every byte of every reply (pure) |
 //! | [`handler`] | commands → replies over the store, for both transports |
 //! | [`history`] | reading history: `/past` selection, streaming cursors, follow reads |
-//! | [`store`] | the file: recovery, lock, index, group commit, reads |
+//! | [`store`] | the file: identity, lock, index, group commit, reads, watching the path |
+//! | [`scan`] | reading a diary file: line kinds, torn ends and holes, the time index |
+//! | [`syncer`] | the thread that runs `fdatasync` off the loop |
+//! | [`disk`] | the store's handle on its file (a seam for power-cut simulation) |
 //! | [`entry`], [`ascii`] | the entry line format and its fast byte scans |
 //! | [`stats`], [`limits`], [`logging`] | `/stats` figures, per-client limits, the daemon's log |
 //! | [`client`], [`interactive`] | the `diary` client: requests, retries, the chat-like session |
+//! | [`outbox`], [`dates`] | lines kept while the server is unreachable; dates as people write them |
 
 pub mod ascii;
 pub mod client;
