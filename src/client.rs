@@ -509,7 +509,7 @@ impl TcpLink {
         quiet && stream.set_nonblocking(false).is_ok()
     }
 
-    /// One line, without its ending; `None` at end of stream.
+    /// One line, without its ending; the end of the stream is an error.
     fn read_line(
         &mut self,
         deadline: Instant,
@@ -526,7 +526,11 @@ impl TcpLink {
         }
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
-            Ok(0) => Ok(None),
+            // The connection ended, perhaps mid-reply: a broken link, for
+            // the caller to try again on a new one (the request is tagged).
+            // A line cut short by the end (no newline) is not a reply either.
+            Ok(_) if !line.ends_with('\n') => Err(io_err(io::ErrorKind::UnexpectedEof.into())),
+            Ok(0) => Err(io_err(io::ErrorKind::UnexpectedEof.into())),
             Ok(_) => Ok(Some(line.trim_end_matches(['\n', '\r']).to_string())),
             Err(e) => Err(io_err(e)),
         }
@@ -771,6 +775,10 @@ pub fn follow(
             line.clear();
             match reader.read_line(&mut line) {
                 Ok(0) => break "the server closed the connection".to_string(),
+                // Cut short by the end: not an entry (it resumes from the last whole one).
+                Ok(_) if !line.ends_with('\n') => {
+                    break "the connection ended mid-line".to_string();
+                }
                 Ok(_) => {}
                 Err(e) => break e.to_string(),
             }

@@ -923,15 +923,16 @@ impl Store {
         Ok(())
     }
 
-    /// Calls `f` with each committed entry `first..end`, oldest first, line
-    /// with its newline, reading at most about `chunk` bytes at a time.
-    pub fn for_each(
+    /// Reads entries `first..end` a span of about `chunk` bytes at a time
+    /// (at least one entry), and hands each span to `each` with its ids
+    /// `lo..hi` and its start offset; `each` breaks with the id to stop at.
+    fn for_each_span(
         &self,
         first: u64,
         end: u64,
         chunk: usize,
-        mut f: impl FnMut(u64, &[u8]) -> ControlFlow<()>,
-    ) -> io::Result<()> {
+        mut each: impl FnMut(u64, u64, u64, &[u8]) -> io::Result<ControlFlow<u64>>,
+    ) -> io::Result<u64> {
         let mut buf = Vec::new();
         let mut lo = first;
         while lo < end {
@@ -941,14 +942,31 @@ impl Store {
             }
             buf.clear();
             self.read_span(lo, hi, &mut buf)?;
-            let base = self.offset_of(lo);
-            for id in lo..hi {
-                if f(id, self.line_in(&buf, base, id)?).is_break() {
-                    return Ok(());
-                }
+            if let ControlFlow::Break(stop) = each(lo, hi, self.offset_of(lo), &buf)? {
+                return Ok(stop);
             }
             lo = hi;
         }
+        Ok(end)
+    }
+
+    /// Calls `f` with each committed entry `first..end`, oldest first, line
+    /// with its newline, reading at most about `chunk` bytes at a time.
+    pub fn for_each(
+        &self,
+        first: u64,
+        end: u64,
+        chunk: usize,
+        mut f: impl FnMut(u64, &[u8]) -> ControlFlow<()>,
+    ) -> io::Result<()> {
+        self.for_each_span(first, end, chunk, |lo, hi, base, buf| {
+            for id in lo..hi {
+                if f(id, self.line_in(buf, base, id)?).is_break() {
+                    return Ok(ControlFlow::Break(id));
+                }
+            }
+            Ok(ControlFlow::Continue(()))
+        })?;
         Ok(())
     }
 
@@ -966,33 +984,23 @@ impl Store {
         needle: &memchr::memmem::Finder,
         mut f: impl FnMut(u64, &[u8]) -> ControlFlow<()>,
     ) -> io::Result<u64> {
-        let mut buf = Vec::new();
-        let mut lo = first;
-        while lo < end {
-            let mut hi = lo + 1;
-            while hi < end && self.span_len(lo, hi + 1) <= chunk as u64 {
-                hi += 1;
-            }
-            buf.clear();
-            self.read_span(lo, hi, &mut buf)?;
-            let base = self.offset_of(lo);
+        self.for_each_span(first, end, chunk, |lo, hi, base, buf| {
             let starts = &self.index.offsets[(lo - 1) as usize..(hi - 1) as usize];
             let mut after = lo; // entries before it are done
-            for at in needle.find_iter(&buf) {
+            for at in needle.find_iter(buf) {
                 let at = base + at as u64;
                 // The entry whose line holds the match.
                 let id = lo + starts.partition_point(|&o| o <= at) as u64 - 1;
                 if id < after {
                     continue;
                 }
-                if f(id, self.line_in(&buf, base, id)?).is_break() {
-                    return Ok(id);
+                if f(id, self.line_in(buf, base, id)?).is_break() {
+                    return Ok(ControlFlow::Break(id));
                 }
                 after = id + 1;
             }
-            lo = hi;
-        }
-        Ok(end)
+            Ok(ControlFlow::Continue(()))
+        })
     }
 
     /// The request tags of the newest `limit` entries that have one, with

@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Output, Stdio};
 use std::sync::Arc;
@@ -12,19 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 fn diary(server: SocketAddr, args: &[&str], stdin: &str) -> Output {
-    let mut child = diary_command(server, args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    run_diary(server, args, stdin.as_bytes())
 }
 
 fn stdout(o: &Output) -> String {

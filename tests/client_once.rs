@@ -16,14 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 fn run(server: SocketAddr, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = diary_command(server, args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
+    run_diary(server, args, stdin)
 }
 
 fn stderr(o: &Output) -> String {

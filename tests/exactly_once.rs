@@ -10,7 +10,6 @@ use common::*;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 /// One request over UDP, one reply.
@@ -364,20 +363,10 @@ fn a_follower_that_left_is_not_counted() {
 fn an_unwritable_stderr_and_an_error_flood_do_not_stop_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("diary.log");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_diaryd"))
-        .args(["--listen", "127.0.0.1:0", "--file"])
-        .arg(&file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = diary::event_loop::announced_addr(&line).unwrap();
+    let mut daemon = Daemon::start(&file, &[]);
+    let addr = daemon.addr;
     // Nobody reads its stderr any more: every log line fails to be written.
-    drop(child.stderr.take());
+    drop(daemon.child.stderr.take());
     std::fs::remove_file(&file).unwrap();
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket
@@ -389,10 +378,9 @@ fn an_unwritable_stderr_and_an_error_flood_do_not_stop_the_server() {
         let n = socket.recv(&mut buf).unwrap();
         assert!(buf[..n].starts_with(b"err io"));
     }
-    assert!(child.try_wait().unwrap().is_none(), "still running");
+    assert!(daemon.child.try_wait().unwrap().is_none(), "still running");
     assert!(tcp_once(addr, "h").last().unwrap() == "end");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(daemon);
 
     // With stderr read: the 500 failures made a handful of lines, not 500.
     let file = dir.path().join("diary2.log");

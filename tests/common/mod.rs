@@ -154,6 +154,18 @@ pub fn diary_command(server: SocketAddr, args: &[&str]) -> Command {
     command
 }
 
+/// Runs `diary` against `server` with `stdin` fed in; its output.
+pub fn run_diary(server: SocketAddr, args: &[&str], stdin: &[u8]) -> std::process::Output {
+    let mut child = diary_command(server, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// A line-oriented TCP client.
 pub struct Tcp {
     pub reader: BufReader<TcpStream>,
