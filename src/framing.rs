@@ -197,14 +197,17 @@ impl OutBuf {
         (i >= self.sent && i < self.buf.len()).then_some(i)
     }
 
-    /// Holds the bytes from `buf[index]` on until `batch` is settled.
-    pub fn hold(&mut self, batch: u64, index: usize) {
+    /// Holds the bytes from `buf[index]` on until `batch` is settled;
+    /// whether that added a hold.
+    pub fn hold(&mut self, batch: u64, index: usize) -> bool {
         let at = self.position(index);
         // Holds come in stream order; a later one for an earlier batch
         // changes nothing the earlier hold does not already keep back.
-        if self.holds.back().is_none_or(|&(b, _)| b < batch) {
+        let new = self.holds.back().is_none_or(|&(b, _)| b < batch);
+        if new {
             self.holds.push_back((batch, at));
         }
+        new
     }
 
     /// Lets go of the holds of batches up to `settled`; whether any are left.

@@ -159,15 +159,17 @@ impl Shared {
                     sites: written.sites,
                 });
             }
+            // The batch being built went too (its entries were pending);
+            // it is over, so what was held for it may go, and writes from
+            // now on are a new batch.
+            self.replay.forget_batch(self.batch);
             if !self.waiting.is_empty() {
-                self.replay.forget_batch(self.batch);
                 self.failed.push(FailedBatch {
                     line,
                     sites: std::mem::take(&mut self.waiting),
                 });
-                // That batch is over (failed): what was held for it may go.
-                self.batch += 1;
             }
+            self.batch += 1;
         }
         let durable = self.store.durable();
         while self.unsynced.front().is_some_and(|w| w.last_id <= durable) {
@@ -240,6 +242,9 @@ impl Service for Shared {
     }
 
     fn commit(&mut self) {
+        if !self.store.has_pending() {
+            return;
+        }
         let first_id = self.store.len() + 1;
         let result = self.store.commit();
         self.after_commit(first_id, result.map(|()| true));

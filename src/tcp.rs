@@ -325,8 +325,10 @@ impl TcpSide {
             let outcome = service.answer(&request, Transport::Tcp, &mut conn.out.buf);
             conn.framer.consume(&frame);
             // What it read may not be durable yet: it goes out no sooner.
-            if reads && let Some(batch) = service.read_hold() {
-                conn.out.hold(batch, start);
+            if reads
+                && let Some(batch) = service.read_hold()
+                && conn.out.hold(batch, start)
+            {
                 self.held.push(key);
             }
             match outcome {
@@ -336,8 +338,9 @@ impl TcpSide {
                         key,
                         at: conn.out.position(ack_at),
                     };
-                    if let Some(batch) = service.await_commit(site, id) {
-                        conn.out.hold(batch, ack_at);
+                    if let Some(batch) = service.await_commit(site, id)
+                        && conn.out.hold(batch, ack_at)
+                    {
                         self.held.push(key);
                     }
                 }
