@@ -173,15 +173,18 @@ pub fn decode_line(line: &[u8]) -> Result<EntryLine<'_>, LineError> {
 
 fn decode_fields(line: &[u8]) -> Result<EntryLine<'_>, LineError> {
     let line = std::str::from_utf8(line).map_err(|_| LineError::NotUtf8)?;
-    let mut fields = line.splitn(4, '\t');
-    let id_field = fields.next().unwrap_or("");
-    let timestamp = fields.next().ok_or(LineError::MissingField("timestamp"))?;
-    let escaped_text = fields.next().ok_or(LineError::MissingField("text"))?;
-    let attrs = fields.next().map_or("", |rest| {
+    // Tabs found with SIMD: startup decodes every line of the diary.
+    let bytes = line.as_bytes();
+    let t1 = memchr::memchr(b'\t', bytes).ok_or(LineError::MissingField("timestamp"))?;
+    let t2 =
+        t1 + 1 + memchr::memchr(b'\t', &bytes[t1 + 1..]).ok_or(LineError::MissingField("text"))?;
+    let (escaped_text, attrs) = match memchr::memchr(b'\t', &bytes[t2 + 1..]) {
         // With its tab: the attributes are the rest of the line as stored.
-        &line[line.len() - rest.len() - 1..]
-    });
-    let id = parse_id(id_field).ok_or(LineError::BadId)?;
+        Some(t3) => (&line[t2 + 1..t2 + 1 + t3], &line[t2 + 1 + t3..]),
+        None => (&line[t2 + 1..], ""),
+    };
+    let timestamp = &line[t1 + 1..t2];
+    let id = parse_id(&line[..t1]).ok_or(LineError::BadId)?;
     let millis = parse_timestamp(timestamp).ok_or(LineError::BadTimestamp)?;
     check_escaped(escaped_text)?;
     check_attrs(attrs)?;
@@ -234,15 +237,21 @@ fn parse_id(field: &str) -> Option<u64> {
 }
 
 fn check_escaped(text: &str) -> Result<(), LineError> {
-    let mut bytes = text.bytes();
-    while let Some(b) = bytes.next() {
-        match b {
-            b'\\' => match bytes.next() {
-                Some(b'\\' | b'n' | b't' | b'r') => {}
-                _ => return Err(LineError::BadEscape),
-            },
-            b'\t' | b'\n' | b'\r' | 0 => return Err(LineError::RawControl),
-            _ => {}
+    let bytes = text.as_bytes();
+    // Tabs cannot be here: fields are split at them. The rest is searched
+    // with SIMD, as startup checks every entry's text.
+    if memchr::memchr2(0, b'\t', bytes).is_some() {
+        return Err(LineError::RawControl);
+    }
+    let mut from = 0;
+    while let Some(i) = memchr::memchr3(b'\\', b'\n', b'\r', &bytes[from..]) {
+        let at = from + i;
+        if bytes[at] != b'\\' {
+            return Err(LineError::RawControl);
+        }
+        match bytes.get(at + 1) {
+            Some(b'\\' | b'n' | b't' | b'r') => from = at + 2,
+            _ => return Err(LineError::BadEscape),
         }
     }
     Ok(())
