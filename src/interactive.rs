@@ -97,10 +97,12 @@ impl Shared {
                 Err(e) => return eprintln!("diary: {e}"),
             }
         }
+        let unreachable = !queue_first || self.unreachable.load(Ordering::SeqCst);
         match outbox.as_mut().map(|o| o.push(&tag, text)) {
-            Some(Ok(())) => {
+            Some(Ok(())) if unreachable => {
                 println!("  queued (server unreachable); it is sent when the server answers")
             }
+            Some(Ok(())) => println!("  queued behind earlier lines, in order"),
             Some(Err(e)) => eprintln!("diary: not stored, and cannot queue it: {e}"),
             None => eprintln!("diary: not stored: the server cannot be reached (no outbox)"),
         }
@@ -222,37 +224,49 @@ fn start_live_view(
         // Both callbacks print; they never run at the same time.
         let printer = std::cell::RefCell::new(printer);
         let print = |line: String| (printer.borrow_mut())(line);
-        let result = client::follow(
-            &options,
-            Some(after),
-            |entry| {
-                if !shared.is_own(entry.id) {
-                    print(format_entry(entry));
-                }
-                true
-            },
-            |event| match event {
-                FollowEvent::Reconnecting(why) => {
-                    // Said once, not at every try.
-                    if !shared.unreachable.swap(true, Ordering::SeqCst) {
-                        print(format!(
-                            "(server unreachable: {why}; lines you type are queued)"
-                        ));
+        loop {
+            let result = client::follow(
+                &options,
+                Some(after),
+                |entry| {
+                    if !shared.is_own(entry.id) {
+                        print(format_entry(entry));
                     }
-                }
-                FollowEvent::Following(_) => {
-                    if shared.unreachable.swap(false, Ordering::SeqCst) {
-                        print("(reconnected)".to_string());
-                        if let Some(sender) = sender.as_mut() {
-                            shared.deliver(sender, &mut |line| print(line));
+                    true
+                },
+                |event| match event {
+                    FollowEvent::Reconnecting(why) => {
+                        // Said once, not at every try.
+                        if !shared.unreachable.swap(true, Ordering::SeqCst) {
+                            print(format!(
+                                "(server unreachable: {why}; lines you type are queued)"
+                            ));
                         }
                     }
+                    FollowEvent::Following(_) => {
+                        if shared.unreachable.swap(false, Ordering::SeqCst) {
+                            print("(reconnected)".to_string());
+                            if let Some(sender) = sender.as_mut() {
+                                shared.deliver(sender, &mut |line| print(line));
+                            }
+                        }
+                    }
+                    FollowEvent::Resuming(_) => {}
+                },
+            );
+            match result {
+                Ok(()) => return,
+                // The live view has not reached the server yet (it went
+                // away, or only UDP gets through): the session goes on, and
+                // so do the tries. Only a live view that was connected says
+                // the server is unreachable; writes find out for themselves.
+                Err(ClientError::Io(..) | ClientError::NoAnswer { .. }) => {
+                    std::thread::sleep(Duration::from_secs(1));
                 }
-                FollowEvent::Resuming(_) => {}
-            },
-        );
-        if let Err(e) = result {
-            print(format!("(no live view of other terminals: {e})"));
+                Err(e) => {
+                    return print(format!("(no live view of other terminals: {e})"));
+                }
+            }
         }
     });
 }

@@ -92,6 +92,11 @@ fn lines_typed_while_the_server_is_down_are_queued_then_sent_once() {
     p.send("before\r").unwrap();
     p.expect("stored #1").unwrap();
 
+    // The session's live view (a follower) is connected: it is what tells
+    // the session the server went away.
+    wait_for("the live view", Duration::from_secs(10), || {
+        figure(&stats(addr), "followers") == 1
+    });
     drop(daemon); // kill -9
     p.expect("server unreachable").unwrap();
     p.send("while down 1\r").unwrap();
