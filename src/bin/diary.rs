@@ -334,10 +334,13 @@ fn past(
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     for line in &lines {
-        match parse_entry(line) {
-            Some(entry) if json => writeln!(out, "{}", serde_json::to_string(&entry)?)?,
-            Some(entry) => writeln!(out, "{}", format_entry(&entry))?,
-            None => eprintln!("{line}"),
+        if json {
+            match parse_entry(line) {
+                Some(entry) => writeln!(out, "{}", serde_json::to_string(&entry)?)?,
+                None => eprintln!("{line}"),
+            }
+        } else if !diary::client::write_entry_line(&mut out, line)? {
+            eprintln!("{line}");
         }
     }
     out.flush()?;
