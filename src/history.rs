@@ -2,7 +2,7 @@
 //! a cursor that streams them oldest first in bounded pieces, the newest
 //! that fit one datagram, and the committed entries a follower has not had.
 //!
-//! Every piece reads at most about [`FILL_CHUNK`] bytes of the file, so a
+//! Every piece reads at most about `FILL_CHUNK` bytes of the file, so a
 //! reply costs memory and time in proportion to what it sends.
 
 use crate::entry;

@@ -18,7 +18,7 @@
 //! | [`protocol`] | request grammar and every byte of every reply (pure) |
 //! | [`handler`] | commands → replies over the store, for both transports |
 //! | [`history`] | reading history: `/past` selection, streaming cursors, follow reads |
-//! | [`store`] | the file: identity, lock, index, group commit, reads, watching the path |
+//! | [`store`] | the file: identity, lock, index, group commit, reads; `store/watch.rs`: what a person did to it while it runs |
 //! | [`scan`] | reading a diary file: line kinds, torn ends and holes, the time index |
 //! | [`syncer`] | the thread that runs `fdatasync` off the loop |
 //! | [`disk`] | the store's handle on its file (a seam for power-cut simulation) |

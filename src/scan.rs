@@ -30,7 +30,7 @@ pub const FORMAT: u32 = 2;
 /// Where each entry starts and when it was written.
 ///
 /// Times need not be in order (imports, hand edits, clock jumps), so a
-/// time query bisects a running maximum, kept per block of [`BLOCK`]
+/// time query bisects a running maximum, kept per block of `BLOCK`
 /// entries (8 bytes per 1024 entries), and then filters each candidate by
 /// its own time.
 #[derive(Debug, Default, Clone)]
