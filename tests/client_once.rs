@@ -23,6 +23,15 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Sends `signal` (as `kill` spells it) to process `pid`.
+fn signal(pid: &str, signal: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([signal, pid])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill {signal} {pid}: {sent}");
+}
+
 fn texts(path: &Path) -> Vec<String> {
     file_entries(path).into_iter().map(|(_, t)| t).collect()
 }
@@ -111,13 +120,7 @@ fn a_write_that_may_have_failed_is_sent_again_with_its_tag_and_stored_once() {
     let daemon = Daemon::start(&file, &[]);
     let pid = daemon.child.id().to_string();
     // A stopped server: the datagrams wait in its socket, unanswered.
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-STOP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&pid, "-STOP");
     let out = run(
         daemon.addr,
         &["--timeout", "1", "write", "did it get there?"],
@@ -135,13 +138,7 @@ fn a_write_that_may_have_failed_is_sent_again_with_its_tag_and_stored_once() {
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("prints the tag: {message}"))
         .to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-CONT", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&pid, "-CONT");
     for proto in ["udp", "tcp"] {
         let again = run(
             daemon.addr,
