@@ -3,6 +3,10 @@
 //! over one TCP connection, and parsing of replies and entry lines.
 
 use crate::entry;
+use crate::keys::PublicKey;
+use crate::secure_client::{
+    self, Credentials, FromServer, Pin, SecureStream, Security, UdpSession,
+};
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
@@ -63,6 +67,8 @@ pub struct Options {
     pub retries: u32,
     /// Largest UDP reply this client accepts (`max=` in the envelope).
     pub max_reply: usize,
+    /// Keys, and whether to use them.
+    pub security: Security,
 }
 
 impl Default for Options {
@@ -73,6 +79,7 @@ impl Default for Options {
             timeout: Duration::from_secs(5),
             retries: 8,
             max_reply: 1232,
+            security: Security::default(),
         }
     }
 }
@@ -114,6 +121,21 @@ pub enum ClientError {
         server: SocketAddr,
         got: String,
     },
+    /// The server refused this device, or wants keys from it.
+    Auth(String),
+    /// The server's key is not the one pinned: refused, as ssh refuses.
+    ServerKeyChanged(Box<KeyChange>),
+    /// The device's key, or the pins, cannot be used.
+    Key(String),
+}
+
+/// A server key that differs from the pinned one.
+#[derive(Debug)]
+pub struct KeyChange {
+    pub server: String,
+    pub pinned: PublicKey,
+    pub offered: PublicKey,
+    pub pin: Pin,
 }
 
 impl fmt::Display for ClientError {
@@ -147,11 +169,47 @@ impl fmt::Display for ClientError {
                 "{server} answered {got:?}, which is not the diary protocol: is it diaryd? \
                  Nothing was sent again"
             ),
+            ClientError::Auth(why) => f.write_str(why),
+            ClientError::ServerKeyChanged(change) => {
+                let KeyChange {
+                    server,
+                    pinned,
+                    offered,
+                    pin,
+                } = &**change;
+                let source = match pin {
+                    Pin::Given => "--server-key (or DIARY_SERVER_KEY)".to_string(),
+                    Pin::File(file, line) => format!("{}:{line}", file.display()),
+                };
+                write!(
+                    f,
+                    "THE SERVER KEY OF {server} HAS CHANGED. It now offers {offered}, but \
+                     {source} pins {pinned}. Someone may be intercepting your diary, or the \
+                     server's key was replaced. Nothing was sent. If you replaced it yourself, \
+                     edit {source}"
+                )
+            }
+            ClientError::Key(why) => f.write_str(why),
         }
     }
 }
 
 impl std::error::Error for ClientError {}
+
+impl ClientError {
+    /// Trying again cannot help: the server is not diaryd, or it refused
+    /// this device, or the keys are wrong.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            ClientError::NotDiary { .. }
+                | ClientError::BadReply(_)
+                | ClientError::Auth(_)
+                | ClientError::ServerKeyChanged(_)
+                | ClientError::Key(_)
+        )
+    }
+}
 
 /// An entry as the client shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -171,9 +229,76 @@ pub fn parse_entry(line: &str) -> Option<Entry> {
     })
 }
 
+/// A TCP connection, in plaintext or encrypted.
+pub enum Wire {
+    Plain(TcpStream),
+    Secure(Box<SecureStream>),
+}
+
+impl Wire {
+    /// Connects, with a handshake if there are keys.
+    pub fn connect(
+        addr: SocketAddr,
+        opts: &Options,
+        creds: Option<&Credentials>,
+        deadline: Instant,
+    ) -> Result<Wire, ClientError> {
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(10));
+        let io_err = |e| ClientError::Io(addr, Proto::Tcp, e);
+        let stream = TcpStream::connect_timeout(&addr, wait).map_err(io_err)?;
+        stream.set_nodelay(true).map_err(io_err)?;
+        Ok(match creds {
+            Some(creds) => Wire::Secure(Box::new(SecureStream::connect(
+                stream, creds, opts, deadline,
+            )?)),
+            None => Wire::Plain(stream),
+        })
+    }
+
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Wire::Plain(stream) => stream,
+            Wire::Secure(secure) => secure.tcp(),
+        }
+    }
+}
+
+impl io::Read for Wire {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Wire::Plain(stream) => stream.read(buf),
+            Wire::Secure(secure) => secure.read(buf),
+        }
+    }
+}
+
+impl Write for Wire {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Wire::Plain(stream) => stream.write(buf),
+            Wire::Secure(secure) => secure.write(buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Wire::Plain(stream) => stream.write_all(buf),
+            Wire::Secure(secure) => secure.write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Wire::Plain(stream) => stream.flush(),
+            Wire::Secure(secure) => secure.flush(),
+        }
+    }
+}
+
 struct TcpLink {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    reader: BufReader<Wire>,
 }
 
 pub struct Client {
@@ -188,6 +313,9 @@ pub struct Client {
     /// Proof of our address, which lets the server send UDP replies larger
     /// than 3x the request to a source outside its loopback.
     cookie: Option<String>,
+    /// Keys for an encrypted conversation; `None`: plaintext.
+    creds: Option<Credentials>,
+    udp_session: Option<UdpSession>,
 }
 
 /// Smoothed round trip and its variation, from replies to first attempts only
@@ -230,6 +358,7 @@ impl Client {
         getrandom::fill(&mut random)
             .map_err(|e| ClientError::BadAddress(opts.server.clone(), io::Error::other(e)))?;
         let tag_base: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let creds = secure_client::credentials(&opts, addr)?;
         Ok(Client {
             opts,
             addr,
@@ -240,6 +369,8 @@ impl Client {
             buf: vec![0; 65_536],
             rtt: RttEstimate::default(),
             cookie: None,
+            creds,
+            udp_session: None,
         })
     }
 
@@ -249,6 +380,11 @@ impl Client {
 
     pub fn options(&self) -> &Options {
         &self.opts
+    }
+
+    /// Whether requests are encrypted.
+    pub fn is_encrypted(&self) -> bool {
+        self.creds.is_some()
     }
 
     /// A new request tag: this run's random base and a counter.
@@ -303,18 +439,11 @@ impl Client {
 
     /// `Ok(None)` when the reply was truncated and must come over TCP.
     fn udp_request(&mut self, tag: &str, command: &str) -> Result<Option<Reply>, ClientError> {
-        let io_err = |e| ClientError::Io(self.addr, Proto::Udp, e);
+        let addr = self.addr;
+        let io_err = |e| ClientError::Io(addr, Proto::Udp, e);
         if self.udp.is_none() {
-            let local: SocketAddr = if self.addr.is_ipv4() {
-                "0.0.0.0:0".parse().expect("valid")
-            } else {
-                "[::]:0".parse().expect("valid")
-            };
-            let socket = UdpSocket::bind(local).map_err(io_err)?;
-            socket.connect(self.addr).map_err(io_err)?;
-            self.udp = Some(socket);
+            self.udp = Some(secure_client::udp_socket(addr).map_err(io_err)?);
         }
-        let socket = self.udp.as_ref().expect("just made");
         let message = match &self.cookie {
             Some(cookie) => format!(
                 "/id {tag} max={} cookie={cookie} {command}",
@@ -328,8 +457,26 @@ impl Client {
         let mut attempts = 0;
         while attempts <= self.opts.retries && Instant::now() < deadline {
             attempts += 1;
+            let socket = self.udp.as_ref().expect("made above");
+            let datagram = match &self.creds {
+                Some(creds) => {
+                    if self
+                        .udp_session
+                        .as_ref()
+                        .is_none_or(UdpSession::needs_renewal)
+                    {
+                        self.udp_session = Some(UdpSession::handshake(
+                            socket, creds, &self.opts, addr, deadline,
+                        )?);
+                    }
+                    // A new nonce for each try: the server opens each once.
+                    let session = self.udp_session.as_mut().expect("made above");
+                    session.seal(message.as_bytes())
+                }
+                None => message.as_bytes().to_vec(),
+            };
             // A refused send (nothing listening yet) is retried like a lost one.
-            let _ = socket.send(message.as_bytes());
+            let _ = socket.send(&datagram);
             let last = attempts > self.opts.retries;
             let until = if last {
                 deadline
@@ -341,30 +488,8 @@ impl Client {
                 .filter(|d| !d.is_zero())
             {
                 socket.set_read_timeout(Some(left)).map_err(io_err)?;
-                match socket.recv(&mut self.buf) {
-                    Ok(n) => {
-                        let text = String::from_utf8_lossy(&self.buf[..n]).into_owned();
-                        let mut lines = text.lines();
-                        let first = lines.next().unwrap_or_default();
-                        if first == format!("id {tag} truncated") {
-                            return Ok(None);
-                        }
-                        if !first.starts_with("id ") {
-                            // diaryd answers every tagged request with its tag.
-                            return Err(ClientError::NotDiary {
-                                server: self.addr,
-                                got: text.chars().take(80).collect(),
-                            });
-                        }
-                        if first != format!("id {tag}") {
-                            continue; // a late answer to an earlier request
-                        }
-                        if attempts == 1 {
-                            self.rtt.sample(started.elapsed());
-                        }
-                        let mut lines = lines.map(|l| Ok(Some(l.to_string())));
-                        return read_reply(|| lines.next().unwrap_or(Ok(None))).map(Some);
-                    }
+                let n = match socket.recv(&mut self.buf) {
+                    Ok(n) => n,
                     Err(e)
                         if matches!(
                             e.kind(),
@@ -377,14 +502,54 @@ impl Client {
                         std::thread::sleep(until.saturating_duration_since(Instant::now()));
                         break;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(io_err(e)),
+                };
+                let text = match (&self.creds, &mut self.udp_session) {
+                    (Some(creds), Some(session)) => match session.open(&self.buf[..n]) {
+                        FromServer::Plain(plain) => String::from_utf8_lossy(&plain).into_owned(),
+                        FromServer::Ignored => continue,
+                        FromServer::Refused(Some(crate::noise_wire::Refusal::NoSession)) => {
+                            // Expired, or the server restarted: a new
+                            // session, and the same tagged request again.
+                            self.udp_session = None;
+                            attempts -= 1;
+                            break;
+                        }
+                        FromServer::Refused(why) => {
+                            return Err(secure_client::refusal_error(why, &self.opts, addr, creds));
+                        }
+                    },
+                    _ => String::from_utf8_lossy(&self.buf[..n]).into_owned(),
+                };
+                let mut lines = text.lines();
+                let first = lines.next().unwrap_or_default();
+                if first == format!("id {tag} truncated") {
+                    return Ok(None);
                 }
+                if first.starts_with("err auth ") {
+                    return Err(plaintext_refused(addr));
+                }
+                if !first.starts_with("id ") {
+                    // diaryd answers every tagged request with its tag.
+                    return Err(ClientError::NotDiary {
+                        server: addr,
+                        got: text.chars().take(80).collect(),
+                    });
+                }
+                if first != format!("id {tag}") {
+                    continue; // a late answer to an earlier request
+                }
+                if attempts == 1 {
+                    self.rtt.sample(started.elapsed());
+                }
+                let mut lines = lines.map(|l| Ok(Some(l.to_string())));
+                return read_reply(|| lines.next().unwrap_or(Ok(None))).map(Some);
             }
             wait = (wait * 2).min(MAX_WAIT);
         }
         Err(ClientError::NoAnswer {
-            server: self.addr,
+            server: addr,
             proto: Proto::Udp,
             waited: started.elapsed(),
             attempts,
@@ -404,9 +569,7 @@ impl Client {
             let error = match self.tcp_exchange(tag, command, deadline) {
                 Ok(Exchange::Reply(reply)) => return Ok(reply),
                 Ok(Exchange::Stale) => None,
-                Err(e @ (ClientError::NotDiary { .. } | ClientError::BadReply(_))) => {
-                    return Err(e);
-                }
+                Err(e) if e.is_final() => return Err(e),
                 Err(e) => Some(e),
             };
             self.tcp = None;
@@ -430,24 +593,15 @@ impl Client {
     /// request is dropped if the server has closed it or sent something
     /// unasked (its idle notice): using it would lose the request.
     fn tcp_link(&mut self, deadline: Instant) -> Result<&mut TcpLink, ClientError> {
-        let addr = self.addr;
         if let Some(link) = &mut self.tcp
-            && !link.is_quiet()
+            && (!link.is_quiet() || link.needs_renewal())
         {
             self.tcp = None;
         }
         if self.tcp.is_none() {
-            let wait = deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(10));
-            let stream = TcpStream::connect_timeout(&addr, wait)
-                .map_err(|e| ClientError::Io(addr, Proto::Tcp, e))?;
-            let io_err = |e| ClientError::Io(addr, Proto::Tcp, e);
-            stream.set_nodelay(true).map_err(io_err)?;
-            let reader = BufReader::new(stream.try_clone().map_err(io_err)?);
+            let wire = Wire::connect(self.addr, &self.opts, self.creds.as_ref(), deadline)?;
             self.tcp = Some(TcpLink {
-                reader,
-                writer: stream,
+                reader: BufReader::new(wire),
             });
         }
         Ok(self.tcp.as_mut().expect("made above"))
@@ -462,7 +616,8 @@ impl Client {
         let addr = self.addr;
         let link = self.tcp_link(deadline)?;
         let io_err = |e| ClientError::Io(addr, Proto::Tcp, e);
-        link.writer
+        link.reader
+            .get_mut()
             .write_all(format!("/id {tag} {command}\n").as_bytes())
             .map_err(io_err)?;
         let mut next = || link.read_line(deadline, addr);
@@ -470,10 +625,14 @@ impl Client {
         if first == format!("id {tag}") {
             return read_reply(next).map(Exchange::Reply);
         }
-        if first.starts_with("err idle ") || first.starts_with("id ") {
+        let expired = first.as_bytes() == crate::protocol::SESSION_EXPIRED.trim_ascii_end();
+        if first.starts_with("err idle ") || first.starts_with("id ") || expired {
             // The server's notice before it closed an idle connection, or
             // a reply to an earlier request: not this request's answer.
             return Ok(Exchange::Stale);
+        }
+        if first.starts_with("err auth ") {
+            return Err(plaintext_refused(addr));
         }
         if first.starts_with("err ") {
             // Errors about the envelope itself, or `busy`, come without a tag.
@@ -493,13 +652,29 @@ enum Exchange {
     Stale,
 }
 
+/// The server wants keys from this address, and got plaintext.
+fn plaintext_refused(addr: SocketAddr) -> ClientError {
+    ClientError::Auth(format!(
+        "{addr} takes only encrypted requests from here: make a key with `diary keygen`, \
+         have it added to the server's allow file, and connect by an address that is not \
+         loopback (or pass --server-key)"
+    ))
+}
+
 impl TcpLink {
+    fn needs_renewal(&self) -> bool {
+        matches!(self.reader.get_ref(), Wire::Secure(s) if s.needs_renewal())
+    }
+
     /// Whether nothing has arrived unasked: no bytes, no end of stream.
     fn is_quiet(&mut self) -> bool {
         if !self.reader.buffer().is_empty() {
             return false;
         }
-        let stream = self.reader.get_ref();
+        if matches!(self.reader.get_ref(), Wire::Secure(s) if s.has_buffered()) {
+            return false;
+        }
+        let stream = self.reader.get_ref().tcp();
         if stream.set_nonblocking(true).is_err() {
             return false;
         }
@@ -521,6 +696,7 @@ impl TcpLink {
             let left = deadline.saturating_duration_since(Instant::now());
             self.reader
                 .get_ref()
+                .tcp()
                 .set_read_timeout(Some(left.max(Duration::from_millis(1))))
                 .map_err(io_err)?;
         }
@@ -553,14 +729,19 @@ pub fn write_pipelined(
     mut on_reply: impl FnMut(usize, Reply),
 ) -> Result<(), (usize, ClientError)> {
     let addr = resolve(&opts.server).map_err(|e| (0, e))?;
+    let creds = secure_client::credentials(opts, addr).map_err(|e| (0, e))?;
     let window = window.max(1);
     let mut done = 0;
     let mut pause = Duration::from_millis(50);
     let mut last_progress = Instant::now();
     while done < entries.len() {
-        match pipeline_pass(addr, opts.timeout, &entries[done..], window, |i, reply| {
-            on_reply(done + i, reply)
-        }) {
+        let pass = pipeline_pass(
+            (addr, opts, creds.as_ref()),
+            &entries[done..],
+            window,
+            |i, reply| on_reply(done + i, reply),
+        );
+        match pass {
             Ok(n) => done += n,
             Err((n, e)) => {
                 if n > 0 {
@@ -568,9 +749,7 @@ pub fn write_pipelined(
                     pause = Duration::from_millis(50);
                 }
                 done += n;
-                if matches!(e, ClientError::NotDiary { .. } | ClientError::BadReply(_))
-                    || last_progress.elapsed() + pause > opts.timeout
-                {
+                if e.is_final() || last_progress.elapsed() + pause > opts.timeout {
                     let e = match e {
                         ClientError::Io(..) => ClientError::NoAnswer {
                             server: addr,
@@ -592,19 +771,15 @@ pub fn write_pipelined(
 
 /// One connection's worth of a pipelined write; how many were answered.
 fn pipeline_pass(
-    addr: SocketAddr,
-    timeout: Duration,
+    (addr, opts, creds): (SocketAddr, &Options, Option<&Credentials>),
     entries: &[(String, String)],
     window: usize,
     mut on_reply: impl FnMut(usize, Reply),
 ) -> Result<usize, (usize, ClientError)> {
-    let io_err = |e| (0, ClientError::Io(addr, Proto::Tcp, e));
-    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(io_err)?;
-    stream.set_nodelay(true).map_err(io_err)?;
-    stream.set_read_timeout(Some(timeout)).map_err(io_err)?;
+    let timeout = opts.timeout;
+    let wire = Wire::connect(addr, opts, creds, Instant::now() + timeout).map_err(|e| (0, e))?;
     let mut link = TcpLink {
-        reader: BufReader::new(stream.try_clone().map_err(io_err)?),
-        writer: stream,
+        reader: BufReader::new(wire),
     };
     let (mut sent, mut answered) = (0, 0);
     let mut batch = Vec::new();
@@ -618,7 +793,8 @@ fn pipeline_pass(
                 sent += 1;
             }
             if !batch.is_empty() {
-                link.writer
+                link.reader
+                    .get_mut()
                     .write_all(&batch)
                     .map_err(|e| (answered, ClientError::Io(addr, Proto::Tcp, e)))?;
             }
@@ -781,6 +957,7 @@ pub fn follow(
     mut on_event: impl FnMut(&FollowEvent),
 ) -> Result<(), ClientError> {
     let addr = resolve(&opts.server)?;
+    let creds = secure_client::credentials(opts, addr)?;
     let mut after = since;
     // The diary followed, once the server has named it: a resume names it,
     // so a replaced diary or another server is refused, never followed blind.
@@ -788,9 +965,10 @@ pub fn follow(
     let mut pause = Duration::from_millis(100);
     let mut connected_once = false;
     loop {
-        let stream = match TcpStream::connect_timeout(&addr, opts.timeout) {
-            Ok(stream) => stream,
-            Err(e) if !connected_once => return Err(ClientError::Io(addr, Proto::Tcp, e)),
+        let deadline = Instant::now() + opts.timeout;
+        let mut wire = match Wire::connect(addr, opts, creds.as_ref(), deadline) {
+            Ok(wire) => wire,
+            Err(e) if !connected_once || e.is_final() => return Err(e),
             Err(e) => {
                 on_event(&FollowEvent::Reconnecting(format!("cannot connect: {e}")));
                 std::thread::sleep(pause);
@@ -799,9 +977,8 @@ pub fn follow(
             }
         };
         connected_once = true;
-        let mut writer = stream
-            .try_clone()
-            .map_err(|e| ClientError::Io(addr, Proto::Tcp, e))?;
+        // Entries may be far apart: no read timeout.
+        let _ = wire.tcp().set_read_timeout(None);
         let mut request = String::from("/follow");
         if let Some(id) = after {
             request.push_str(&format!(" since {id}"));
@@ -810,11 +987,11 @@ pub fn follow(
             request.push_str(&format!(" diary {diary}"));
         }
         request.push('\n');
-        if let Err(e) = writer.write_all(request.as_bytes()) {
+        if let Err(e) = wire.write_all(request.as_bytes()) {
             on_event(&FollowEvent::Reconnecting(e.to_string()));
             continue;
         }
-        let mut reader = BufReader::new(stream);
+        let mut reader = BufReader::new(wire);
         let mut line = String::new();
         let ended = loop {
             line.clear();
@@ -849,6 +1026,9 @@ pub fn follow(
                 }
                 after.get_or_insert(id);
                 on_event(&FollowEvent::Following(id));
+            } else if text.as_bytes() == crate::protocol::SESSION_EXPIRED.trim_ascii_end() {
+                // A new session on a new connection, at once and quietly.
+                break String::new();
             } else if text.starts_with("err behind ") {
                 let resume = text
                     .rsplit("since ")

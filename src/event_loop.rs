@@ -11,6 +11,7 @@
 //! and the diary they share ([`Shared`]) each own their state; this file
 //! only calls them in order.
 
+use crate::gatekeeper::{Gatekeeper, SharedGate};
 use crate::service::{AckSite, Service};
 use crate::shared::Shared;
 use crate::store::Store;
@@ -55,11 +56,23 @@ pub struct Server {
     waker: Arc<Waker>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     last_sweep: Instant,
+    gate: SharedGate,
 }
 
 impl Server {
-    /// Binds UDP and TCP on the same port (an ephemeral one for port 0).
-    pub fn bind(addr: SocketAddr, store: Store, mut limits: Limits) -> io::Result<Server> {
+    /// Binds UDP and TCP on the same port (an ephemeral one for port 0),
+    /// serving plaintext to everyone and taking no keys.
+    pub fn bind(addr: SocketAddr, store: Store, limits: Limits) -> io::Result<Server> {
+        Server::bind_with(addr, store, limits, Gatekeeper::open())
+    }
+
+    /// As [`Server::bind`], letting in whom `gate` allows.
+    pub fn bind_with(
+        addr: SocketAddr,
+        store: Store,
+        mut limits: Limits,
+        gate: Gatekeeper,
+    ) -> io::Result<Server> {
         // A follower's queue must hold the largest entry twice over (it is
         // refilled at half), or it could never be sent.
         limits.follow_backlog = limits.follow_backlog.max(2 * limits.max_entry + 4096);
@@ -69,20 +82,25 @@ impl Server {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut store = store;
         store.flush_off_the_loop(waker.clone())?;
-        let mut udp = UdpSide::new(socket, UDP, &limits);
-        let mut tcp = TcpSide::new(listener, &limits);
+        let insecure_open = gate.insecure_open();
+        let gate = gate.shared();
+        let mut udp = UdpSide::new(socket, UDP, &limits, gate.clone());
+        let mut tcp = TcpSide::new(listener, &limits, gate.clone());
         tcp.register_listener(poll.registry(), LISTENER)?;
         udp.register(poll.registry())?;
+        let mut shared = Shared::new(store, limits.replay_memory);
+        shared.stats().insecure_open = insecure_open;
         Ok(Server {
             poll,
             udp,
             tcp,
-            shared: Shared::new(store, limits.replay_memory),
+            shared,
             local_addr,
             stop: Arc::new(AtomicBool::new(false)),
             waker,
             signals: None,
             last_sweep: Instant::now(),
+            gate,
         })
     }
 
@@ -97,10 +115,11 @@ impl Server {
         }
     }
 
-    /// Makes SIGINT and SIGTERM stop the server gracefully (see [`Server::run`]).
+    /// Makes SIGINT and SIGTERM stop the server gracefully (see
+    /// [`Server::run`]), and SIGHUP re-read the allow file.
     pub fn stop_on_signals(&mut self) -> io::Result<()> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         self.poll
             .registry()
             .register(&mut signals, SIGNALS, mio::Interest::READABLE)?;
@@ -142,12 +161,32 @@ impl Server {
     }
 
     fn on_signal(&mut self) {
-        if let Some(signals) = &mut self.signals
-            && signals.pending().next().is_some()
-        {
-            // This iteration still commits and answers what it has.
-            self.stop.store(true, Ordering::SeqCst);
+        let Some(signals) = &mut self.signals else {
+            return;
+        };
+        let mut reload = false;
+        for signal in signals.pending() {
+            if signal == signal_hook::consts::SIGHUP {
+                reload = true;
+            } else {
+                // This iteration still commits and answers what it has.
+                self.stop.store(true, Ordering::SeqCst);
+            }
         }
+        if reload {
+            self.reload_allow_file();
+        }
+    }
+
+    /// Re-reads the allow file; a removed device's sessions end before
+    /// anything else is read. A bad file keeps the old list.
+    pub fn reload_allow_file(&mut self) {
+        match self.gate.lock().reload() {
+            Ok(devices) => log::info!("allow file re-read: {devices} devices allowed"),
+            Err(e) => log::error!("{e}; still allowing the devices of the previous allow file"),
+        }
+        self.udp.sweep(Instant::now(), self.shared.stats());
+        self.tcp.check_sessions();
     }
 
     fn poll_timeout(&self) -> Duration {
@@ -173,6 +212,7 @@ impl Server {
             self.tcp
                 .sweep(now, self.poll.registry(), self.shared.stats());
             self.udp.sweep(now, self.shared.stats());
+            self.tcp.check_sessions();
             self.shared.watch_file();
         }
         let registry = self.poll.registry();

@@ -24,9 +24,13 @@
 //! | [`disk`] | the store's handle on its file (a seam for power-cut simulation) |
 //! | [`entry`], [`ascii`] | the entry line format and its fast byte scans |
 //! | [`stats`], [`limits`], [`logging`] | `/stats` figures, per-client limits, the daemon's log |
+//! | [`gatekeeper`], [`allow`], [`keys`] | who may talk: the server key, the allow file and scopes, plaintext rules, handshake limits |
+//! | [`noise_wire`] | the encrypted wire format (Noise IK via `snow`), the UDP replay window |
+//! | [`udp_sessions`], [`secure_tcp`] | encrypted sessions on each side |
 //! | [`client`], [`interactive`] | the `diary` client: requests, retries, the chat-like session |
 //! | [`outbox`], [`dates`] | lines kept while the server is unreachable; dates as people write them |
 
+pub mod allow;
 pub mod ascii;
 pub mod client;
 pub mod cookie;
@@ -37,16 +41,21 @@ pub mod entry;
 pub mod event_loop;
 pub mod follow;
 pub mod framing;
+pub mod gatekeeper;
 pub mod handler;
 pub mod history;
 pub mod interactive;
+pub mod keys;
 pub mod limits;
 pub mod logging;
+pub mod noise_wire;
 pub mod open_files;
 pub mod outbox;
 pub mod protocol;
 pub mod replay;
 pub mod scan;
+pub mod secure_client;
+pub mod secure_tcp;
 pub mod service;
 pub mod shared;
 pub mod stats;
@@ -54,3 +63,4 @@ pub mod store;
 pub mod syncer;
 pub mod tcp;
 pub mod udp;
+pub mod udp_sessions;

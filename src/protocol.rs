@@ -114,10 +114,12 @@ pub enum ErrorCode {
     Busy,
     Idle,
     Behind,
+    Auth,
+    Forbidden,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::BadUtf8,
         ErrorCode::BadByte,
         ErrorCode::Empty,
@@ -132,6 +134,8 @@ impl ErrorCode {
         ErrorCode::Busy,
         ErrorCode::Idle,
         ErrorCode::Behind,
+        ErrorCode::Auth,
+        ErrorCode::Forbidden,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -150,6 +154,8 @@ impl ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::Idle => "idle",
             ErrorCode::Behind => "behind",
+            ErrorCode::Auth => "auth",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }
@@ -457,6 +463,26 @@ pub fn push_error(out: &mut Vec<u8>, code: ErrorCode, message: &dyn fmt::Display
     out.push(b'\n');
 }
 
+/// The reply to plaintext from where keys are required: short, so that
+/// it stays within three times any request worth answering.
+pub const AUTH_REQUIRED: &[u8] = b"err auth keys required\n";
+
+/// Sent before the server closes an encrypted connection whose session
+/// is past its lifetime; the client reconnects, with a new handshake.
+pub const SESSION_EXPIRED: &[u8] = b"# session expired; reconnect to renew it\n";
+
+/// A device asked for what its scopes do not cover.
+pub fn push_forbidden(out: &mut Vec<u8>, device: &str, needed: &str, has: &dyn fmt::Display) {
+    push_error(
+        out,
+        ErrorCode::Forbidden,
+        &format_args!(
+            "device {device} may not {needed} (its scopes: {has}); \
+             widen them in the server's allow file"
+        ),
+    );
+}
+
 /// `end\n`: the last line of a multi-line reply.
 pub fn push_end(out: &mut Vec<u8>) {
     out.extend_from_slice(END);
@@ -633,6 +659,17 @@ pub fn push_stats(out: &mut Vec<u8>, s: &crate::stats::Stats, entries: u64, byte
         s.failed_commits,
         s.dropped_replies,
     );
+    let _ = write!(
+        out,
+        "auth_failures {}\nplaintext_refused {}\n",
+        s.auth_failures, s.plaintext_refused
+    );
+    if s.insecure_open {
+        out.extend_from_slice(b"insecure_open 1\n");
+    }
+    for (device, sessions) in &s.device_sessions {
+        let _ = writeln!(out, "sessions {device} {sessions}");
+    }
     push_end(out);
 }
 

@@ -6,6 +6,7 @@
 //! the UDP side, then the TCP side, for each step of an iteration.
 
 use crate::cookie::Cookie;
+use crate::gatekeeper::Peer;
 use crate::history::PastCursor;
 use crate::protocol::Request;
 use crate::stats::Stats;
@@ -59,8 +60,16 @@ pub enum AckSite {
 
 /// What a side may ask of the diary during one step of the loop.
 pub trait Service {
-    /// Answers one request, appending the reply to `out`.
-    fn answer(&mut self, request: &Request, transport: Transport, out: &mut Vec<u8>) -> Outcome;
+    /// Answers one request, appending the reply to `out`. `peer` is the
+    /// device of an encrypted session, whose scopes the command must be
+    /// in; `None` for plaintext, which is served only where it is allowed.
+    fn answer(
+        &mut self,
+        request: &Request,
+        transport: Transport,
+        peer: Option<&Peer>,
+        out: &mut Vec<u8>,
+    ) -> Outcome;
     /// Writes the pending batch now, so that a read sees every write
     /// before it. Its acks are settled by the loop later in the iteration.
     fn commit(&mut self);

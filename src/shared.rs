@@ -15,6 +15,8 @@
 //! until the loop's "patch acks" step, which hands each to the side that
 //! queued it, and only then is the batch settled.
 
+use crate::allow::Scopes;
+use crate::gatekeeper::Peer;
 use crate::handler;
 use crate::logging::{self, Throttle};
 use crate::protocol::{self, Command, Request};
@@ -209,7 +211,28 @@ impl Shared {
 }
 
 impl Service for Shared {
-    fn answer(&mut self, request: &Request, transport: Transport, out: &mut Vec<u8>) -> Outcome {
+    fn answer(
+        &mut self,
+        request: &Request,
+        transport: Transport,
+        peer: Option<&Peer>,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
+        if let (Some(peer), Ok(command)) = (peer, &request.command) {
+            let needed = Scopes::needed_by(command);
+            if !peer.scopes.contains(needed) {
+                if let Some(envelope) = &request.envelope {
+                    protocol::push_tag(out, envelope.tag);
+                }
+                log::info!(
+                    "{}: refused a request that needs {}",
+                    peer.name,
+                    needed.name()
+                );
+                protocol::push_forbidden(out, &peer.name, needed.name(), &peer.scopes);
+                return Outcome::Replied;
+            }
+        }
         let tag = match (&request.envelope, &request.command) {
             (Some(envelope), Ok(Command::Write(_))) => envelope.tag,
             // Only tagged writes are remembered: everything else goes straight on.

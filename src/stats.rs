@@ -1,6 +1,8 @@
 //! Figures for `/stats`: counted by the loop's two sides and the handler,
 //! owned by the server, and lent to the handler as a reference to report.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Debug, Clone)]
@@ -20,6 +22,14 @@ pub struct Stats {
     pub failed_commits: u64,
     /// UDP replies dropped because the send queue was full or the send failed.
     pub dropped_replies: u64,
+    /// Open encrypted sessions (UDP and TCP) per allowed device.
+    pub device_sessions: BTreeMap<Arc<str>, u64>,
+    /// Handshakes refused (unknown key, bad or replayed first message).
+    pub auth_failures: u64,
+    /// Plaintext requests refused from where keys are required.
+    pub plaintext_refused: u64,
+    /// Serving plaintext to anyone (`--insecure-open`).
+    pub insecure_open: bool,
 }
 
 impl Default for Stats {
@@ -37,6 +47,10 @@ impl Default for Stats {
             follower_queue_peak: 0,
             failed_commits: 0,
             dropped_replies: 0,
+            device_sessions: BTreeMap::new(),
+            auth_failures: 0,
+            plaintext_refused: 0,
+            insecure_open: false,
         }
     }
 }

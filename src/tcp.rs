@@ -11,10 +11,13 @@
 
 use crate::follow::{Fed, Follower};
 use crate::framing::{Frame, LineFramer, OutBuf};
+use crate::gatekeeper::{Peer, PlaintextRule, SharedGate};
 use crate::history::{self, PastCursor};
 use crate::limits::Limits;
 use crate::logging::{self, Throttle};
+use crate::noise_wire;
 use crate::protocol::{self, IdleClose};
+use crate::secure_tcp::{SecureLink, Step};
 use crate::service::{AckSite, Outcome, Service, Transport};
 use crate::stats::Stats;
 use crate::store::Store;
@@ -50,7 +53,11 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 fn drain_follower_input(conn: &mut Conn) {
     let mut scratch = [0u8; 4096];
     loop {
-        match conn.stream.read(&mut scratch) {
+        let read = match &mut conn.link {
+            Link::Secure(link) => link.reader(&mut conn.stream).read(&mut scratch),
+            _ => conn.stream.read(&mut scratch),
+        };
+        match read {
             Ok(0) => {
                 if !std::mem::replace(&mut conn.input_ended, true) {
                     protocol::push_follow_goes_on(&mut conn.out.buf);
@@ -77,10 +84,18 @@ enum Mode {
     Following(Follower),
 }
 
+/// What a connection speaks, known from its first byte.
+enum Link {
+    Undecided,
+    Plain,
+    Secure(Box<SecureLink>),
+}
+
 /// One TCP client.
-#[derive(Debug)]
 struct Conn {
     stream: TcpStream,
+    from: SocketAddr,
+    link: Link,
     framer: LineFramer,
     out: OutBuf,
     mode: Mode,
@@ -102,9 +117,11 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(stream: TcpStream, max_line: usize) -> Conn {
+    fn new(stream: TcpStream, from: SocketAddr, max_line: usize) -> Conn {
         Conn {
             stream,
+            from,
+            link: Link::Undecided,
             framer: LineFramer::new(max_line),
             out: OutBuf::default(),
             mode: Mode::Requests,
@@ -123,6 +140,34 @@ impl Conn {
         self.mode = Mode::Requests;
         self.closing = true;
     }
+
+    fn peer(&self) -> Option<&Peer> {
+        match &self.link {
+            Link::Secure(link) => link.peer(),
+            _ => None,
+        }
+    }
+
+    /// Output not yet taken by the socket: queued replies, and sealed bytes.
+    fn unsent(&self) -> usize {
+        match &self.link {
+            Link::Secure(link) => self.out.queued() + link.unsent(),
+            _ => self.out.queued(),
+        }
+    }
+
+    /// Sends what the output may send, sealed first on a secure link.
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.link {
+            Link::Secure(link) if link.is_open() => {
+                link.send_sealed(&mut self.stream)?;
+                self.out.flush_to(&mut link.writer(&mut self.stream))
+            }
+            // A refusal or a key, before any session.
+            Link::Secure(link) => link.send_sealed(&mut self.stream),
+            _ => self.out.flush_to(&mut self.stream),
+        }
+    }
 }
 
 pub struct TcpSide {
@@ -139,10 +184,15 @@ pub struct TcpSide {
     /// Connections with output held back for a batch.
     held: Vec<usize>,
     accept_log: Throttle,
+    gate: SharedGate,
+    plaintext: PlaintextRule,
+    /// The allow file's reload that sessions were last checked against.
+    generation: u64,
 }
 
 impl TcpSide {
-    pub fn new(listener: TcpListener, limits: &Limits) -> TcpSide {
+    pub fn new(listener: TcpListener, limits: &Limits, gate: SharedGate) -> TcpSide {
+        let plaintext = gate.lock().plaintext_rule();
         TcpSide {
             listener: Some(listener),
             conns: Slab::new(),
@@ -153,6 +203,9 @@ impl TcpSide {
             followers: Vec::new(),
             held: Vec::new(),
             accept_log: Throttle::default(),
+            plaintext,
+            gate,
+            generation: 0,
         }
     }
 
@@ -175,8 +228,8 @@ impl TcpSide {
             return;
         };
         loop {
-            let mut stream = match listener.accept() {
-                Ok((stream, _peer)) => stream,
+            let (mut stream, from) = match listener.accept() {
+                Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -203,7 +256,7 @@ impl TcpSide {
             {
                 continue;
             }
-            entry.insert(Conn::new(stream, max_line));
+            entry.insert(Conn::new(stream, from, max_line));
             stats.tcp_clients = self.conns.len() as u64;
             // Data may already be waiting; edge-triggered readiness will not repeat it.
             self.resume.push(key);
@@ -249,6 +302,10 @@ impl TcpSide {
             _ => return,
         }
         self.touched.push(key);
+        if !self.link_ready(key, service) {
+            return;
+        }
+        let secure = matches!(self.conns[key].link, Link::Secure(_));
         let mut socket_empty = false;
         loop {
             self.continue_stream(key, service);
@@ -267,7 +324,11 @@ impl TcpSide {
                 return;
             }
             let conn = &mut self.conns[key];
-            match conn.framer.read_from(&mut conn.stream) {
+            let read = match &mut conn.link {
+                Link::Secure(link) => conn.framer.read_from(&mut link.reader(&mut conn.stream)),
+                _ => conn.framer.read_from(&mut conn.stream),
+            };
+            match read {
                 Ok(0) => {
                     // The client is done sending; answer what it asked, then close.
                     conn.closing = true;
@@ -275,7 +336,8 @@ impl TcpSide {
                 }
                 Ok(_) => {
                     conn.last_active = Instant::now();
-                    socket_empty = !to_the_end && conn.framer.read_left_room();
+                    // A short read of opened frames says nothing of the socket.
+                    socket_empty = !to_the_end && !secure && conn.framer.read_left_room();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -283,6 +345,76 @@ impl TcpSide {
                     conn.dead = true;
                     return;
                 }
+            }
+        }
+    }
+
+    /// Learns what a new connection speaks from its first byte, and takes
+    /// an encrypted one through its handshake; whether requests may be
+    /// read now. Plaintext from where keys are required gets one line.
+    fn link_ready(&mut self, key: usize, service: &mut impl Service) -> bool {
+        let conn = &mut self.conns[key];
+        if matches!(conn.link, Link::Undecided) {
+            let mut first = [0u8; 1];
+            match conn.stream.peek(&mut first) {
+                Ok(0) => {
+                    conn.closing = true;
+                    return false;
+                }
+                Ok(_) if noise_wire::is_encrypted(first[0]) => {
+                    conn.link = Link::Secure(Box::default());
+                }
+                Ok(_) if self.plaintext.allows(conn.from.ip()) => {
+                    conn.link = Link::Plain;
+                }
+                Ok(_) => {
+                    service.stats().plaintext_refused += 1;
+                    // What it sent is read and dropped, unseen: closing on
+                    // unread input would reset the connection before the
+                    // client reads why.
+                    let mut scratch = [0u8; 4096];
+                    for _ in 0..16 {
+                        if !matches!(conn.stream.read(&mut scratch), Ok(n) if n > 0) {
+                            break;
+                        }
+                    }
+                    conn.out.buf.extend_from_slice(protocol::AUTH_REQUIRED);
+                    conn.closing = true;
+                    conn.link = Link::Plain;
+                    return false;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return false,
+                Err(_) => {
+                    conn.dead = true;
+                    return false;
+                }
+            }
+        }
+        let Link::Secure(link) = &mut conn.link else {
+            return true;
+        };
+        if link.is_open() {
+            return true;
+        }
+        let step = link.handshake(&mut conn.stream, &mut self.gate.lock(), conn.from);
+        match step {
+            Step::Waiting => false,
+            Step::Open(peer) => {
+                log::info!("{}: TCP session from {}", peer.name, conn.from);
+                let stats = service.stats();
+                *stats.device_sessions.entry(peer.name).or_default() += 1;
+                conn.last_active = Instant::now();
+                true
+            }
+            Step::Refused => {
+                service.stats().auth_failures += 1;
+                conn.closing = true;
+                false
+            }
+            Step::Broken => {
+                conn.dead = true;
+                false
             }
         }
     }
@@ -322,7 +454,11 @@ impl TcpSide {
                 service.commit();
             }
             let start = conn.out.buf.len();
-            let outcome = service.answer(&request, Transport::Tcp, &mut conn.out.buf);
+            let peer = match &conn.link {
+                Link::Secure(link) => link.peer(),
+                _ => None,
+            };
+            let outcome = service.answer(&request, Transport::Tcp, peer, &mut conn.out.buf);
             conn.framer.consume(&frame);
             // What it read may not be durable yet: it goes out no sooner.
             if reads
@@ -450,7 +586,7 @@ impl TcpSide {
             protocol::push_idle(&mut conn.out.buf, why);
             conn.end_session();
             // One last try to say why; a client that never reads will not see it.
-            let _ = conn.out.flush_to(&mut conn.stream);
+            let _ = conn.flush();
             conn.dead = true;
             self.dead.push(key);
         }
@@ -479,12 +615,12 @@ impl TcpSide {
         if conn.dead {
             return;
         }
-        let before = conn.out.queued();
-        if conn.out.flush_to(&mut conn.stream).is_err() {
+        let before = conn.unsent();
+        if conn.flush().is_err() {
             conn.dead = true;
             return;
         }
-        let queued = conn.out.queued();
+        let queued = conn.unsent();
         if queued < before || queued == 0 {
             conn.last_sent = Instant::now();
         }
@@ -497,7 +633,7 @@ impl TcpSide {
             return;
         }
         // Held bytes wait for a batch, not for the socket.
-        let want_writable = conn.out.sendable() > 0;
+        let want_writable = conn.out.sendable() > 0 || conn.unsent() > conn.out.queued();
         if want_writable != conn.writable_interest {
             let interest = if want_writable {
                 Interest::READABLE | Interest::WRITABLE
@@ -534,6 +670,11 @@ impl TcpSide {
         for key in self.dead.drain(..) {
             if let Some(mut conn) = self.conns.try_remove(key) {
                 let _ = registry.deregister(&mut conn.stream);
+                if let Some(peer) = conn.peer()
+                    && let Some(n) = stats.device_sessions.get_mut(&peer.name)
+                {
+                    *n = n.saturating_sub(1);
+                }
             }
         }
         let conns = &self.conns;
@@ -545,6 +686,43 @@ impl TcpSide {
         });
         stats.followers = self.followers.len() as u64;
         stats.tcp_clients = self.conns.len() as u64;
+        stats.device_sessions.retain(|_, n| *n > 0);
+    }
+
+    /// Closes the sessions of devices the allow file no longer lists (their
+    /// scopes change at once for the others), and those past their
+    /// lifetime: a client renews its session with a new connection.
+    pub fn check_sessions(&mut self) {
+        let gate = self.gate.lock();
+        let reloaded =
+            std::mem::replace(&mut self.generation, gate.generation()) != gate.generation();
+        for (key, conn) in self.conns.iter_mut() {
+            let Link::Secure(link) = &mut conn.link else {
+                continue;
+            };
+            let expired = link
+                .started()
+                .is_some_and(|t| t.elapsed() >= noise_wire::REJECT_AFTER);
+            let Some(peer) = link.peer_mut() else {
+                continue;
+            };
+            if reloaded {
+                match gate.device(&peer.key) {
+                    Some(device) => peer.scopes = device.scopes,
+                    None => {
+                        log::info!("{}: TCP session closed: no longer allowed", peer.name);
+                        conn.dead = true;
+                        self.dead.push(key);
+                        continue;
+                    }
+                }
+            }
+            if expired && !conn.closing {
+                conn.out.buf.extend_from_slice(protocol::SESSION_EXPIRED);
+                conn.end_session();
+                self.touched.push(key);
+            }
+        }
     }
 
     /// Stops taking new connections (at shutdown).
@@ -558,8 +736,8 @@ impl TcpSide {
     pub fn flush_all(&mut self) -> bool {
         let mut pending = false;
         for (_, conn) in self.conns.iter_mut() {
-            if !conn.dead && conn.out.flush_to(&mut conn.stream).is_ok() {
-                pending |= conn.out.queued() > 0;
+            if !conn.dead && conn.flush().is_ok() {
+                pending |= conn.unsent() > 0;
             }
         }
         pending

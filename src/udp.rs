@@ -9,10 +9,13 @@
 
 use crate::cookie::{Cookie, CookieJar};
 use crate::datagrams::{self, RecvBatch};
+use crate::gatekeeper::{PlaintextRule, SharedGate};
 use crate::limits::Limits;
+use crate::noise_wire::{self, Datagram, Refusal};
 use crate::protocol::{self, Command, Envelope, Oversize};
 use crate::service::{AckSite, Outcome, Service, Transport};
 use crate::stats::Stats;
+use crate::udp_sessions::{Opened, UdpSessions};
 use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
 use std::collections::{HashMap, VecDeque};
@@ -42,6 +45,16 @@ pub fn request_bytes(datagram: &[u8]) -> &[u8] {
     }
 }
 
+/// A reply waiting for the socket.
+struct Queued {
+    to: SocketAddr,
+    reply: Vec<u8>,
+    /// The batch it waits for (0: none).
+    hold: u64,
+    /// The encrypted session it is sealed for as it leaves (0: plaintext).
+    session: u32,
+}
+
 pub struct UdpSide {
     socket: UdpSocket,
     token: Token,
@@ -49,19 +62,24 @@ pub struct UdpSide {
     /// Datagrams may be waiting (readiness is edge-triggered).
     readable: bool,
     writable_interest: bool,
-    /// Replies not yet sent, oldest first, each with the batch it waits
-    /// for (0: none).
-    queue: VecDeque<(SocketAddr, Vec<u8>, u64)>,
+    /// Replies not yet sent, oldest first.
+    queue: VecDeque<Queued>,
     /// How many replies ever left the queue: the slot of its front.
     sent: u64,
     spare: Vec<Vec<u8>>,
     sources: RecentSources,
     cookies: CookieJar,
     limits: Limits,
+    gate: SharedGate,
+    plaintext: PlaintextRule,
+    sessions: UdpSessions,
+    /// An opened datagram's request.
+    plain: Vec<u8>,
 }
 
 impl UdpSide {
-    pub fn new(socket: UdpSocket, token: Token, limits: &Limits) -> UdpSide {
+    pub fn new(socket: UdpSocket, token: Token, limits: &Limits, gate: SharedGate) -> UdpSide {
+        let plaintext = gate.lock().plaintext_rule();
         UdpSide {
             socket,
             token,
@@ -74,6 +92,10 @@ impl UdpSide {
             sources: RecentSources::default(),
             cookies: CookieJar::default(),
             limits: limits.clone(),
+            plaintext,
+            gate,
+            sessions: UdpSessions::default(),
+            plain: Vec::new(),
         }
     }
 
@@ -121,8 +143,111 @@ impl UdpSide {
     }
 
     fn answer(&mut self, datagram: &[u8], from: SocketAddr, service: &mut impl Service) {
-        let request = protocol::parse(request_bytes(datagram), self.limits.max_entry);
-        let limit = self.reply_limit(request.envelope.as_ref(), datagram.len(), from);
+        if datagram
+            .first()
+            .is_some_and(|&b| noise_wire::is_encrypted(b))
+        {
+            self.answer_encrypted(datagram, from, service);
+        } else if self.plaintext.allows(from.ip()) {
+            self.answer_request(request_bytes(datagram), datagram.len(), from, None, service);
+        } else {
+            // Nothing else: no history, nothing stored, and within 3x.
+            service.stats().plaintext_refused += 1;
+            if protocol::AUTH_REQUIRED.len() <= AMPLIFICATION * datagram.len() {
+                let mut reply = self.spare.pop().unwrap_or_default();
+                reply.extend_from_slice(protocol::AUTH_REQUIRED);
+                self.push(from, reply, 0, 0, service);
+            }
+        }
+    }
+
+    /// Handshakes, key requests and sealed requests.
+    fn answer_encrypted(&mut self, datagram: &[u8], from: SocketAddr, service: &mut impl Service) {
+        let mut out = self.spare.pop().unwrap_or_default();
+        match noise_wire::parse_datagram(datagram) {
+            Some(Datagram::KeyRequest) => {
+                noise_wire::push_key(&mut out, &self.gate.lock().public_key());
+            }
+            Some(Datagram::Init { sender, noise }) => {
+                let mut gate = self.gate.lock();
+                self.sessions
+                    .handshake(&mut gate, sender, noise, from, &mut out, service.stats());
+            }
+            Some(Datagram::Data {
+                receiver,
+                nonce,
+                sealed,
+            }) => {
+                let mut plain = std::mem::take(&mut self.plain);
+                let stats = service.stats();
+                let opened = self.sessions.open(
+                    (receiver, nonce, sealed),
+                    from,
+                    &mut plain,
+                    &mut out,
+                    stats,
+                );
+                if let Some(opened) = opened {
+                    let request = request_bytes(&plain);
+                    self.answer_request(request, datagram.len(), from, Some(opened), service);
+                }
+                self.plain = plain;
+            }
+            // A client's message sent to the server, or garbage: it costs
+            // its source some of its handshake budget.
+            _ => self.gate.lock().failed(from.ip(), Instant::now()),
+        }
+        if out.is_empty() {
+            self.recycle(out);
+        } else {
+            self.push(from, out, 0, 0, service);
+        }
+    }
+
+    /// Queues a reply, or drops it when the queue is full: as the network
+    /// might have dropped it, and the client's retry covers it (a write's,
+    /// with its tag, is answered again). Whether it was queued.
+    fn push(
+        &mut self,
+        to: SocketAddr,
+        reply: Vec<u8>,
+        hold: u64,
+        session: u32,
+        service: &mut impl Service,
+    ) -> bool {
+        if self.queue.len() >= self.limits.udp_queue {
+            service.stats().dropped_replies += 1;
+            self.recycle(reply);
+            return false;
+        }
+        self.queue.push_back(Queued {
+            to,
+            reply,
+            hold,
+            session,
+        });
+        true
+    }
+
+    /// Answers one request (opened from a session's datagram, or plaintext
+    /// where that is allowed) of a datagram of `size` bytes.
+    fn answer_request(
+        &mut self,
+        request: &[u8],
+        size: usize,
+        from: SocketAddr,
+        session: Option<Opened>,
+        service: &mut impl Service,
+    ) {
+        let request = protocol::parse(request, self.limits.max_entry);
+        let limit = match &session {
+            // The session proves the source; the seal takes its share.
+            Some(_) => {
+                self.reply_limit(request.envelope.as_ref(), size, None)
+                    - noise_wire::UDP_DATA_OVERHEAD
+            }
+            None => self.reply_limit(request.envelope.as_ref(), size, Some(from)),
+        };
         let reads = protocol::reads_store(&request);
         if service.has_pending() && reads {
             // A read sees every write before it; a failure is settled with
@@ -139,7 +264,8 @@ impl UdpSide {
             cookie,
         };
         let mut reply = self.spare.pop().unwrap_or_default();
-        let outcome = service.answer(&request, transport, &mut reply);
+        let peer = session.as_ref().map(|s| &s.peer);
+        let outcome = service.answer(&request, transport, peer, &mut reply);
         let oversize = match (&outcome, &request.envelope) {
             (Outcome::Wrote { id, ack_at } | Outcome::Acked { id, ack_at }, _) => Oversize::Ack {
                 ack_at: *ack_at,
@@ -150,8 +276,6 @@ impl UdpSide {
         };
         protocol::fit_datagram(&mut reply, 0, limit, oversize);
         if self.queue.len() >= self.limits.udp_queue {
-            // Dropped as the network might have dropped it; the client's
-            // retry covers it (a write's, with its tag, is answered again).
             service.stats().dropped_replies += 1;
             self.recycle(reply);
             return;
@@ -172,21 +296,30 @@ impl UdpSide {
             _ if reads => service.read_hold(),
             _ => None,
         };
-        self.queue.push_back((from, reply, hold.unwrap_or(0)));
+        let index = session.map_or(0, |s| s.index);
+        self.push(from, reply, hold.unwrap_or(0), index, service);
     }
 
     /// How big the reply to a datagram of `size` bytes from `from` may be:
     /// 1024 bytes to a raw request, the envelope's `max=` or the default
     /// to a tagged one; and to a source that has not proven its address
     /// (loopback, or a valid cookie), at most [`AMPLIFICATION`] times the
-    /// request.
-    fn reply_limit(&self, envelope: Option<&Envelope>, size: usize, from: SocketAddr) -> usize {
+    /// request. `from` is `None` for a source a session proved.
+    fn reply_limit(
+        &self,
+        envelope: Option<&Envelope>,
+        size: usize,
+        from: Option<SocketAddr>,
+    ) -> usize {
         let limit = match envelope {
             None => RAW_REPLY_LIMIT,
             Some(e) => e
                 .max_reply
                 .unwrap_or(self.limits.udp_reply)
                 .clamp(MIN_REPLY_LIMIT, MAX_REPLY_LIMIT),
+        };
+        let Some(from) = from else {
+            return limit;
         };
         let ip = from.ip();
         let proven = (self.limits.loopback_exempt && ip.is_loopback())
@@ -217,15 +350,17 @@ impl UdpSide {
             .checked_sub(self.sent)
             .and_then(|i| usize::try_from(i).ok())
             .and_then(|i| self.queue.get_mut(i));
-        if let Some((_, reply, _)) = queued {
-            protocol::replace_ack(reply, at, line, limit);
+        if let Some(queued) = queued {
+            protocol::replace_ack(&mut queued.reply, at, line, limit);
         }
     }
 
-    /// Once a second: forgets sources gone quiet.
+    /// Once a second, and after the allow file is re-read: forgets
+    /// sources gone quiet, expired sessions and those of removed devices.
     pub fn sweep(&mut self, now: Instant, stats: &mut Stats) {
         self.sources.prune(now);
         stats.udp_sources = self.sources.len() as u64;
+        self.sessions.sweep(&self.gate.lock(), stats);
     }
 
     /// Sends the queued replies whose batch is settled, until one is held
@@ -255,16 +390,13 @@ impl UdpSide {
 
     /// Sends what it can; whether the socket would take no more.
     pub fn send_queued(&mut self, stats: &mut Stats, settled: u64) -> bool {
-        while self
-            .queue
-            .front()
-            .is_some_and(|&(_, _, hold)| hold <= settled)
-        {
+        while self.queue.front().is_some_and(|q| q.hold <= settled) {
+            self.seal_released(settled);
             let replies = self
                 .queue
                 .iter()
-                .take_while(|&&(_, _, hold)| hold <= settled)
-                .map(|(to, reply, _)| (*to, &reply[..]));
+                .take_while(|q| q.hold <= settled)
+                .map(|q| (q.to, &q.reply[..]));
             let sent = match datagrams::send(&self.socket, replies) {
                 Ok(sent) => sent,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
@@ -276,12 +408,41 @@ impl UdpSide {
                 }
             };
             for _ in 0..sent {
-                let (_, reply, _) = self.queue.pop_front().expect("sent from the queue");
+                let queued = self.queue.pop_front().expect("sent from the queue");
                 self.sent += 1;
-                self.recycle(reply);
+                self.recycle(queued.reply);
             }
         }
         false
+    }
+
+    /// Seals the replies about to leave. Only now: until its batch is
+    /// settled an ack may still be patched, and nonces go out in order.
+    /// A reply whose session is gone becomes a refusal, so the client
+    /// makes a new one and asks again.
+    fn seal_released(&mut self, settled: u64) {
+        for queued in self.queue.iter_mut().take_while(|q| q.hold <= settled) {
+            if queued.session == 0 {
+                continue;
+            }
+            let mut sealed = self.spare.pop().unwrap_or_default();
+            match self
+                .sessions
+                .seal(queued.session, &queued.reply, &mut sealed)
+            {
+                Some(addr) => queued.to = addr,
+                None => {
+                    sealed.clear();
+                    noise_wire::push_refused(&mut sealed, queued.session, Refusal::NoSession, 64);
+                }
+            }
+            std::mem::swap(&mut queued.reply, &mut sealed);
+            queued.session = 0;
+            if self.spare.len() < 1024 {
+                sealed.clear();
+                self.spare.push(sealed);
+            }
+        }
     }
 }
 

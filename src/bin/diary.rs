@@ -7,12 +7,16 @@ use diary::client::{
     Client, ClientError, FollowEvent, Options, Proto, Reply, format_entry, parse_entry,
 };
 use diary::dates::Point;
+use diary::keys::PublicKey;
+use diary::secure_client::{SecureMode, Security};
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 /// Exit codes, as documented in --help.
 const EXIT_REFUSED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
 const EXIT_NO_SERVER: u8 = 3;
 const EXIT_BAD_REPLY: u8 = 4;
 const EXIT_LOCAL_IO: u8 = 5;
@@ -26,7 +30,7 @@ const EXIT_LOCAL_IO: u8 = 5;
     version,
     about,
     after_help = "Exit codes: 0 done; 1 the server refused a request (or some lines of an import); \
-                  2 bad command line; 3 no answer from the server; 4 a reply the client did not understand; \
+                  2 bad command line or key; 3 no answer from the server; 4 a reply the client did not understand, or a changed server key; \
                   5 a local I/O error (reading stdin or writing stdout). Output cut short by its reader \
                   (`diary past | head`) is not an error."
 )]
@@ -57,12 +61,37 @@ struct Args {
     #[arg(long, global = true, default_value_t = 8)]
     retries: u32,
 
+    /// This device's key (made by `diary keygen`). Requests to a server
+    /// off loopback are encrypted with it.
+    #[arg(long, global = true, env = "DIARY_KEY")]
+    key: Option<PathBuf>,
+
+    /// The server's public key, as diaryd prints it (`server key …`);
+    /// without it, the key is pinned on first contact in known_servers.
+    /// Given, requests are encrypted even on loopback.
+    #[arg(long, global = true, env = "DIARY_SERVER_KEY", value_parser = parse_key)]
+    server_key: Option<PublicKey>,
+
+    /// Plaintext, even off loopback: only for a server started with
+    /// --insecure-open.
+    #[arg(long, global = true, conflicts_with = "server_key")]
+    plain: bool,
+
     #[command(subcommand)]
     command: Option<Cmd>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Make this device's key pair; prints its public key (one line) for
+    /// the server's allow file.
+    /// Where: --key, or DIARY_KEY, or $XDG_CONFIG_HOME/diary/key.
+    Keygen {
+        /// Replace an existing key (servers that allow the old one will
+        /// refuse this device until its line is changed).
+        #[arg(long)]
+        force: bool,
+    },
     /// Store TEXT as one entry; with no TEXT, store each line of stdin
     /// (`diary write < old-diary.txt` imports a file: one entry per line,
     /// over TCP, many in flight; run again, it stores nothing twice).
@@ -105,11 +134,23 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Cmd::Keygen { force }) = &args.command {
+        return keygen(args.key.clone(), *force);
+    }
+    let mut security = Security::default();
+    if let Some(key) = &args.key {
+        security.key = key.clone();
+    }
+    security.server_key = args.server_key;
+    if args.plain {
+        security.mode = SecureMode::Plain;
+    }
     let options = Options {
         server: args.server.clone(),
         proto: args.proto,
         timeout: Duration::from_secs_f64(args.timeout.max(0.05)),
         retries: args.retries,
+        security,
         ..Options::default()
     };
     let mut client = match Client::new(options) {
@@ -117,6 +158,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e),
     };
     let result = match args.command {
+        Some(Cmd::Keygen { .. }) => unreachable!("handled before connecting"),
         None => diary::interactive::run(&mut client).map(|()| ExitCode::SUCCESS),
         Some(Cmd::Write { text, tag }) if text.is_empty() => {
             if tag.is_some() {
@@ -159,9 +201,50 @@ type Outcome = Result<ExitCode, Box<dyn std::error::Error>>;
 fn fail(e: &ClientError) -> ExitCode {
     eprintln!("diary: {e}");
     ExitCode::from(match e {
-        ClientError::BadReply(_) | ClientError::NotDiary { .. } => EXIT_BAD_REPLY,
+        ClientError::BadReply(_)
+        | ClientError::NotDiary { .. }
+        | ClientError::ServerKeyChanged(_) => EXIT_BAD_REPLY,
+        ClientError::Auth(_) => EXIT_REFUSED,
+        ClientError::Key(_) => EXIT_USAGE,
         _ => EXIT_NO_SERVER,
     })
+}
+
+/// `diary keygen`: the public key alone on stdout, for scripts; the rest
+/// on stderr.
+fn keygen(path: Option<PathBuf>, force: bool) -> ExitCode {
+    let path = path.unwrap_or_else(diary::keys::default_device_key);
+    match diary::keys::create_key_file(&path, force) {
+        Ok(pair) => {
+            println!("{}", pair.public);
+            let name = hostname();
+            eprintln!(
+                "diary: key written to {} (keep it private)\n\
+                 diary: on the server, add this line to the allow file, then send diaryd SIGHUP:\n  \
+                 {} {name} all",
+                path.display(),
+                pair.public
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("diary: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+/// This machine's name, for the suggested allow line.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty() && !h.contains(char::is_whitespace))
+        .unwrap_or_else(|| "my-device".into())
+}
+
+fn parse_key(text: &str) -> Result<PublicKey, String> {
+    text.parse()
 }
 
 fn parse_tag(tag: &str) -> Result<String, String> {

@@ -4,6 +4,7 @@
 use clap::Parser;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use diary::event_loop::{Limits, Server};
+use diary::gatekeeper::{AccessConfig, Gatekeeper};
 use diary::store::{FsyncPolicy, Store};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -75,11 +76,87 @@ struct Args {
     /// and closed (at least twice --max-entry).
     #[arg(long, default_value_t = Limits::default().follow_backlog)]
     follow_backlog: usize,
+
+    /// The server's key, made on first start (mode 0600); default: the
+    /// diary file's path with `.key` added.
+    #[arg(long, env = "DIARYD_KEY")]
+    key: Option<PathBuf>,
+
+    /// The devices allowed in, one `PUBLIC-KEY NAME SCOPES` per line
+    /// (scopes: write, read, follow, all); re-read on SIGHUP. Needed to
+    /// listen beyond loopback. Make a device's key with `diary keygen`.
+    #[arg(long, env = "DIARYD_ALLOW")]
+    allow: Option<PathBuf>,
+
+    /// Require keys on loopback too (plaintext is refused everywhere).
+    #[arg(long, requires = "allow")]
+    auth_loopback: bool,
+
+    /// Serve plaintext to anyone who can reach the port: no keys, no
+    /// encryption. Only for a network you trust entirely.
+    #[arg(long, conflicts_with = "allow")]
+    insecure_open: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     diary::logging::init(log::LevelFilter::Info);
+    if !args.listen.ip().is_loopback() && args.allow.is_none() && !args.insecure_open {
+        log::error!(
+            "refusing to listen on {} without --allow: anyone who reaches it could read and \
+             write your diary. Make a key on each device with `diary keygen`, list them in a \
+             file (`PUBLIC-KEY NAME all` per line) and pass --allow FILE; or, on a network \
+             you trust entirely, --insecure-open",
+            args.listen
+        );
+        return ExitCode::from(2);
+    }
+    let key_path = args.key.clone().unwrap_or_else(|| {
+        let mut path = args.file.clone().into_os_string();
+        path.push(".key");
+        PathBuf::from(path)
+    });
+    let (key, made) = match diary::keys::load_or_create(&key_path) {
+        Ok(key) => key,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    if made {
+        log::info!("made the server key {}", key_path.display());
+    }
+    let access = AccessConfig {
+        allow: args.allow.clone(),
+        auth_loopback: args.auth_loopback,
+        insecure_open: args.insecure_open,
+    };
+    let server_key = key.public;
+    let gate = match Gatekeeper::new(key, access) {
+        Ok(gate) => gate,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.insecure_open {
+        log::warn!(
+            "--insecure-open: anyone who can reach {} reads and writes this diary, in plaintext",
+            args.listen
+        );
+    }
+    if let Some(allow) = &args.allow {
+        log::info!(
+            "{} devices allowed by {}; plaintext {}",
+            gate.devices(),
+            allow.display(),
+            if args.auth_loopback {
+                "refused everywhere"
+            } else {
+                "from loopback only"
+            }
+        );
+    }
     let (store, recovery) = match Store::open(&args.file, args.fsync) {
         Ok(opened) => opened,
         Err(e) => {
@@ -112,7 +189,7 @@ fn main() -> ExitCode {
         follow_backlog: args.follow_backlog,
         ..Limits::default()
     };
-    let mut server = match Server::bind(args.listen, store, limits) {
+    let mut server = match Server::bind_with(args.listen, store, limits, gate) {
         Ok(server) => server,
         Err(e) => {
             log::error!(
@@ -124,7 +201,7 @@ fn main() -> ExitCode {
         }
     };
     if let Err(e) = server.stop_on_signals() {
-        log::error!("cannot handle SIGINT/SIGTERM: {e}");
+        log::error!("cannot handle SIGINT/SIGTERM/SIGHUP: {e}");
         return ExitCode::from(1);
     }
     raise_open_files_limit(args.max_connections);
@@ -133,7 +210,8 @@ fn main() -> ExitCode {
     let mut stdout = std::io::stdout();
     let _ = writeln!(
         stdout,
-        "diaryd: listening on {} (UDP and TCP), writing {} ({} entries, fsync {}, diary {})",
+        "diaryd: listening on {} (UDP and TCP), writing {} ({} entries, fsync {}, diary {})\n\
+         server key {server_key}",
         server.local_addr(),
         path.display(),
         entries,

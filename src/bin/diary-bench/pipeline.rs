@@ -141,7 +141,7 @@ fn one_round(input: &[u8], batch: usize, lines: u64, sink: Sink) -> io::Result<f
                     return Err(io::Error::other("a generated line reads the store"));
                 }
                 if let Outcome::Wrote { id, ack_at } =
-                    shared.answer(&request, Transport::Tcp, &mut out)
+                    shared.answer(&request, Transport::Tcp, None, &mut out)
                 {
                     let at = ack_at as u64;
                     shared.await_commit(AckSite::Tcp { key: 0, at }, id);

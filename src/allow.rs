@@ -1,0 +1,222 @@
+//! The allow file: which devices may reach the diary, by public key, under
+//! which name, to do what (`PUBLIC-KEY NAME SCOPES`, one per line), and the
+//! scopes every command is checked against.
+
+use crate::keys::PublicKey;
+use crate::protocol::Command;
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+/// What a device may do: a set of `write`, `read` and `follow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scopes(u8);
+
+impl Scopes {
+    pub const WRITE: Scopes = Scopes(1);
+    pub const READ: Scopes = Scopes(2);
+    pub const FOLLOW: Scopes = Scopes(4);
+    pub const ALL: Scopes = Scopes(7);
+    pub const NONE: Scopes = Scopes(0);
+
+    pub fn contains(self, other: Scopes) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The scope a command needs; help, quit and cookies need none.
+    pub fn needed_by(command: &Command) -> Scopes {
+        match command {
+            Command::Write(_) => Scopes::WRITE,
+            Command::Past { .. } | Command::Stats => Scopes::READ,
+            Command::Follow { .. } => Scopes::FOLLOW,
+            Command::Help | Command::Quit | Command::Cookie => Scopes::NONE,
+        }
+    }
+
+    /// The name of a single scope, for error replies.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scopes::WRITE => "write",
+            Scopes::READ => "read",
+            Scopes::FOLLOW => "follow",
+            _ => "all",
+        }
+    }
+}
+
+impl fmt::Display for Scopes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == Scopes::ALL {
+            return f.write_str("all");
+        }
+        let names: Vec<&str> = [Scopes::WRITE, Scopes::READ, Scopes::FOLLOW]
+            .into_iter()
+            .filter(|s| self.contains(*s))
+            .map(Scopes::name)
+            .collect();
+        if names.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&names.join(","))
+        }
+    }
+}
+
+impl std::str::FromStr for Scopes {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Scopes, String> {
+        let mut scopes = Scopes::NONE;
+        for word in text.split(',') {
+            scopes.0 |= match word {
+                "write" => Scopes::WRITE.0,
+                "read" => Scopes::READ.0,
+                "follow" => Scopes::FOLLOW.0,
+                "all" => Scopes::ALL.0,
+                _ => {
+                    return Err(format!(
+                        "unknown scope {word:?}; scopes are write, read, follow or all, \
+                         joined by commas"
+                    ));
+                }
+            };
+        }
+        Ok(scopes)
+    }
+}
+
+/// One allowed device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub name: Arc<str>,
+    pub scopes: Scopes,
+}
+
+/// The devices of an allow file, by public key.
+#[derive(Debug, Clone, Default)]
+pub struct AllowList {
+    devices: HashMap<PublicKey, Device>,
+}
+
+impl AllowList {
+    pub fn get(&self, key: &PublicKey) -> Option<&Device> {
+        self.devices.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
+    /// Reads an allow file; an error names `file:line` and the reason.
+    pub fn load(path: &Path) -> Result<AllowList, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read allow file {}: {e}", path.display()))?;
+        AllowList::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<AllowList, String> {
+        let mut devices = HashMap::new();
+        let mut names: HashMap<Arc<str>, usize> = HashMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let n = n + 1;
+            let line = line.split('#').next().unwrap_or_default().trim();
+            if line.is_empty() {
+                continue;
+            }
+            let at = |why: String| format!("{file}:{n}: {why}");
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let [key, name, scopes] = words[..] else {
+                return Err(at(format!(
+                    "expected `PUBLIC-KEY NAME SCOPES`, found {} fields",
+                    words.len()
+                )));
+            };
+            let key: PublicKey = key.parse().map_err(at)?;
+            if name.chars().any(|c| c.is_control()) || name.len() > 64 {
+                return Err(at(format!(
+                    "device name {name:?} must be at most 64 bytes without control characters"
+                )));
+            }
+            let scopes: Scopes = scopes.parse().map_err(at)?;
+            let name: Arc<str> = name.into();
+            if let Some(first) = names.insert(name.clone(), n) {
+                return Err(at(format!(
+                    "device name {name:?} is already used on line {first}"
+                )));
+            }
+            if devices.insert(key, Device { name, scopes }).is_some() {
+                return Err(at("this key is already listed".to_string()));
+            }
+        }
+        Ok(AllowList { devices })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::KeyPair;
+
+    #[test]
+    fn an_allow_file_lists_devices_with_their_scopes() {
+        let (a, b) = (KeyPair::generate().public, KeyPair::generate().public);
+        let text = format!("# my devices\n\n{a} laptop all\n{b} phone write,read  # no follow\n");
+        let list = AllowList::parse(&text, "allow").unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list.get(&a).unwrap().scopes, Scopes::ALL);
+        let phone = list.get(&b).unwrap();
+        assert_eq!(&*phone.name, "phone");
+        assert!(phone.scopes.contains(Scopes::WRITE) && phone.scopes.contains(Scopes::READ));
+        assert!(!phone.scopes.contains(Scopes::FOLLOW));
+        assert_eq!(phone.scopes.to_string(), "write,read");
+    }
+
+    #[test]
+    fn a_bad_line_is_named_with_its_reason() {
+        let a = KeyPair::generate().public;
+        for (text, want) in [
+            (format!("{a} laptop\n"), "allow:1: expected"),
+            (
+                format!("\n{a} laptop sing\n"),
+                "allow:2: unknown scope \"sing\"",
+            ),
+            (
+                "nokey laptop all\n".to_string(),
+                "allow:1: \"nokey\" is not a key",
+            ),
+            (
+                format!("{a} a all\n{a} b all\n"),
+                "allow:2: this key is already listed",
+            ),
+            (
+                format!("{a} a all\n{} a read\n", KeyPair::generate().public),
+                "allow:2: device name \"a\" is already used on line 1",
+            ),
+        ] {
+            let e = AllowList::parse(&text, "allow").unwrap_err();
+            assert!(e.starts_with(want), "{e}");
+        }
+    }
+
+    #[test]
+    fn each_command_needs_its_scope() {
+        use crate::protocol::PastQuery;
+        assert_eq!(Scopes::needed_by(&Command::Write("x")), Scopes::WRITE);
+        let past = Command::Past {
+            query: PastQuery::default(),
+        };
+        assert_eq!(Scopes::needed_by(&past), Scopes::READ);
+        assert_eq!(Scopes::needed_by(&Command::Stats), Scopes::READ);
+        let follow = Command::Follow {
+            after: None,
+            diary: None,
+        };
+        assert_eq!(Scopes::needed_by(&follow), Scopes::FOLLOW);
+        assert!(Scopes::WRITE.contains(Scopes::needed_by(&Command::Help)));
+    }
+}

@@ -1,0 +1,338 @@
+//! Who may talk to the diary: the server's key, the allow file (re-read on
+//! SIGHUP), whether plaintext is taken from an address, the responder's
+//! half of every Noise handshake, and the limit on failed handshakes per
+//! source address. The UDP and TCP sides share one, each holding it only
+//! for the length of a call (a mutex only so that the server may be moved
+//! to another thread: the loop's one thread is the only one that locks it).
+
+use crate::allow::{AllowList, Device, Scopes};
+use crate::keys::{KeyPair, PublicKey};
+use crate::noise_wire::{self, Refusal, STAMP_LEN};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Shared by the loop's two sides.
+#[derive(Clone)]
+pub struct SharedGate(Arc<Mutex<Gatekeeper>>);
+
+impl SharedGate {
+    pub fn lock(&self) -> MutexGuard<'_, Gatekeeper> {
+        // A panic elsewhere cannot leave it half-changed: reload swaps whole lists.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Where plaintext is served: fixed at start, so checked without the lock.
+#[derive(Debug, Clone, Copy)]
+pub struct PlaintextRule {
+    keys_required: bool,
+    auth_loopback: bool,
+}
+
+impl PlaintextRule {
+    /// Whether a plaintext request from `ip` is served.
+    pub fn allows(self, ip: IpAddr) -> bool {
+        !self.keys_required || (!self.auth_loopback && is_loopback(ip))
+    }
+}
+
+/// The server's access settings, from its command line.
+#[derive(Debug, Clone, Default)]
+pub struct AccessConfig {
+    /// The allow file: without one, no key is taken and plaintext is
+    /// served (the server listens on loopback, or was told `--insecure-open`).
+    pub allow: Option<PathBuf>,
+    /// Keys on loopback too: no plaintext from anywhere.
+    pub auth_loopback: bool,
+    /// Plaintext to anyone, off loopback included.
+    pub insecure_open: bool,
+}
+
+/// An established session's device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub key: PublicKey,
+    pub name: Arc<str>,
+    pub scopes: Scopes,
+}
+
+pub struct Gatekeeper {
+    key: KeyPair,
+    config: AccessConfig,
+    allow: Option<AllowList>,
+    /// The newest first-message stamp seen from each device.
+    stamps: HashMap<PublicKey, u64>,
+    failures: FailureLimiter,
+    /// Bumped by each reload, so sessions know to look again.
+    generation: u64,
+}
+
+impl Gatekeeper {
+    /// Reads the allow file if there is one: a bad one stops the start.
+    pub fn new(key: KeyPair, config: AccessConfig) -> Result<Gatekeeper, String> {
+        let allow = match &config.allow {
+            Some(path) => Some(AllowList::load(path)?),
+            None => None,
+        };
+        Ok(Gatekeeper {
+            key,
+            config,
+            allow,
+            stamps: HashMap::new(),
+            failures: FailureLimiter::default(),
+            generation: 0,
+        })
+    }
+
+    /// Plaintext from everyone, and no keys: tests and the seed's setup.
+    pub fn open() -> Gatekeeper {
+        Gatekeeper::new(KeyPair::generate(), AccessConfig::default()).expect("no file to read")
+    }
+
+    pub fn shared(self) -> SharedGate {
+        SharedGate(Arc::new(Mutex::new(self)))
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public
+    }
+
+    pub fn devices(&self) -> usize {
+        self.allow.as_ref().map_or(0, AllowList::len)
+    }
+
+    pub fn insecure_open(&self) -> bool {
+        self.config.insecure_open
+    }
+
+    pub fn plaintext_rule(&self) -> PlaintextRule {
+        PlaintextRule {
+            keys_required: self.allow.is_some(),
+            auth_loopback: self.config.auth_loopback,
+        }
+    }
+
+    /// Re-reads the allow file; on error the old list stays. Returns how
+    /// many devices it now allows.
+    pub fn reload(&mut self) -> Result<usize, String> {
+        let Some(path) = &self.config.allow else {
+            return Err("no --allow file to re-read".into());
+        };
+        let list = AllowList::load(path)?;
+        let devices = list.len();
+        self.allow = Some(list);
+        self.generation += 1;
+        Ok(devices)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The device `key` is now, after a reload: `None` once it is removed.
+    pub fn device(&self, key: &PublicKey) -> Option<&Device> {
+        self.allow.as_ref()?.get(key)
+    }
+
+    /// Whether handshakes from `ip` are ignored for now (too many failed).
+    pub fn is_limited(&mut self, ip: IpAddr, now: Instant) -> bool {
+        self.failures.is_limited(ip, now)
+    }
+
+    /// Counts a failed handshake (or garbage) from `ip`.
+    pub fn failed(&mut self, ip: IpAddr, now: Instant) {
+        self.failures.failed(ip, now);
+    }
+
+    /// The responder's side of a first message: the device, and the
+    /// handshake ready to write its reply; a failure is counted.
+    pub fn accept(
+        &mut self,
+        ip: IpAddr,
+        first: &[u8],
+        now: Instant,
+    ) -> Result<(snow::HandshakeState, Peer), Refusal> {
+        let result = self.check(first);
+        if result.is_err() {
+            self.failures.failed(ip, now);
+        }
+        result
+    }
+
+    fn check(&mut self, first: &[u8]) -> Result<(snow::HandshakeState, Peer), Refusal> {
+        let allow = self.allow.as_ref().ok_or(Refusal::NoKeys)?;
+        let mut handshake = noise_wire::responder(&self.key);
+        let mut payload = [0u8; 64];
+        let n = handshake
+            .read_message(first, &mut payload)
+            .map_err(|_| Refusal::BadHandshake)?;
+        let key = handshake
+            .get_remote_static()
+            .and_then(PublicKey::from_slice)
+            .ok_or(Refusal::BadHandshake)?;
+        let device = allow.get(&key).ok_or(Refusal::UnknownDevice)?;
+        let stamp: [u8; STAMP_LEN] = payload[..n].try_into().map_err(|_| Refusal::BadHandshake)?;
+        let stamp = u64::from_be_bytes(stamp);
+        let last = self.stamps.entry(key).or_insert(0);
+        if stamp <= *last {
+            return Err(Refusal::Replayed);
+        }
+        *last = stamp;
+        let peer = Peer {
+            key,
+            name: device.name.clone(),
+            scopes: device.scopes,
+        };
+        Ok((handshake, peer))
+    }
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        // `::ffff:127.0.0.1` is loopback too.
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// Failed handshakes per source address: past [`FailureLimiter::MAX`] in
+/// a window, that source's handshakes are dropped unanswered (no Diffie-
+/// Hellman work) until the window ends. The table is bounded; when it is
+/// full, new sources share one overflow counter.
+#[derive(Debug, Default)]
+struct FailureLimiter {
+    sources: HashMap<IpAddr, (u32, Instant)>,
+    overflow: Option<(u32, Instant)>,
+}
+
+impl FailureLimiter {
+    const MAX: u32 = 20;
+    const WINDOW: Duration = Duration::from_secs(60);
+    const SOURCES: usize = 4096;
+
+    fn slot(&mut self, ip: IpAddr, now: Instant) -> Option<&mut (u32, Instant)> {
+        if self.sources.len() >= Self::SOURCES && !self.sources.contains_key(&ip) {
+            self.sources
+                .retain(|_, (_, since)| now.duration_since(*since) < Self::WINDOW);
+        }
+        if self.sources.len() < Self::SOURCES || self.sources.contains_key(&ip) {
+            return self.sources.get_mut(&ip);
+        }
+        self.overflow.as_mut()
+    }
+
+    fn is_limited(&mut self, ip: IpAddr, now: Instant) -> bool {
+        match self.slot(ip, now) {
+            Some((count, since)) if now.duration_since(*since) < Self::WINDOW => {
+                *count >= Self::MAX
+            }
+            _ => false,
+        }
+    }
+
+    fn failed(&mut self, ip: IpAddr, now: Instant) {
+        let fresh = (1, now);
+        if self.sources.len() < Self::SOURCES || self.sources.contains_key(&ip) {
+            let entry = self.sources.entry(ip).or_insert((0, now));
+            if now.duration_since(entry.1) >= Self::WINDOW {
+                *entry = fresh;
+            } else {
+                entry.0 += 1;
+            }
+            return;
+        }
+        match &mut self.overflow {
+            Some(entry) if now.duration_since(entry.1) < Self::WINDOW => entry.0 += 1,
+            slot => *slot = Some(fresh),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::noise_wire::{initiator, stamp_now};
+
+    fn gate_with(device: &KeyPair, scopes: &str) -> (Gatekeeper, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let allow = dir.path().join("allow");
+        std::fs::write(&allow, format!("{} laptop {scopes}\n", device.public)).unwrap();
+        let config = AccessConfig {
+            allow: Some(allow),
+            ..AccessConfig::default()
+        };
+        (Gatekeeper::new(KeyPair::generate(), config).unwrap(), dir)
+    }
+
+    fn first_message(device: &KeyPair, server: &PublicKey, stamp: [u8; 8]) -> Vec<u8> {
+        let mut hs = initiator(device, server);
+        let mut m = vec![0u8; 256];
+        let n = hs.write_message(&stamp, &mut m).unwrap();
+        m.truncate(n);
+        m
+    }
+
+    #[test]
+    fn an_allowed_device_is_named_and_others_are_refused() {
+        let device = KeyPair::generate();
+        let (mut gate, _dir) = gate_with(&device, "write");
+        let ip: IpAddr = "10.0.0.2".parse().unwrap();
+        let now = Instant::now();
+        let m = first_message(&device, &gate.public_key(), stamp_now());
+        let (_, peer) = gate.accept(ip, &m, now).unwrap();
+        assert_eq!(&*peer.name, "laptop");
+        assert_eq!(peer.scopes, Scopes::WRITE);
+        // The same first message again is a replay.
+        assert_eq!(gate.accept(ip, &m, now).unwrap_err(), Refusal::Replayed);
+        let stranger = KeyPair::generate();
+        let m = first_message(&stranger, &gate.public_key(), stamp_now());
+        assert_eq!(
+            gate.accept(ip, &m, now).unwrap_err(),
+            Refusal::UnknownDevice
+        );
+        let wrong_server = KeyPair::generate().public;
+        let m = first_message(&device, &wrong_server, stamp_now());
+        assert_eq!(gate.accept(ip, &m, now).unwrap_err(), Refusal::BadHandshake);
+        assert_eq!(
+            gate.accept(ip, b"", now).unwrap_err(),
+            Refusal::BadHandshake
+        );
+    }
+
+    #[test]
+    fn plaintext_is_for_loopback_only_once_keys_are_required() {
+        let device = KeyPair::generate();
+        let (gate, _dir) = gate_with(&device, "all");
+        let rule = gate.plaintext_rule();
+        assert!(rule.allows("127.0.0.1".parse().unwrap()));
+        assert!(rule.allows("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!rule.allows("10.0.0.2".parse().unwrap()));
+        let open = Gatekeeper::open().plaintext_rule();
+        assert!(open.allows("10.0.0.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn failures_are_limited_per_source_in_bounded_memory() {
+        let mut limiter = FailureLimiter::default();
+        let now = Instant::now();
+        let bad: IpAddr = "10.0.0.9".parse().unwrap();
+        for _ in 0..FailureLimiter::MAX {
+            assert!(!limiter.is_limited(bad, now));
+            limiter.failed(bad, now);
+        }
+        assert!(limiter.is_limited(bad, now));
+        assert!(!limiter.is_limited("10.0.0.8".parse().unwrap(), now));
+        assert!(!limiter.is_limited(bad, now + FailureLimiter::WINDOW));
+        for i in 0..(FailureLimiter::SOURCES as u32 + 500) {
+            limiter.failed(IpAddr::from(i.to_be_bytes()), now);
+        }
+        assert!(limiter.sources.len() <= FailureLimiter::SOURCES);
+    }
+}

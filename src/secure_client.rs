@@ -1,0 +1,519 @@
+//! The client's side of encrypted sessions: which keys to use (the
+//! device's, and the server's as given or pinned on first contact, as ssh
+//! pins host keys), the TCP handshake and a sealed stream, and UDP
+//! sessions with their nonces and replay window.
+
+use crate::client::{ClientError, KeyChange, Options, Proto};
+use crate::keys::{self, KeyPair, PublicKey};
+use crate::noise_wire::{
+    self, DATA, Datagram, KEY, MAX_FRAME_PLAINTEXT, NotAFrame, REFUSED, REKEY_AFTER,
+    REKEY_AFTER_MESSAGES, REPLY, Refusal, ReplayWindow,
+};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Whether requests are encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecureMode {
+    /// Encrypted unless the server is on loopback (and no server key was given).
+    Auto,
+    /// Always plaintext: for a server started with `--insecure-open`.
+    Plain,
+}
+
+/// Where the client's keys come from.
+#[derive(Debug, Clone)]
+pub struct Security {
+    pub mode: SecureMode,
+    /// The device's key file (`diary keygen` makes it).
+    pub key: PathBuf,
+    /// The server's key, if given (otherwise pinned in `known_servers`).
+    pub server_key: Option<PublicKey>,
+    pub known_servers: PathBuf,
+}
+
+impl Default for Security {
+    fn default() -> Security {
+        Security {
+            mode: SecureMode::Auto,
+            key: keys::default_device_key(),
+            server_key: None,
+            known_servers: keys::default_known_servers(),
+        }
+    }
+}
+
+/// Where the pinned server key came from, to say which file to edit.
+#[derive(Debug, Clone)]
+pub enum Pin {
+    Given,
+    File(PathBuf, usize),
+}
+
+/// The keys of one encrypted conversation.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub own: KeyPair,
+    pub server: PublicKey,
+    pub pin: Pin,
+}
+
+/// The keys to use with the server at `addr`, or `None` for plaintext.
+/// On first contact the server's key is asked for, pinned and shown.
+pub fn credentials(opts: &Options, addr: SocketAddr) -> Result<Option<Credentials>, ClientError> {
+    let security = &opts.security;
+    let wanted = match security.mode {
+        SecureMode::Plain => false,
+        SecureMode::Auto => !addr.ip().is_loopback() || security.server_key.is_some(),
+    };
+    if !wanted {
+        return Ok(None);
+    }
+    let key_path = &security.key;
+    let own = match keys::load_key_file(key_path) {
+        Ok(own) => own,
+        Err(_) if !key_path.exists() => {
+            return Err(ClientError::Key(format!(
+                "no device key at {}: make one with `diary keygen` and add the line it \
+                 suggests to the server's allow file (or pass --plain for a server started \
+                 with --insecure-open)",
+                key_path.display()
+            )));
+        }
+        Err(e) => return Err(ClientError::Key(e)),
+    };
+    if let Some(server) = security.server_key {
+        return Ok(Some(Credentials {
+            own,
+            server,
+            pin: Pin::Given,
+        }));
+    }
+    let file = &security.known_servers;
+    if let Some((server, line)) = keys::pinned_key(file, &opts.server).map_err(ClientError::Key)? {
+        return Ok(Some(Credentials {
+            own,
+            server,
+            pin: Pin::File(file.clone(), line),
+        }));
+    }
+    let server = fetch_server_key(opts, addr)?;
+    keys::pin_key(file, &opts.server, &server).map_err(ClientError::Key)?;
+    eprintln!(
+        "diary: first contact with {}: its key is {server}\n\
+         diary: pinned in {}; compare it with the `server key` line diaryd printed",
+        opts.server,
+        file.display()
+    );
+    let line = keys::pinned_key(file, &opts.server)
+        .ok()
+        .flatten()
+        .map_or(0, |(_, line)| line);
+    Ok(Some(Credentials {
+        own,
+        server,
+        pin: Pin::File(file.clone(), line),
+    }))
+}
+
+/// Asks the server for its public key, over the chosen transport.
+pub fn fetch_server_key(opts: &Options, addr: SocketAddr) -> Result<PublicKey, ClientError> {
+    let io_err = |e| ClientError::Io(addr, opts.proto, e);
+    let deadline = Instant::now() + opts.timeout;
+    match opts.proto {
+        Proto::Tcp => {
+            let mut stream = TcpStream::connect_timeout(&addr, opts.timeout).map_err(io_err)?;
+            let mut request = Vec::new();
+            noise_wire::push_frame(&mut request, KEY, &[]);
+            stream.write_all(&request).map_err(io_err)?;
+            let (kind, body) = read_frame(&mut stream, deadline).map_err(io_err)?;
+            match kind {
+                KEY => PublicKey::from_slice(&body)
+                    .ok_or_else(|| ClientError::BadReply("a key of the wrong length".into())),
+                _ => Err(ClientError::BadReply(
+                    "the server did not send its key".into(),
+                )),
+            }
+        }
+        Proto::Udp => {
+            let socket = udp_socket(addr).map_err(io_err)?;
+            let mut buf = [0u8; 2048];
+            let mut wait = Duration::from_millis(200);
+            let mut attempts = 0;
+            while Instant::now() < deadline {
+                attempts += 1;
+                let _ = socket.send(&noise_wire::key_request());
+                let until = (Instant::now() + wait).min(deadline);
+                while let Some(left) = until.checked_duration_since(Instant::now()) {
+                    socket
+                        .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                        .map_err(io_err)?;
+                    match socket.recv(&mut buf) {
+                        Ok(n) => {
+                            if let Some(Datagram::Key(key)) = noise_wire::parse_datagram(&buf[..n])
+                            {
+                                return Ok(key);
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+                wait = (wait * 2).min(Duration::from_secs(1));
+            }
+            Err(ClientError::NoAnswer {
+                server: addr,
+                proto: Proto::Udp,
+                waited: opts.timeout,
+                attempts,
+            })
+        }
+    }
+}
+
+/// A UDP socket connected to `addr`.
+pub fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let local: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0".parse().expect("valid")
+    } else {
+        "[::]:0".parse().expect("valid")
+    };
+    let socket = UdpSocket::bind(local)?;
+    socket.connect(addr)?;
+    Ok(socket)
+}
+
+/// What a refusal means to the person at the keyboard.
+pub fn refusal_error(
+    why: Option<Refusal>,
+    opts: &Options,
+    addr: SocketAddr,
+    creds: &Credentials,
+) -> ClientError {
+    let Some(why) = why else {
+        return ClientError::BadReply("a refusal with an unknown code".into());
+    };
+    if why == Refusal::BadHandshake
+        && let Ok(now) = fetch_server_key(opts, addr)
+        && now != creds.server
+    {
+        return ClientError::ServerKeyChanged(Box::new(KeyChange {
+            server: opts.server.clone(),
+            pinned: creds.server,
+            offered: now,
+            pin: creds.pin.clone(),
+        }));
+    }
+    let hint = match why {
+        Refusal::UnknownDevice => format!(
+            "; add this line to the server's allow file, then send diaryd SIGHUP:\n  {} NAME all",
+            creds.own.public
+        ),
+        Refusal::NoKeys => {
+            "; the server was started without --allow (use --plain if it serves plaintext)".into()
+        }
+        Refusal::TooMany => "; wait a minute and try again".into(),
+        _ => String::new(),
+    };
+    ClientError::Auth(format!("{addr} refused this device: {}{hint}", why.words()))
+}
+
+/// Reads one whole frame (blocking, until `deadline`).
+fn read_frame(stream: &mut TcpStream, deadline: Instant) -> io::Result<(u8, Vec<u8>)> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    stream.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+    let mut header = [0u8; noise_wire::TCP_HEADER];
+    stream.read_exact(&mut header)?;
+    let mut body = vec![0u8; u16::from_be_bytes([header[1], header[2]]) as usize];
+    stream.read_exact(&mut body)?;
+    Ok((header[0], body))
+}
+
+/// An encrypted TCP connection, after its handshake.
+pub struct SecureStream {
+    stream: TcpStream,
+    transport: snow::TransportState,
+    started: Instant,
+    rx: Vec<u8>,
+    plain: Vec<u8>,
+    plain_start: usize,
+}
+
+impl SecureStream {
+    /// Runs the handshake on a new connection.
+    pub fn connect(
+        mut stream: TcpStream,
+        creds: &Credentials,
+        opts: &Options,
+        deadline: Instant,
+    ) -> Result<SecureStream, ClientError> {
+        let addr = stream
+            .peer_addr()
+            .map_err(|e| ClientError::Io(peer_unknown(), Proto::Tcp, e))?;
+        let io_err = |e| ClientError::Io(addr, Proto::Tcp, e);
+        let mut handshake = noise_wire::initiator(&creds.own, &creds.server);
+        let mut first = [0u8; 256];
+        let n = handshake
+            .write_message(&noise_wire::stamp_now(), &mut first)
+            .map_err(|e| ClientError::Key(format!("handshake: {e}")))?;
+        let mut frame = Vec::new();
+        noise_wire::push_frame(&mut frame, noise_wire::INIT, &first[..n]);
+        stream.write_all(&frame).map_err(io_err)?;
+        let (kind, body) = read_frame(&mut stream, deadline).map_err(io_err)?;
+        match kind {
+            REPLY => {}
+            REFUSED => {
+                let why = body.first().copied().and_then(Refusal::from_code);
+                return Err(refusal_error(why, opts, addr, creds));
+            }
+            _ => {
+                return Err(ClientError::BadReply(
+                    "the server did not answer the handshake".into(),
+                ));
+            }
+        }
+        handshake
+            .read_message(&body, &mut [0u8; 64])
+            .map_err(|_| ClientError::BadReply("the handshake's reply did not open".into()))?;
+        let transport = handshake
+            .into_transport_mode()
+            .map_err(|e| ClientError::BadReply(format!("handshake: {e}")))?;
+        Ok(SecureStream {
+            stream,
+            transport,
+            started: Instant::now(),
+            rx: Vec::new(),
+            plain: Vec::new(),
+            plain_start: 0,
+        })
+    }
+
+    pub fn tcp(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Opened bytes not yet read.
+    pub fn has_buffered(&self) -> bool {
+        self.plain_start < self.plain.len() || !self.rx.is_empty()
+    }
+
+    /// Past its lifetime: a new connection makes a new session.
+    pub fn needs_renewal(&self) -> bool {
+        self.started.elapsed() >= REKEY_AFTER
+    }
+}
+
+fn peer_unknown() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 0))
+}
+
+fn broken(why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
+}
+
+impl Read for SecureStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.plain_start < self.plain.len() {
+                let n = buf.len().min(self.plain.len() - self.plain_start);
+                buf[..n].copy_from_slice(&self.plain[self.plain_start..self.plain_start + n]);
+                self.plain_start += n;
+                return Ok(n);
+            }
+            match noise_wire::parse_frame(&self.rx) {
+                Ok(Some((frame, used))) if frame.kind == DATA => {
+                    self.plain.resize(frame.body.len(), 0);
+                    let n = self
+                        .transport
+                        .read_message(frame.body, &mut self.plain)
+                        .map_err(|_| broken("a frame from the server did not open"))?;
+                    self.plain.truncate(n);
+                    self.plain_start = 0;
+                    self.rx.drain(..used);
+                }
+                Ok(Some(_)) | Err(NotAFrame) => return Err(broken("not a data frame")),
+                Ok(None) => {
+                    let mut chunk = [0u8; 16 * 1024];
+                    let n = self.stream.read(&mut chunk)?;
+                    if n == 0 {
+                        return Ok(0);
+                    }
+                    self.rx.extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+    }
+}
+
+impl Write for SecureStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_all(buf).map(|()| buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        let mut frames = Vec::with_capacity(buf.len() + 64);
+        for chunk in buf.chunks(MAX_FRAME_PLAINTEXT) {
+            noise_wire::seal_frame(&mut self.transport, chunk, &mut frames)
+                .map_err(|_| broken("cannot seal"))?;
+        }
+        self.stream.write_all(&frames)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+/// An encrypted UDP session.
+pub struct UdpSession {
+    /// Our index: the server's datagrams name it.
+    index: u32,
+    /// The server's index: ours name it.
+    remote: u32,
+    transport: snow::StatelessTransportState,
+    next_nonce: u64,
+    window: ReplayWindow,
+    started: Instant,
+}
+
+/// What a datagram from the server was.
+pub enum FromServer {
+    Plain(Vec<u8>),
+    Refused(Option<Refusal>),
+    /// Not for this session, a replay, or garbage.
+    Ignored,
+}
+
+impl UdpSession {
+    /// Makes a session: first messages, retried with backoff, until a
+    /// reply opens or the deadline passes.
+    pub fn handshake(
+        socket: &UdpSocket,
+        creds: &Credentials,
+        opts: &Options,
+        addr: SocketAddr,
+        deadline: Instant,
+    ) -> Result<UdpSession, ClientError> {
+        let io_err = |e| ClientError::Io(addr, Proto::Udp, e);
+        let started = Instant::now();
+        let mut attempts: Vec<(u32, snow::HandshakeState)> = Vec::new();
+        let mut wait = Duration::from_millis(200);
+        let mut buf = vec![0u8; 2048];
+        while Instant::now() < deadline {
+            let mut handshake = noise_wire::initiator(&creds.own, &creds.server);
+            let mut first = [0u8; 256];
+            let n = handshake
+                .write_message(&noise_wire::stamp_now(), &mut first)
+                .map_err(|e| ClientError::Key(format!("handshake: {e}")))?;
+            let index = random_index();
+            let mut datagram = Vec::new();
+            noise_wire::push_init(&mut datagram, index, &first[..n]);
+            let _ = socket.send(&datagram);
+            attempts.push((index, handshake));
+            let until = (Instant::now() + wait).min(deadline);
+            while let Some(left) = until.checked_duration_since(Instant::now()) {
+                socket
+                    .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                    .map_err(io_err)?;
+                let n = match socket.recv(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        std::thread::sleep(until.saturating_duration_since(Instant::now()));
+                        break;
+                    }
+                    Err(_) => break,
+                };
+                match noise_wire::parse_datagram(&buf[..n]) {
+                    Some(Datagram::Reply {
+                        sender,
+                        receiver,
+                        noise,
+                    }) => {
+                        let Some(i) = attempts.iter().position(|(ix, _)| *ix == receiver) else {
+                            continue;
+                        };
+                        let (index, mut handshake) = attempts.swap_remove(i);
+                        if handshake.read_message(noise, &mut [0u8; 64]).is_err() {
+                            continue;
+                        }
+                        let transport = handshake
+                            .into_stateless_transport_mode()
+                            .map_err(|e| ClientError::BadReply(format!("handshake: {e}")))?;
+                        return Ok(UdpSession {
+                            index,
+                            remote: sender,
+                            transport,
+                            next_nonce: 0,
+                            window: ReplayWindow::default(),
+                            started: Instant::now(),
+                        });
+                    }
+                    Some(Datagram::Refused { receiver, why })
+                        if attempts.iter().any(|(ix, _)| *ix == receiver)
+                            && why != Some(Refusal::Replayed) =>
+                    {
+                        return Err(refusal_error(why, opts, addr, creds));
+                    }
+                    _ => {}
+                }
+            }
+            wait = (wait * 2).min(Duration::from_secs(1));
+        }
+        Err(ClientError::NoAnswer {
+            server: addr,
+            proto: Proto::Udp,
+            waited: started.elapsed(),
+            attempts: attempts.len() as u32,
+        })
+    }
+
+    /// Past its lifetime or its message count: make a new one.
+    pub fn needs_renewal(&self) -> bool {
+        self.started.elapsed() >= REKEY_AFTER || self.next_nonce >= REKEY_AFTER_MESSAGES
+    }
+
+    /// One request, sealed with a nonce of its own (each retry too).
+    pub fn seal(&mut self, plain: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(plain.len() + noise_wire::UDP_DATA_OVERHEAD);
+        let nonce = self.next_nonce;
+        self.next_nonce += 1;
+        noise_wire::seal_datagram(&self.transport, self.remote, nonce, plain, &mut out)
+            .expect("a request fits one Noise message");
+        out
+    }
+
+    pub fn open(&mut self, datagram: &[u8]) -> FromServer {
+        match noise_wire::parse_datagram(datagram) {
+            Some(Datagram::Data {
+                receiver,
+                nonce,
+                sealed,
+            }) if receiver == self.index && self.window.is_fresh(nonce) => {
+                let mut plain = vec![0u8; sealed.len()];
+                match self.transport.read_message(nonce, sealed, &mut plain) {
+                    Ok(n) => {
+                        self.window.mark(nonce);
+                        plain.truncate(n);
+                        FromServer::Plain(plain)
+                    }
+                    Err(_) => FromServer::Ignored,
+                }
+            }
+            // A refusal is not sealed (there may be no session to seal
+            // it with): anyone could forge one, and all it can make the
+            // client do is a new handshake.
+            Some(Datagram::Refused { receiver, why }) if receiver == self.remote => {
+                FromServer::Refused(why)
+            }
+            _ => FromServer::Ignored,
+        }
+    }
+}
+
+fn random_index() -> u32 {
+    let mut random = [0u8; 4];
+    getrandom::fill(&mut random).expect("the system's random source works");
+    u32::from_le_bytes(random).max(1)
+}
