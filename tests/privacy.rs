@@ -1,0 +1,736 @@
+//! Privacy across machines, tested as two machines: `diaryd` runs in one
+//! network namespace and `diary` in another, joined by a veth pair, so
+//! every request comes from an address that is not loopback. The tests
+//! need root (CI runs as root and fails them rather than skip them).
+
+mod common;
+
+use common::skip;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Two namespaces joined by a veth pair: the server's at `.1`, the
+/// client's at `.2`. Both are deleted on drop.
+struct Link {
+    server_ns: String,
+    client_ns: String,
+    server_ip: String,
+    client_ip: String,
+    server_dev: String,
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Link {
+    fn new() -> Option<Link> {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}x{n}", std::process::id() % 100_000);
+        let link = Link {
+            server_ns: format!("dsrv{tag}"),
+            client_ns: format!("dcli{tag}"),
+            server_ip: format!("10.78.{n}.1"),
+            client_ip: format!("10.78.{n}.2"),
+            server_dev: format!("vs{tag}"),
+        };
+        let client_dev = format!("vc{tag}");
+        let setup = || -> Result<(), String> {
+            ip(&["netns", "add", &link.server_ns])?;
+            ip(&["netns", "add", &link.client_ns])?;
+            ip(&[
+                "link",
+                "add",
+                &link.server_dev,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &client_dev,
+            ])?;
+            ip(&["link", "set", &link.server_dev, "netns", &link.server_ns])?;
+            ip(&["link", "set", &client_dev, "netns", &link.client_ns])?;
+            for (ns, dev, addr) in [
+                (&link.server_ns, &link.server_dev, &link.server_ip),
+                (&link.client_ns, &client_dev, &link.client_ip),
+            ] {
+                ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
+                ip(&["-n", ns, "link", "set", dev, "up"])?;
+                ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            }
+            Ok(())
+        };
+        match setup() {
+            Ok(()) => Some(link),
+            Err(why) => {
+                skip(&format!(
+                    "no test network namespaces (needs root and iproute2): {why}"
+                ));
+                None
+            }
+        }
+    }
+
+    /// `program args…` run inside namespace `ns`.
+    fn command(ns: &str, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns, program]);
+        command
+    }
+
+    /// Runs `f` on a thread that has entered the client's namespace.
+    fn in_client_ns<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/var/run/netns/{}", self.client_ns);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap();
+            // SAFETY: a plain syscall on a file we hold; only this thread moves.
+            assert_eq!(
+                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0,
+                "setns: {}",
+                std::io::Error::last_os_error()
+            );
+            f()
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.server_ns]);
+        let _ = ip(&["netns", "del", &self.client_ns]);
+    }
+}
+
+/// `diaryd` in the server's namespace, killed on drop.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    key: String,
+    file: PathBuf,
+}
+
+impl Server {
+    fn start(link: &Link, file: &Path, port: u16, extra: &[&str]) -> Result<Server, String> {
+        let listen = format!("{}:{port}", link.server_ip);
+        let mut child = Link::command(&link.server_ns, env!("CARGO_BIN_EXE_diaryd"))
+            .args(["--listen", &listen, "--fsync", "never", "--file"])
+            .arg(file)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let (mut first, mut second) = (String::new(), String::new());
+        stdout.read_line(&mut first).unwrap();
+        stdout.read_line(&mut second).unwrap();
+        let Some(addr) = diary::event_loop::announced_addr(&first) else {
+            let mut stderr = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .unwrap();
+            let _ = child.wait();
+            return Err(stderr);
+        };
+        let key = second
+            .strip_prefix("server key ")
+            .expect("the server key on the second line")
+            .trim()
+            .to_string();
+        Ok(Server {
+            child,
+            addr,
+            key,
+            file: file.to_path_buf(),
+        })
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: a signal to our own child.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+    }
+
+    fn entries(&self) -> Vec<String> {
+        common::file_entries(&self.file)
+            .into_iter()
+            .map(|(_, text)| text)
+            .collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One device: its own config directory (key, known_servers).
+struct Device {
+    config: tempfile::TempDir,
+    public: String,
+}
+
+impl Device {
+    fn new() -> Device {
+        let config = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_diary"))
+            .arg("keygen")
+            .env("XDG_CONFIG_HOME", config.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let public = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(
+            public.lines().count(),
+            1,
+            "keygen prints one line: {public}"
+        );
+        Device {
+            config,
+            public: public.trim().to_string(),
+        }
+    }
+
+    /// Runs `diary --server ADDR ARGS…` in the client's namespace.
+    fn run(&self, link: &Link, server: &str, args: &[&str]) -> Output {
+        Link::command(&link.client_ns, env!("CARGO_BIN_EXE_diary"))
+            .args(["--server", server, "--timeout", "5"])
+            .args(args)
+            .env("XDG_CONFIG_HOME", self.config.path())
+            .env_remove("DIARY_SERVER_KEY")
+            .env_remove("DIARY_KEY")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn spawn(&self, link: &Link, server: &str, args: &[&str]) -> Child {
+        Link::command(&link.client_ns, env!("CARGO_BIN_EXE_diary"))
+            .args(["--server", server])
+            .args(args)
+            .env("XDG_CONFIG_HOME", self.config.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    fn known_servers(&self) -> PathBuf {
+        self.config.path().join("diary/known_servers")
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn allow_file(dir: &Path, lines: &[String]) -> PathBuf {
+    let path = dir.join("allow");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+#[test]
+fn protected_mode_refuses_to_listen_beyond_loopback_without_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("diary.log");
+    let out = Command::new(env!("CARGO_BIN_EXE_diaryd"))
+        .args(["--listen", "0.0.0.0:0", "--file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("--allow") && stderr.contains("diary keygen"),
+        "{stderr}"
+    );
+    assert!(!file.exists(), "nothing was created");
+    // A bad allow file stops the start too, naming the line.
+    let bad = dir.path().join("allow");
+    std::fs::write(&bad, "not-a-key laptop all\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_diaryd"))
+        .args(["--listen", "0.0.0.0:0", "--allow"])
+        .arg(&bad)
+        .arg("--file")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains("allow:1:"), "{out:?}");
+}
+
+#[test]
+fn plaintext_from_another_machine_gets_only_err_auth() {
+    let Some(link) = Link::new() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::new();
+    let allow = allow_file(dir.path(), &[format!("{} laptop all", device.public)]);
+    let allow = allow.to_str().unwrap();
+    let server = Server::start(&link, &dir.path().join("d.log"), 0, &["--allow", allow]).unwrap();
+    // One entry written the right way, which no plaintext request may see.
+    let addr = server.addr.to_string();
+    let out = device.run(&link, &addr, &["write", "the secret entry"]);
+    assert!(out.status.success(), "{out:?}");
+    let before = std::fs::read(&server.file).unwrap();
+    let to = server.addr;
+    let replies = link.in_client_ns(move || {
+        let udp = UdpSocket::bind("0.0.0.0:0").unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut replies = Vec::new();
+        let mut buf = [0u8; 4096];
+        for request in [
+            &b"plaintext entry from outside\n"[..],
+            b"/past 10\n",
+            b"p\n",
+        ] {
+            udp.send_to(request, to).unwrap();
+            replies.push(match udp.recv(&mut buf) {
+                Ok(n) => text(&buf[..n]),
+                Err(_) => String::new(),
+            });
+        }
+        for request in [&b"p\n"[..], b"plaintext over tcp\n/follow\n"] {
+            let mut tcp = TcpStream::connect(to).unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            tcp.write_all(request).unwrap();
+            let mut all = Vec::new();
+            tcp.read_to_end(&mut all).unwrap();
+            replies.push(text(&all));
+        }
+        replies
+    });
+    assert_eq!(
+        replies,
+        [
+            "err auth keys required\n",
+            "err auth keys required\n",
+            // Over three times a two-byte request: nothing at all.
+            "",
+            "err auth keys required\n",
+            "err auth keys required\n",
+        ]
+    );
+    assert_eq!(
+        std::fs::read(&server.file).unwrap(),
+        before,
+        "file unchanged"
+    );
+    // The official client, told to speak plaintext, hears why it is refused.
+    let out = device.run(&link, &addr, &["--plain", "--proto", "tcp", "past"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text(&out.stderr).contains("diary keygen"), "{out:?}");
+    assert!(!text(&out.stdout).contains("secret"));
+}
+
+/// A UDP relay in the client's namespace that drops every third datagram
+/// each way: a lossy network between the two machines.
+fn lossy_relay(link: &Link, server: SocketAddr) -> (SocketAddr, Arc<AtomicBool>) {
+    let bind = format!("{}:0", link.client_ip);
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = stop.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = format!("/var/run/netns/{}", link.client_ns);
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).unwrap();
+        // SAFETY: as in Link::in_client_ns.
+        assert_eq!(
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        let front = UdpSocket::bind(&bind).unwrap();
+        let back = UdpSocket::bind(&bind).unwrap();
+        back.connect(server).unwrap();
+        front.set_nonblocking(true).unwrap();
+        back.set_nonblocking(true).unwrap();
+        tx.send(front.local_addr().unwrap()).unwrap();
+        let mut client = None;
+        let mut buf = [0u8; 65_536];
+        let mut count = 0u64;
+        while !done.load(Ordering::SeqCst) {
+            let mut idle = true;
+            if let Ok((n, from)) = front.recv_from(&mut buf) {
+                idle = false;
+                client = Some(from);
+                count += 1;
+                if !count.is_multiple_of(3) {
+                    let _ = back.send(&buf[..n]);
+                }
+            }
+            if let Ok(n) = back.recv(&mut buf) {
+                idle = false;
+                count += 1;
+                if !count.is_multiple_of(3)
+                    && let Some(to) = client
+                {
+                    let _ = front.send_to(&buf[..n], to);
+                }
+            }
+            if idle {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    });
+    (rx.recv().unwrap(), stop)
+}
+
+#[test]
+fn an_allowed_device_writes_and_reads_over_udp_and_tcp_exactly_once_under_loss() {
+    let Some(link) = Link::new() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::new();
+    let allow = allow_file(dir.path(), &[format!("{} laptop all", device.public)]);
+    let allow = allow.to_str().unwrap();
+    let server = Server::start(&link, &dir.path().join("d.log"), 0, &["--allow", allow]).unwrap();
+    let direct = server.addr.to_string();
+    // First contact pins the key, and says so.
+    let out = device.run(
+        &link,
+        &direct,
+        &["--proto", "tcp", "write", "over tcp 中文"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(text(&out.stderr).contains("first contact"), "{out:?}");
+    let pins = std::fs::read_to_string(device.known_servers()).unwrap();
+    assert_eq!(pins, format!("{direct} {}\n", server.key));
+
+    let (relay, stop) = lossy_relay(&link, server.addr);
+    let relay = relay.to_string();
+    let key = server.key.as_str();
+    let mut written = vec!["over tcp 中文".to_string()];
+    for i in 0..12 {
+        let entry = format!("lossy udp entry {i} 日记");
+        let out = device.run(
+            &link,
+            &relay,
+            &["--server-key", key, "--proto", "udp", "write", &entry],
+        );
+        assert!(out.status.success(), "{entry}: {out:?}");
+        written.push(entry);
+    }
+    // Reads over UDP through the same loss: a reply too big for a
+    // datagram comes over TCP (to the relay's address, which is not a
+    // TCP relay), so read a small one over UDP, and all over TCP direct.
+    let out = device.run(
+        &link,
+        &relay,
+        &["--server-key", key, "--proto", "udp", "past", "-n", "2"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out.stdout).lines().count(), 2, "{out:?}");
+    stop.store(true, Ordering::SeqCst);
+    let out = device.run(&link, &direct, &["--proto", "tcp", "past"]);
+    assert!(out.status.success(), "{out:?}");
+    let shown = text(&out.stdout);
+    for entry in &written {
+        assert_eq!(shown.matches(entry.as_str()).count(), 1, "{entry}: {shown}");
+    }
+    assert_eq!(server.entries(), written, "each stored once, in order");
+}
+
+#[test]
+fn a_write_only_device_cannot_read_or_follow() {
+    let Some(link) = Link::new() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::new();
+    let allow = allow_file(dir.path(), &[format!("{} sensor write", device.public)]);
+    let allow = allow.to_str().unwrap();
+    let server = Server::start(&link, &dir.path().join("d.log"), 0, &["--allow", allow]).unwrap();
+    let addr = server.addr.to_string();
+    for proto in ["udp", "tcp"] {
+        let out = device.run(&link, &addr, &["--proto", proto, "write", "a reading"]);
+        assert!(out.status.success(), "{out:?}");
+        let out = device.run(&link, &addr, &["--proto", proto, "past"]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("forbidden") && stderr.contains("sensor may not read"),
+            "{stderr}"
+        );
+        assert!(!text(&out.stdout).contains("a reading"));
+    }
+    let out = device.run(&link, &addr, &["follow"]);
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+    assert!(text(&out.stderr).contains("may not follow"), "{out:?}");
+    assert_eq!(server.entries(), ["a reading", "a reading"]);
+}
+
+#[test]
+fn a_revoked_device_is_refused_after_sighup_and_its_sessions_end() {
+    let Some(link) = Link::new() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (kept, lost) = (Device::new(), Device::new());
+    let both = [
+        format!("{} desk all", kept.public),
+        format!("{} phone all", lost.public),
+    ];
+    let allow = allow_file(dir.path(), &both);
+    let server = Server::start(
+        &link,
+        &dir.path().join("d.log"),
+        0,
+        &["--allow", allow.to_str().unwrap()],
+    )
+    .unwrap();
+    let addr = server.addr.to_string();
+    for device in [&kept, &lost] {
+        let out = device.run(&link, &addr, &["write", "before"]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    // From entry 2 on: what is written next reaches it however soon it starts.
+    let mut follower = lost.spawn(&link, &addr, &["follow", "--since", "2"]);
+    let lines = common::LineFeed::new(follower.stdout.take().unwrap());
+    let out = kept.run(&link, &addr, &["write", "seen by the follower"]);
+    assert!(out.status.success(), "{out:?}");
+    let seen = lines.until(Duration::from_secs(10), |l| {
+        l.contains("seen by the follower")
+    });
+    assert!(seen.iter().any(|l| l.contains("seen by")), "{seen:?}");
+
+    // A bad file at reload keeps the old list.
+    std::fs::write(&allow, "garbage\n").unwrap();
+    server.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = lost.run(&link, &addr, &["write", "still allowed"]);
+    assert!(out.status.success(), "{out:?}");
+
+    std::fs::write(&allow, both[0].clone() + "\n").unwrap();
+    server.signal(libc::SIGHUP);
+    // The follow session is closed; its reconnection is refused, and it stops.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = follower.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the follower was not cut off");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let mut stderr = String::new();
+    follower
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(stderr.contains("device key not allowed"), "{stderr}");
+    for proto in ["udp", "tcp"] {
+        let out = lost.run(&link, &addr, &["--proto", proto, "write", "after"]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(
+            text(&out.stderr).contains("device key not allowed"),
+            "{out:?}"
+        );
+        let out = kept.run(&link, &addr, &["--proto", proto, "write", "kept"]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert_eq!(
+        server.entries(),
+        [
+            "before",
+            "before",
+            "seen by the follower",
+            "still allowed",
+            "kept",
+            "kept"
+        ]
+    );
+}
+
+#[test]
+fn a_changed_server_key_is_refused_by_the_client() {
+    let Some(link) = Link::new() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::new();
+    let allow = allow_file(dir.path(), &[format!("{} laptop all", device.public)]);
+    let allow = allow.to_str().unwrap();
+    let file = dir.path().join("d.log");
+    let server = Server::start(&link, &file, 0, &["--allow", allow]).unwrap();
+    let addr = server.addr.to_string();
+    let port = server.addr.port();
+    let out = device.run(&link, &addr, &["write", "first"]);
+    assert!(out.status.success(), "{out:?}");
+    drop(server);
+    // The server comes back with another key (as an impostor would).
+    std::fs::remove_file(dir.path().join("d.log.key")).unwrap();
+    let server = Server::start(&link, &file, port, &["--allow", allow]).unwrap();
+    for proto in ["udp", "tcp"] {
+        let out = device.run(&link, &addr, &["--proto", proto, "write", "second"]);
+        assert_eq!(out.status.code(), Some(4), "{out:?}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("HAS CHANGED"), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{}:1", device.known_servers().display())),
+            "names the file and line to edit: {stderr}"
+        );
+        assert!(stderr.contains(&server.key), "{stderr}");
+    }
+    assert_eq!(server.entries(), ["first"]);
+}
+
+/// `tcpdump` on the server's end of the link, writing a capture file.
+struct Capture {
+    child: Child,
+    file: PathBuf,
+}
+
+impl Capture {
+    fn start(link: &Link, file: PathBuf) -> Option<Capture> {
+        // Its messages go to a file: a closed pipe would kill it mid-capture.
+        let log = file.with_extension("log");
+        let child = Link::command(&link.server_ns, "tcpdump")
+            .args([
+                "-i",
+                &link.server_dev,
+                "-Z",
+                "root",
+                "--immediate-mode",
+                "-U",
+                "-s",
+                "0",
+            ])
+            .arg("-w")
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn();
+        let child = match child {
+            Ok(child) => child,
+            Err(e) => {
+                skip(&format!("no tcpdump: {e}"));
+                return None;
+            }
+        };
+        // It says "listening on" once it captures.
+        common::wait_for("tcpdump to listen", Duration::from_secs(10), || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("listening on"))
+        });
+        Some(Capture { child, file })
+    }
+
+    fn stop(mut self) -> Vec<u8> {
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: a signal to our own child; SIGINT makes tcpdump flush.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+        std::fs::read(&self.file).unwrap()
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn a_packet_capture_holds_no_entry_or_reply_text() {
+    let Some(link) = Link::new() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::new();
+    let allow = allow_file(dir.path(), &[format!("{} laptop all", device.public)]);
+    let allow = allow.to_str().unwrap();
+    let server = Server::start(&link, &dir.path().join("d.log"), 0, &["--allow", allow]).unwrap();
+    let addr = server.addr.to_string();
+    let Some(capture) = Capture::start(&link, dir.path().join("link.pcap")) else {
+        return;
+    };
+    let mut texts = Vec::new();
+    for (i, proto) in ["udp", "tcp", "udp", "tcp"].iter().enumerate() {
+        let entry = format!("private thought {i} 私密的想法");
+        let out = device.run(&link, &addr, &["--proto", proto, "write", &entry]);
+        assert!(out.status.success(), "{out:?}");
+        texts.push(entry);
+    }
+    let import = "imported line one\nimported line two\n";
+    let mut child = Link::command(&link.client_ns, env!("CARGO_BIN_EXE_diary"))
+        .args(["--server", &addr, "write"])
+        .env("XDG_CONFIG_HOME", device.config.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(import.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    texts.extend(import.lines().map(str::to_string));
+    let mut replies = Vec::new();
+    for proto in ["udp", "tcp"] {
+        let out = device.run(&link, &addr, &["--proto", proto, "past", "-n", "3"]);
+        assert!(out.status.success(), "{out:?}");
+        replies.push(text(&out.stdout));
+    }
+    // A canary sent in plaintext proves the capture sees payloads.
+    let to = server.addr;
+    link.in_client_ns(move || {
+        let udp = UdpSocket::bind("0.0.0.0:0").unwrap();
+        udp.send_to(b"CANARY-IN-THE-CLEAR\n", to).unwrap();
+    });
+    let pcap = capture.stop();
+    assert!(
+        contains(&pcap, b"CANARY-IN-THE-CLEAR"),
+        "the capture works ({} bytes; tcpdump said {:?})",
+        pcap.len(),
+        std::fs::read_to_string(dir.path().join("link.log"))
+    );
+    assert!(contains(&pcap, b"err auth"), "its refusal is plaintext too");
+    for entry in &texts {
+        assert!(
+            !contains(&pcap, entry.as_bytes()),
+            "{entry} crossed in clear"
+        );
+        assert!(!contains(&pcap, "私密".as_bytes()));
+    }
+    // Nothing of any reply: not its times, its acks, its tags, its words.
+    let stored = std::fs::read_to_string(&server.file).unwrap();
+    for line in stored.lines().filter(|l| !l.starts_with('#')) {
+        let time = line.split('\t').nth(1).unwrap();
+        assert!(!contains(&pcap, time.as_bytes()), "{time} crossed in clear");
+    }
+    // (Words long enough that ciphertext will not hold them by chance.)
+    for word in [
+        &b"/id "[..],
+        b"/write",
+        b"/past",
+        b"req=",
+        b"imported",
+        b"stored",
+    ] {
+        assert!(!contains(&pcap, word), "{:?} crossed in clear", text(word));
+    }
+    assert_eq!(server.entries().len(), texts.len());
+    assert!(
+        replies.iter().all(|r| r.lines().count() == 3),
+        "{replies:?}"
+    );
+}
