@@ -293,6 +293,12 @@ impl SecureStream {
         &self.stream
     }
 
+    /// The connection and its session, for a caller that frames messages
+    /// itself (the benchmark's non-blocking generator).
+    pub fn into_parts(self) -> (TcpStream, snow::TransportState) {
+        (self.stream, self.transport)
+    }
+
     /// Opened bytes not yet read.
     pub fn has_buffered(&self) -> bool {
         self.plain_start < self.plain.len() || !self.rx.is_empty()
@@ -477,39 +483,62 @@ impl UdpSession {
     /// One request, sealed with a nonce of its own (each retry too).
     pub fn seal(&mut self, plain: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(plain.len() + noise_wire::UDP_DATA_OVERHEAD);
-        let nonce = self.next_nonce;
-        self.next_nonce += 1;
-        noise_wire::seal_datagram(&self.transport, self.remote, nonce, plain, &mut out)
-            .expect("a request fits one Noise message");
+        self.seal_into(plain, &mut out);
         out
     }
 
+    /// As [`UdpSession::seal`], into `out` (cleared first).
+    pub fn seal_into(&mut self, plain: &[u8], out: &mut Vec<u8>) {
+        out.clear();
+        let nonce = self.next_nonce;
+        self.next_nonce += 1;
+        noise_wire::seal_datagram(&self.transport, self.remote, nonce, plain, out)
+            .expect("a request fits one Noise message");
+    }
+
     pub fn open(&mut self, datagram: &[u8]) -> FromServer {
+        let mut plain = Vec::new();
+        match self.open_into(datagram, &mut plain) {
+            Opened::Plain => FromServer::Plain(plain),
+            Opened::Refused(why) => FromServer::Refused(why),
+            Opened::Ignored => FromServer::Ignored,
+        }
+    }
+
+    /// As [`UdpSession::open`], the plaintext into `plain`.
+    pub fn open_into(&mut self, datagram: &[u8], plain: &mut Vec<u8>) -> Opened {
         match noise_wire::parse_datagram(datagram) {
             Some(Datagram::Data {
                 receiver,
                 nonce,
                 sealed,
             }) if receiver == self.index && self.window.is_fresh(nonce) => {
-                let mut plain = vec![0u8; sealed.len()];
-                match self.transport.read_message(nonce, sealed, &mut plain) {
+                plain.resize(sealed.len(), 0);
+                match self.transport.read_message(nonce, sealed, plain) {
                     Ok(n) => {
                         self.window.mark(nonce);
                         plain.truncate(n);
-                        FromServer::Plain(plain)
+                        Opened::Plain
                     }
-                    Err(_) => FromServer::Ignored,
+                    Err(_) => Opened::Ignored,
                 }
             }
             // A refusal is not sealed (there may be no session to seal
             // it with): anyone could forge one, and all it can make the
             // client do is a new handshake.
             Some(Datagram::Refused { receiver, why }) if receiver == self.remote => {
-                FromServer::Refused(why)
+                Opened::Refused(why)
             }
-            _ => FromServer::Ignored,
+            _ => Opened::Ignored,
         }
     }
+}
+
+/// What [`UdpSession::open_into`] found.
+pub enum Opened {
+    Plain,
+    Refused(Option<Refusal>),
+    Ignored,
 }
 
 fn random_index() -> u32 {

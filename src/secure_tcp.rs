@@ -12,8 +12,11 @@ use std::time::Instant;
 
 /// What a first frame may weigh: a handshake is about a hundred bytes.
 const MAX_HANDSHAKE_BUFFER: usize = 1024;
-/// Read this much ciphertext at a time.
-const READ_CHUNK: usize = 64 * 1024;
+/// The receive buffer's size, kept while the connection is busy (it is
+/// zeroed once, not per read); a bigger frame grows it for a while.
+const RX_SIZE: usize = 16 * 1024;
+/// Room a read asks for at least.
+const READ_MIN: usize = 4096;
 /// Buffers that grew past this are given back once empty.
 const RETAINED: usize = 16 * 1024;
 
@@ -34,9 +37,10 @@ pub struct SecureLink {
     transport: Option<Box<snow::TransportState>>,
     peer: Option<Peer>,
     started: Option<Instant>,
-    /// Ciphertext received and not yet opened, from `rx_start`.
+    /// Ciphertext received and not yet opened: `rx[rx_start..rx_end]`.
     rx: Vec<u8>,
     rx_start: usize,
+    rx_end: usize,
     /// Opened and not yet read, from `plain_start`.
     plain: Vec<u8>,
     plain_start: usize,
@@ -76,13 +80,13 @@ impl SecureLink {
         from: SocketAddr,
     ) -> Step {
         loop {
-            let frame = match noise_wire::parse_frame(&self.rx[self.rx_start..]) {
+            let frame = match noise_wire::parse_frame(&self.rx[self.rx_start..self.rx_end]) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => {
-                    if self.rx.len() >= MAX_HANDSHAKE_BUFFER {
+                    if self.rx_end >= MAX_HANDSHAKE_BUFFER {
                         return Step::Broken;
                     }
-                    match read_some(stream, &mut self.rx, MAX_HANDSHAKE_BUFFER) {
+                    match self.fill(stream) {
                         Ok(0) => return Step::Broken,
                         Ok(_) => continue,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Waiting,
@@ -170,13 +174,31 @@ impl SecureLink {
     }
 }
 
-/// Reads up to `chunk` more bytes onto the end of `buf`.
-fn read_some(stream: &mut impl Read, buf: &mut Vec<u8>, chunk: usize) -> io::Result<usize> {
-    let len = buf.len();
-    buf.resize(len + chunk, 0);
-    let read = stream.read(&mut buf[len..]);
-    buf.truncate(len + *read.as_ref().unwrap_or(&0));
-    read
+impl SecureLink {
+    /// Reads more ciphertext after what is buffered, keeping only the
+    /// unopened part.
+    fn fill(&mut self, stream: &mut impl Read) -> io::Result<usize> {
+        if self.rx_start > 0 {
+            self.rx.copy_within(self.rx_start..self.rx_end, 0);
+            self.rx_end -= self.rx_start;
+            self.rx_start = 0;
+        }
+        if self.rx.len() < self.rx_end + READ_MIN {
+            self.rx.resize((self.rx_end + READ_MIN).max(RX_SIZE), 0);
+        }
+        let n = stream.read(&mut self.rx[self.rx_end..])?;
+        self.rx_end += n;
+        Ok(n)
+    }
+
+    /// Gives back the receive buffer of a quiet connection.
+    pub fn release_idle(&mut self) {
+        if self.rx_start == self.rx_end {
+            self.rx = Vec::new();
+            self.rx_start = 0;
+            self.rx_end = 0;
+        }
+    }
 }
 
 fn broken(why: &str) -> io::Error {
@@ -205,7 +227,7 @@ impl<S: Read> Read for Opener<'_, S> {
             let Some(transport) = link.transport.as_mut() else {
                 return Err(broken("no session"));
             };
-            match noise_wire::parse_frame(&link.rx[link.rx_start..]) {
+            match noise_wire::parse_frame(&link.rx[link.rx_start..link.rx_end]) {
                 Ok(Some((frame, used))) if frame.kind == DATA => {
                     link.plain.resize(frame.body.len(), 0);
                     let n = transport
@@ -216,13 +238,12 @@ impl<S: Read> Read for Opener<'_, S> {
                 }
                 Ok(Some(_)) | Err(noise_wire::NotAFrame) => return Err(broken("not a data frame")),
                 Ok(None) => {
-                    // Keep only the partial frame, then read more.
-                    link.rx.drain(..link.rx_start);
-                    link.rx_start = 0;
-                    if link.rx.is_empty() && link.rx.capacity() > RETAINED {
+                    if link.rx_start == link.rx_end && link.rx.len() > RX_SIZE {
+                        // A big frame grew it; back to the usual size.
                         link.rx = Vec::new();
+                        (link.rx_start, link.rx_end) = (0, 0);
                     }
-                    if read_some(self.stream, &mut link.rx, READ_CHUNK)? == 0 {
+                    if link.fill(self.stream)? == 0 {
                         return Ok(0);
                     }
                 }

@@ -571,10 +571,18 @@ impl TcpSide {
     pub fn sweep(&mut self, now: Instant, registry: &Registry, stats: &mut Stats) {
         let (idle, send) = (self.limits.idle_timeout, self.limits.send_timeout);
         for (key, conn) in self.conns.iter_mut() {
-            if conn.dead || matches!(conn.mode, Mode::Following(_)) {
+            if conn.dead {
                 continue;
             }
             let idle_for = now.duration_since(conn.last_active);
+            if let Link::Secure(link) = &mut conn.link
+                && idle_for.as_secs() >= 1
+            {
+                link.release_idle();
+            }
+            if matches!(conn.mode, Mode::Following(_)) {
+                continue;
+            }
             let unread_for = now.duration_since(conn.last_sent);
             let why = if conn.out.queued() > 0 && unread_for >= send {
                 IdleClose::Unread(send.as_secs())

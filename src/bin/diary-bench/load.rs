@@ -6,7 +6,10 @@
 //! pipeline plain lines and match replies in order. Against the echo
 //! server the same bytes come back, so the same code measures both.
 
+use diary::client::Options;
 use diary::framing::OutBuf;
+use diary::noise_wire::{self, DATA};
+use diary::secure_client::{Credentials, Opened, SecureStream, UdpSession};
 use hdrhistogram::Histogram;
 use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
@@ -42,6 +45,10 @@ pub struct Load {
     /// Replies before this are not measured.
     #[serde(serialize_with = "as_seconds")]
     pub warmup: Duration,
+    /// Keys: every client makes an encrypted session first.
+    #[serde(skip)]
+    pub keys: Option<Credentials>,
+    pub encrypted: bool,
 }
 
 fn as_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -77,6 +84,9 @@ struct UdpClient {
     /// Slot `seq % depth` holds request `seq` while it waits.
     slots: Vec<Option<InFlight>>,
     next_seq: u64,
+    session: Option<UdpSession>,
+    /// A request before it is sealed, or a reply once opened.
+    plain: Vec<u8>,
 }
 
 struct TcpClient {
@@ -85,6 +95,13 @@ struct TcpClient {
     out: OutBuf,
     /// Reply bytes of a line not yet complete.
     partial: Vec<u8>,
+    /// An encrypted session: requests are sealed into frames, replies
+    /// opened from `rx`.
+    session: Option<Box<snow::TransportState>>,
+    rx: Vec<u8>,
+    plain: Vec<u8>,
+    /// Lines of a top-up, before they are sealed.
+    lines: Vec<u8>,
 }
 
 enum Clients {
@@ -208,14 +225,29 @@ impl Load {
                     } else {
                         "[::]:0".parse().expect("literal")
                     };
-                    let mut socket = UdpSocket::bind(local)?;
-                    socket.connect(addr)?;
+                    let std = std::net::UdpSocket::bind(local)?;
+                    std.connect(addr)?;
+                    let session = match &self.keys {
+                        Some(keys) => {
+                            let deadline = Instant::now() + Duration::from_secs(5);
+                            let opts = Options::default();
+                            Some(
+                                UdpSession::handshake(&std, keys, &opts, addr, deadline)
+                                    .map_err(io::Error::other)?,
+                            )
+                        }
+                        None => None,
+                    };
+                    std.set_nonblocking(true)?;
+                    let mut socket = UdpSocket::from_std(std);
                     poll.registry()
                         .register(&mut socket, Token(i), Interest::READABLE)?;
                     all.push(UdpClient {
                         socket,
                         slots: (0..self.depth).map(|_| None).collect(),
                         next_seq: 0,
+                        session,
+                        plain: Vec::new(),
                     });
                 }
                 Ok(Clients::Udp(all))
@@ -223,8 +255,19 @@ impl Load {
             Proto::Tcp => {
                 let mut all = Vec::with_capacity(self.clients);
                 for i in 0..self.clients {
-                    let std = std::net::TcpStream::connect(addr)?;
+                    let mut std = std::net::TcpStream::connect(addr)?;
                     std.set_nodelay(true)?;
+                    let mut session = None;
+                    if let Some(keys) = &self.keys {
+                        let deadline = Instant::now() + Duration::from_secs(5);
+                        let secure =
+                            SecureStream::connect(std, keys, &Options::default(), deadline)
+                                .map_err(io::Error::other)?;
+                        let (stream, transport) = secure.into_parts();
+                        std = stream;
+                        session = Some(Box::new(transport));
+                    }
+                    std.set_read_timeout(None)?;
                     std.set_nonblocking(true)?;
                     let mut stream = TcpStream::from_std(std);
                     poll.registry().register(
@@ -237,6 +280,10 @@ impl Load {
                         sent_at: VecDeque::with_capacity(self.depth),
                         out: OutBuf::default(),
                         partial: Vec::new(),
+                        session,
+                        rx: Vec::new(),
+                        plain: Vec::new(),
+                        lines: Vec::new(),
                     });
                 }
                 Ok(Clients::Tcp(all))
@@ -254,6 +301,10 @@ impl Load {
                     let seq = client.next_seq;
                     datagram.clear();
                     udp_request(i, seq, self.size, &mut datagram);
+                    if let Some(session) = &mut client.session {
+                        std::mem::swap(&mut datagram, &mut client.plain);
+                        session.seal_into(&client.plain, &mut datagram);
+                    }
                     match client.socket.send(&datagram) {
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -269,11 +320,31 @@ impl Load {
             }
             Clients::Tcp(all) => {
                 let client = &mut all[i];
+                // Sealed, the lines of one top-up go in one frame.
+                // (Plaintext lines go straight after what is still unsent.)
+                let mut lines = match client.session {
+                    Some(_) => {
+                        let mut lines = std::mem::take(&mut client.lines);
+                        lines.clear();
+                        lines
+                    }
+                    None => std::mem::take(&mut client.out.buf),
+                };
                 while client.sent_at.len() < self.depth {
                     let seq = client.sent_at.len() as u64;
-                    entry_text(i, seq, self.size, &mut client.out.buf);
-                    client.out.buf.push(b'\n');
+                    entry_text(i, seq, self.size, &mut lines);
+                    lines.push(b'\n');
                     client.sent_at.push_back(now);
+                }
+                match &mut client.session {
+                    Some(session) => {
+                        if !lines.is_empty() {
+                            noise_wire::seal_frame(session, &lines, &mut client.out.buf)
+                                .map_err(io::Error::other)?;
+                        }
+                        client.lines = lines;
+                    }
+                    None => client.out.buf = lines,
                 }
                 client.out.flush_to(&mut client.stream)?;
             }
@@ -309,7 +380,17 @@ fn udp_receive(
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Err(e),
             Err(_) => continue,
         };
-        let Some((seq, rest)) = reply_tag(&buf[..n]) else {
+        let reply = match &mut client.session {
+            Some(session) => match session.open_into(&buf[..n], &mut client.plain) {
+                Opened::Plain => &client.plain[..],
+                _ => {
+                    tally.errors += tally.measuring as u64;
+                    continue;
+                }
+            },
+            None => &buf[..n],
+        };
+        let Some((seq, rest)) = reply_tag(reply) else {
             tally.errors += tally.measuring as u64;
             continue;
         };
@@ -334,6 +415,10 @@ fn udp_retry(client: &mut UdpClient, index: usize, now: Instant, size: usize) ->
         }
         datagram.clear();
         udp_request(index, flight.seq, size, &mut datagram);
+        if let Some(session) = &mut client.session {
+            std::mem::swap(&mut datagram, &mut client.plain);
+            session.seal_into(&client.plain, &mut datagram);
+        }
         // A send that fails now is like one lost on the way: tried again later.
         let _ = client.socket.send(&datagram);
         flight.last_sent = now;
@@ -361,26 +446,61 @@ fn tcp_receive(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) => return Err(e),
         };
-        let mut start = 0;
-        for newline in memchr::memchr_iter(b'\n', &buf[..n]) {
-            let error = if client.partial.is_empty() {
-                buf[start..newline].starts_with(b"err")
-            } else {
-                client.partial.extend_from_slice(&buf[start..newline]);
-                let e = client.partial.starts_with(b"err");
-                client.partial.clear();
-                e
-            };
-            start = newline + 1;
-            let sent = client
-                .sent_at
-                .pop_front()
-                .ok_or_else(|| io::Error::other("a reply nobody asked for"))?;
-            tally.reply(sent, now, error);
+        let Some(session) = &mut client.session else {
+            tcp_lines(
+                &mut client.partial,
+                &mut client.sent_at,
+                &buf[..n],
+                now,
+                tally,
+            )?;
+            continue;
+        };
+        client.rx.extend_from_slice(&buf[..n]);
+        let mut used = 0;
+        while let Ok(Some((frame, len))) = noise_wire::parse_frame(&client.rx[used..]) {
+            if frame.kind != DATA {
+                return Err(io::Error::other("not a data frame"));
+            }
+            client.plain.resize(frame.body.len(), 0);
+            let opened = session
+                .read_message(frame.body, &mut client.plain)
+                .map_err(io::Error::other)?;
+            used += len;
+            let plain = &client.plain[..opened];
+            tcp_lines(&mut client.partial, &mut client.sent_at, plain, now, tally)?;
         }
-        // Only the start of a line matters (is it an error?).
-        if client.partial.len() < 8 {
-            client.partial.extend_from_slice(&buf[start..n]);
-        }
+        client.rx.drain(..used);
     }
+}
+
+/// Counts the reply lines in `bytes`.
+fn tcp_lines(
+    partial: &mut Vec<u8>,
+    sent_at: &mut VecDeque<Instant>,
+    bytes: &[u8],
+    now: Instant,
+    tally: &mut Tally,
+) -> io::Result<()> {
+    let mut start = 0;
+    for newline in memchr::memchr_iter(b'\n', bytes) {
+        let error = if partial.is_empty() {
+            bytes[start..newline].starts_with(b"err")
+        } else {
+            partial.extend_from_slice(&bytes[start..newline]);
+            let e = partial.starts_with(b"err");
+            partial.clear();
+            e
+        };
+        start = newline + 1;
+        let sent = sent_at
+            .pop_front()
+            .ok_or_else(|| io::Error::other("a reply nobody asked for"))?;
+        tally.reply(sent, now, error);
+    }
+    // Only the start of a line matters (is it an error?).
+    if partial.len() < 8 {
+        partial.extend_from_slice(&bytes[start..]);
+    }
+    Ok(())
 }

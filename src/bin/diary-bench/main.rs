@@ -9,6 +9,7 @@ mod pipeline;
 mod target;
 
 use clap::{Args, Parser, Subcommand};
+use diary::secure_client::{Credentials, Pin};
 use load::{Load, Proto, Report};
 use serde::Serialize;
 use std::io::{self, BufRead, BufReader, Write};
@@ -46,8 +47,10 @@ enum Cmd {
         /// diaryd's --fsync.
         #[arg(long, default_value = "never")]
         fsync: String,
-        /// The baseline: the bare echo server (`echo`) or diaryd with
-        /// another --fsync (`always`, `interval`, `never`).
+        /// The baseline: the bare echo server (`echo`), diaryd with
+        /// another --fsync (`always`, `interval`, `never`), or `plaintext`:
+        /// the same diaryd (with an allow file) loaded in plaintext, against
+        /// encrypted sessions (Noise) for the measured runs.
         #[arg(long, default_value = "echo")]
         baseline: String,
         /// Runs of each, alternating; the medians are compared, so that a
@@ -136,6 +139,8 @@ impl LoadArgs {
             duration: Duration::from_secs_f64(self.duration),
             count: self.count,
             warmup: Duration::from_secs_f64(self.warmup),
+            keys: None,
+            encrypted: false,
         }
     }
 }
@@ -250,10 +255,40 @@ impl Round {
     }
 }
 
-fn spawn(name: &str) -> io::Result<Target> {
+/// A device key and the allow file that lets it in, for encrypted runs.
+struct BenchDevice {
+    dir: tempfile::TempDir,
+    key: diary::keys::KeyPair,
+}
+
+impl BenchDevice {
+    fn new() -> io::Result<BenchDevice> {
+        let dir = tempfile::tempdir()?;
+        let key = diary::keys::KeyPair::generate();
+        std::fs::write(
+            dir.path().join("allow"),
+            format!("{} bench all\n", key.public),
+        )?;
+        Ok(BenchDevice { dir, key })
+    }
+
+    fn allow(&self) -> String {
+        self.dir.path().join("allow").display().to_string()
+    }
+}
+
+fn spawn(name: &str, device: Option<&BenchDevice>) -> io::Result<Target> {
+    let allow;
+    let extra: Vec<&str> = match device {
+        Some(device) => {
+            allow = device.allow();
+            vec!["--allow", &allow]
+        }
+        None => Vec::new(),
+    };
     match name {
         "echo" => Target::echo(),
-        fsync => Target::diaryd(fsync, &[]),
+        fsync => Target::diaryd(fsync, &extra),
     }
 }
 
@@ -270,23 +305,39 @@ fn compare(
     rounds: usize,
     json: bool,
 ) -> io::Result<()> {
-    let measure = |name: &str| -> io::Result<Report> {
-        let target = spawn(name)?;
+    // `plaintext`: the same diaryd both times; the measured runs encrypted.
+    let encrypting = baseline == "plaintext";
+    let device = encrypting.then(BenchDevice::new).transpose()?;
+    let measure = |name: &str, encrypted: bool| -> io::Result<Report> {
+        let target = spawn(name, device.as_ref())?;
+        let mut load = load.clone();
+        if encrypted && let Some(device) = &device {
+            let server = target
+                .server_key
+                .ok_or_else(|| io::Error::other("diaryd printed no server key"))?;
+            load.keys = Some(Credentials {
+                own: device.key.clone(),
+                server,
+                pin: Pin::Given,
+            });
+            load.encrypted = true;
+        }
         let report = load.run(target.addr, &|| target.cpu_seconds())?;
         if report.completed == 0 {
             return Err(io::Error::other(format!("{name}: no request completed")));
         }
         Ok(report)
     };
+    let baseline_target = if encrypting { fsync } else { baseline };
     let (mut baselines, mut diaryds, mut round_ratios) = (Vec::new(), Vec::new(), Vec::new());
     let mut each = Vec::new();
     for _ in 0..warmup_rounds {
-        measure(baseline)?;
-        measure(fsync)?;
+        measure(baseline_target, false)?;
+        measure(fsync, encrypting)?;
     }
     for _ in 0..rounds {
-        let b = measure(baseline)?;
-        let d = measure(fsync)?;
+        let b = measure(baseline_target, false)?;
+        let d = measure(fsync, encrypting)?;
         round_ratios.push(d.per_second / b.per_second);
         each.push(Round {
             baseline: b.clone(),
@@ -297,7 +348,12 @@ fn compare(
     }
     let baseline_name = match baseline {
         "echo" => "echo (bare mio loop)".to_string(),
+        "plaintext" => format!("diaryd --fsync {fsync}, plaintext"),
         fsync => format!("diaryd --fsync {fsync}"),
+    };
+    let measured_name = match encrypting {
+        true => format!("diaryd --fsync {fsync}, Noise"),
+        false => format!("diaryd --fsync {fsync}"),
     };
     let (b, d) = (median(baselines), median(diaryds));
     let result = Comparison {
@@ -326,7 +382,7 @@ fn compare(
             load.depth,
             load.size,
             describe(&result.baseline_name, &result.baseline),
-            describe(&format!("diaryd --fsync {fsync}"), &result.diaryd),
+            describe(&measured_name, &result.diaryd),
             result.ratio,
             rounds.join(" "),
             each.join("; "),

@@ -13,6 +13,8 @@ pub struct Target {
     pub addr: SocketAddr,
     /// How long from spawn to its "listening on" line.
     pub startup: Duration,
+    /// diaryd's public key (its second line).
+    pub server_key: Option<diary::keys::PublicKey>,
     /// Where a spawned diaryd keeps its diary (removed on drop).
     _dir: Option<tempfile::TempDir>,
 }
@@ -58,8 +60,17 @@ impl Target {
             .stderr(Stdio::inherit())
             .spawn()?;
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        stdout.read_line(&mut line)?;
         let startup = started.elapsed();
+        let mut server_key = None;
+        if line.starts_with("diaryd:") {
+            let mut second = String::new();
+            stdout.read_line(&mut second)?;
+            server_key = second
+                .strip_prefix("server key ")
+                .and_then(|k| k.trim().parse().ok());
+        }
         let Some(addr) = diary::event_loop::announced_addr(&line) else {
             let _ = child.kill();
             return Err(io::Error::other(format!(
@@ -70,6 +81,7 @@ impl Target {
             child,
             addr,
             startup,
+            server_key,
             _dir: None,
         })
     }
