@@ -29,6 +29,9 @@ pub struct Limits {
     /// Loopback UDP sources are trusted with replies over 3x their request
     /// (the seed's client works locally); off only to test the rule.
     pub loopback_exempt: bool,
+    /// An encrypted session is ended after this long; the client makes a
+    /// new one (shorter only to test renewal).
+    pub session_lifetime: Duration,
 }
 
 impl Default for Limits {
@@ -44,6 +47,7 @@ impl Default for Limits {
             follow_backlog: 1024 * 1024,
             send_timeout: Duration::from_secs(30),
             loopback_exempt: true,
+            session_lifetime: crate::noise_wire::REJECT_AFTER,
         }
     }
 }

@@ -710,7 +710,7 @@ impl TcpSide {
             };
             let expired = link
                 .started()
-                .is_some_and(|t| t.elapsed() >= noise_wire::REJECT_AFTER);
+                .is_some_and(|t| t.elapsed() >= self.limits.session_lifetime);
             let Some(peer) = link.peer_mut() else {
                 continue;
             };

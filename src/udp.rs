@@ -94,7 +94,7 @@ impl UdpSide {
             limits: limits.clone(),
             plaintext,
             gate,
-            sessions: UdpSessions::default(),
+            sessions: UdpSessions::new(limits.session_lifetime),
             plain: Vec::new(),
         }
     }

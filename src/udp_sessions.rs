@@ -11,7 +11,7 @@ use crate::noise_wire::{self, REJECT_AFTER, Refusal, ReplayWindow};
 use crate::stats::Stats;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 struct Session {
     transport: snow::StatelessTransportState,
@@ -31,14 +31,29 @@ pub struct Opened {
     pub peer: Peer,
 }
 
-#[derive(Default)]
 pub struct UdpSessions {
     sessions: HashMap<u32, Session>,
     generation: u64,
+    lifetime: Duration,
+}
+
+impl Default for UdpSessions {
+    fn default() -> UdpSessions {
+        UdpSessions::new(REJECT_AFTER)
+    }
 }
 
 impl UdpSessions {
     pub const PER_DEVICE: usize = 64;
+
+    /// Sessions forgotten after `lifetime`.
+    pub fn new(lifetime: Duration) -> UdpSessions {
+        UdpSessions {
+            sessions: HashMap::new(),
+            generation: 0,
+            lifetime,
+        }
+    }
 
     pub fn len(&self) -> usize {
         self.sessions.len()
@@ -141,7 +156,7 @@ impl UdpSessions {
         let expired = self
             .sessions
             .get(&receiver)
-            .is_some_and(|s| s.started.elapsed() >= REJECT_AFTER);
+            .is_some_and(|s| s.started.elapsed() >= self.lifetime);
         if expired {
             self.remove(receiver, stats);
         }
@@ -181,7 +196,7 @@ impl UdpSessions {
         self.generation = gate.generation();
         let mut gone = Vec::new();
         for (&index, session) in self.sessions.iter_mut() {
-            if session.started.elapsed() >= REJECT_AFTER {
+            if session.started.elapsed() >= self.lifetime {
                 gone.push(index);
             } else if reloaded {
                 match gate.device(&session.peer.key) {
