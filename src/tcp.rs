@@ -88,6 +88,8 @@ enum Mode {
 enum Link {
     Undecided,
     Plain,
+    /// Plaintext from where keys are required: told so, never read again.
+    Refused,
     Secure(Box<SecureLink>),
 }
 
@@ -380,7 +382,7 @@ impl TcpSide {
                     }
                     conn.out.buf.extend_from_slice(protocol::AUTH_REQUIRED);
                     conn.closing = true;
-                    conn.link = Link::Plain;
+                    conn.link = Link::Refused;
                     return false;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
@@ -391,11 +393,17 @@ impl TcpSide {
                 }
             }
         }
-        let Link::Secure(link) = &mut conn.link else {
-            return true;
+        let link = match &mut conn.link {
+            Link::Secure(link) => link,
+            Link::Refused => return false,
+            _ => return true,
         };
         if link.is_open() {
             return true;
+        }
+        if conn.closing {
+            // Refused, or the client gave up: no second try on this connection.
+            return false;
         }
         let step = link.handshake(&mut conn.stream, &mut self.gate.lock(), conn.from);
         match step {
@@ -725,7 +733,9 @@ impl TcpSide {
                     }
                 }
             }
-            if expired && !conn.closing {
+            // A long reply being streamed ends first.
+            let streaming = matches!(conn.mode, Mode::Streaming(_));
+            if expired && !conn.closing && !streaming {
                 conn.out.buf.extend_from_slice(protocol::SESSION_EXPIRED);
                 conn.end_session();
                 self.touched.push(key);
