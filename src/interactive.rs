@@ -146,7 +146,15 @@ pub fn run(client: &mut Client) -> Result<(), Box<dyn std::error::Error>> {
     if recent == RECENT as usize {
         println!("(the last {RECENT} entries; p shows them all)");
     }
-    println!("Writing to {}. h for help, e to leave.", client.server());
+    let how = if client.is_encrypted() {
+        " (encrypted)"
+    } else {
+        ""
+    };
+    println!(
+        "Writing to {}{how}. h for help, e to leave.",
+        client.server()
+    );
     let mut editor = rustyline::DefaultEditor::new()?;
     let shared = Arc::new(Shared::default());
     let server = client.options().server.clone();

@@ -257,6 +257,18 @@ fn allow_file(dir: &Path, lines: &[String]) -> PathBuf {
     path
 }
 
+/// Two machines: diaryd in one, allowing one device (`NAME SCOPES`), and
+/// that device in the other. (Bound in this order, they drop server first.)
+fn scene(device_line: &str) -> Option<(Link, tempfile::TempDir, Device, Server)> {
+    let link = Link::new()?;
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::new();
+    let allow = allow_file(dir.path(), &[format!("{} {device_line}", device.public)]);
+    let file = dir.path().join("d.log");
+    let server = Server::start(&link, &file, 0, &["--allow", allow.to_str().unwrap()]).unwrap();
+    Some((link, dir, device, server))
+}
+
 #[test]
 fn protected_mode_refuses_to_listen_beyond_loopback_without_keys() {
     let dir = tempfile::tempdir().unwrap();
@@ -289,12 +301,9 @@ fn protected_mode_refuses_to_listen_beyond_loopback_without_keys() {
 
 #[test]
 fn plaintext_from_another_machine_gets_only_err_auth() {
-    let Some(link) = Link::new() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let device = Device::new();
-    let allow = allow_file(dir.path(), &[format!("{} laptop all", device.public)]);
-    let allow = allow.to_str().unwrap();
-    let server = Server::start(&link, &dir.path().join("d.log"), 0, &["--allow", allow]).unwrap();
+    let Some((link, _dir, device, server)) = scene("laptop all") else {
+        return;
+    };
     // One entry written the right way, which no plaintext request may see.
     let addr = server.addr.to_string();
     let out = device.run(&link, &addr, &["write", "the secret entry"]);
@@ -404,12 +413,9 @@ fn lossy_relay(link: &Link, server: SocketAddr) -> (SocketAddr, Arc<AtomicBool>)
 
 #[test]
 fn an_allowed_device_writes_and_reads_over_udp_and_tcp_exactly_once_under_loss() {
-    let Some(link) = Link::new() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let device = Device::new();
-    let allow = allow_file(dir.path(), &[format!("{} laptop all", device.public)]);
-    let allow = allow.to_str().unwrap();
-    let server = Server::start(&link, &dir.path().join("d.log"), 0, &["--allow", allow]).unwrap();
+    let Some((link, _dir, device, server)) = scene("laptop all") else {
+        return;
+    };
     let direct = server.addr.to_string();
     // First contact pins the key, and says so.
     let out = device.run(
@@ -458,12 +464,9 @@ fn an_allowed_device_writes_and_reads_over_udp_and_tcp_exactly_once_under_loss()
 
 #[test]
 fn a_write_only_device_cannot_read_or_follow() {
-    let Some(link) = Link::new() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let device = Device::new();
-    let allow = allow_file(dir.path(), &[format!("{} sensor write", device.public)]);
-    let allow = allow.to_str().unwrap();
-    let server = Server::start(&link, &dir.path().join("d.log"), 0, &["--allow", allow]).unwrap();
+    let Some((link, _dir, device, server)) = scene("sensor write") else {
+        return;
+    };
     let addr = server.addr.to_string();
     for proto in ["udp", "tcp"] {
         let out = device.run(&link, &addr, &["--proto", proto, "write", "a reading"]);
@@ -567,13 +570,11 @@ fn a_revoked_device_is_refused_after_sighup_and_its_sessions_end() {
 
 #[test]
 fn a_changed_server_key_is_refused_by_the_client() {
-    let Some(link) = Link::new() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let device = Device::new();
-    let allow = allow_file(dir.path(), &[format!("{} laptop all", device.public)]);
+    let Some((link, dir, device, server)) = scene("laptop all") else {
+        return;
+    };
+    let (file, allow) = (dir.path().join("d.log"), dir.path().join("allow"));
     let allow = allow.to_str().unwrap();
-    let file = dir.path().join("d.log");
-    let server = Server::start(&link, &file, 0, &["--allow", allow]).unwrap();
     let addr = server.addr.to_string();
     let port = server.addr.port();
     let out = device.run(&link, &addr, &["write", "first"]);
@@ -651,12 +652,9 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[test]
 fn a_packet_capture_holds_no_entry_or_reply_text() {
-    let Some(link) = Link::new() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let device = Device::new();
-    let allow = allow_file(dir.path(), &[format!("{} laptop all", device.public)]);
-    let allow = allow.to_str().unwrap();
-    let server = Server::start(&link, &dir.path().join("d.log"), 0, &["--allow", allow]).unwrap();
+    let Some((link, dir, device, server)) = scene("laptop all") else {
+        return;
+    };
     let addr = server.addr.to_string();
     let Some(capture) = Capture::start(&link, dir.path().join("link.pcap")) else {
         return;
@@ -732,5 +730,43 @@ fn a_packet_capture_holds_no_entry_or_reply_text() {
     assert!(
         replies.iter().all(|r| r.lines().count() == 3),
         "{replies:?}"
+    );
+}
+
+#[test]
+fn the_interactive_client_from_another_machine_is_encrypted_and_live() {
+    use expectrl::{Expect, Session};
+    let Some((link, _dir, device, server)) = scene("laptop all") else {
+        return;
+    };
+    let addr = server.addr.to_string();
+    let state = tempfile::tempdir().unwrap();
+    let mut command = Link::command(&link.client_ns, env!("CARGO_BIN_EXE_diary"));
+    command
+        .args(["--server", &addr])
+        .env("XDG_CONFIG_HOME", device.config.path())
+        .env("XDG_STATE_HOME", state.path())
+        .env("TERM", "xterm");
+    let mut p = Session::spawn(command).expect("a pty");
+    p.set_expect_timeout(Some(Duration::from_secs(15)));
+    p.expect("(encrypted)").unwrap();
+    p.expect("diary> ").unwrap();
+    p.send("typed on the laptop 笔记本\r").unwrap();
+    p.expect("stored #1").unwrap();
+    // Another terminal of the same device writes; the live view shows it.
+    let out = device.run(
+        &link,
+        &addr,
+        &["--proto", "tcp", "write", "from a second terminal"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    p.expect("from a second terminal").unwrap();
+    p.send("p\r").unwrap();
+    p.expect("typed on the laptop 笔记本").unwrap();
+    p.send("e\r").unwrap();
+    p.expect(expectrl::Eof).unwrap();
+    assert_eq!(
+        server.entries(),
+        ["typed on the laptop 笔记本", "from a second terminal"]
     );
 }
