@@ -48,6 +48,7 @@ pub struct Load {
     /// Keys: every client makes an encrypted session first.
     #[serde(skip)]
     pub keys: Option<Credentials>,
+    /// Whether the load is encrypted (it has keys).
     pub encrypted: bool,
 }
 

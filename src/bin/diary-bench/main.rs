@@ -357,7 +357,11 @@ fn compare(
     };
     let (b, d) = (median(baselines), median(diaryds));
     let result = Comparison {
-        load: load.clone(),
+        // `encrypted`: the measured runs' load (the baseline's is plaintext).
+        load: Load {
+            encrypted: encrypting,
+            ..load.clone()
+        },
         ratio: d.per_second / b.per_second,
         baseline_name,
         diaryd_fsync: fsync.to_string(),
