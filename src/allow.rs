@@ -213,7 +213,7 @@ mod tests {
         assert_eq!(Scopes::needed_by(&past), Scopes::READ);
         assert_eq!(Scopes::needed_by(&Command::Stats), Scopes::READ);
         let follow = Command::Follow {
-            after: None,
+            since: None,
             diary: None,
         };
         assert_eq!(Scopes::needed_by(&follow), Scopes::FOLLOW);

@@ -29,9 +29,56 @@ pub const FORMS: &str = "an entry id (120, or #2026: four digits alone are a yea
      2026, 2026-11, 2026-11-25, 2026/11/25, \"2026-11-25 08:30\", \"2026-11-25 08:30:15\", \
      or RFC 3339 (2026-11-25T08:30:00+08:00)";
 
+/// How much time a form names: its start is what `since` takes, its end
+/// what `until` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Span {
+    /// An entry id: `until` it means up to it, included.
+    Id,
+    /// An instant (to the millisecond).
+    Instant,
+    Second,
+    Minute,
+    Day(NaiveDate),
+    Month(NaiveDate),
+    Year(i32),
+}
+
 /// Parses `text` with `now` as the reader's present, in `now`'s zone (the
-/// client passes `Local::now()`).
+/// client passes `Local::now()`): where the span it names starts.
 pub fn parse_point<Tz: TimeZone>(text: &str, now: DateTime<Tz>) -> Result<Point, String> {
+    parse(text, &now).map(|(start, _)| start)
+}
+
+/// As [`parse_point`], for `until`: where the span `text` names ends
+/// (excluded). `--until 2026-11-25` takes in the whole day, `--until 120`
+/// entry 120, `--until "2026-11-25 08:30"` that whole minute.
+pub fn parse_until<Tz: TimeZone>(text: &str, now: DateTime<Tz>) -> Result<Point, String> {
+    let (start, span) = parse(text, &now)?;
+    let Point::From(ms) = start else {
+        return Ok(start);
+    };
+    let zone = now.timezone();
+    let midnight = |date: NaiveDate| local_millis(&zone, date.and_time(NaiveTime::MIN), text);
+    match span {
+        Span::Id => Ok(start),
+        Span::Instant => Ok(Point::From(ms + 1)),
+        Span::Second => Ok(Point::From(ms + 1000)),
+        Span::Minute => Ok(Point::From(ms + 60_000)),
+        Span::Day(date) => midnight(date + Duration::days(1)),
+        Span::Month(first) => midnight(
+            first
+                .checked_add_months(chrono::Months::new(1))
+                .ok_or_else(|| format!("{text:?} is too far ahead"))?,
+        ),
+        Span::Year(year) => midnight(
+            NaiveDate::from_ymd_opt(year + 1, 1, 1)
+                .ok_or_else(|| format!("{text:?} is too far ahead"))?,
+        ),
+    }
+}
+
+fn parse<Tz: TimeZone>(text: &str, now: &DateTime<Tz>) -> Result<(Point, Span), String> {
     let text = text.trim();
     let refuse = || format!("{text:?} is not a date or an id; use {FORMS}");
     if text.is_empty() {
@@ -42,22 +89,24 @@ pub fn parse_point<Tz: TimeZone>(text: &str, now: DateTime<Tz>) -> Result<Point,
     if !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) && !is_year {
         return id
             .parse()
-            .map(Point::AfterId)
+            .map(|id| (Point::AfterId(id), Span::Id))
             .map_err(|_| format!("{text:?} is too large for an entry id"));
     }
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Ok(Point::From(t.timestamp_millis()));
+        return Ok((Point::From(t.timestamp_millis()), Span::Instant));
     }
     for format in ["%Y-%m-%dT%H:%M%:z", "%Y-%m-%dT%H:%MZ"] {
         if let Ok(t) = DateTime::parse_from_str(&text.replace('Z', "+00:00"), format) {
-            return Ok(Point::From(t.timestamp_millis()));
+            return Ok((Point::From(t.timestamp_millis()), Span::Minute));
         }
     }
     let zone = now.timezone();
-    let midnight = |date: NaiveDate| local_millis(&zone, date.and_time(NaiveTime::MIN), text);
+    let day = |date: NaiveDate| {
+        local_millis(&zone, date.and_time(NaiveTime::MIN), text).map(|p| (p, Span::Day(date)))
+    };
     match text {
-        "today" => return midnight(now.date_naive()),
-        "yesterday" => return midnight(now.date_naive() - Duration::days(1)),
+        "today" => return day(now.date_naive()),
+        "yesterday" => return day(now.date_naive() - Duration::days(1)),
         _ => {}
     }
     if let Some(ago) = text.strip_suffix(" ago") {
@@ -66,33 +115,34 @@ pub fn parse_point<Tz: TimeZone>(text: &str, now: DateTime<Tz>) -> Result<Point,
         let step = match unit.trim_end_matches('s') {
             "minute" => Duration::minutes(n),
             "hour" => Duration::hours(n),
-            "day" => return midnight(now.date_naive() - Duration::days(n)),
-            "week" => return midnight(now.date_naive() - Duration::weeks(n)),
+            "day" => return day(now.date_naive() - Duration::days(n)),
+            "week" => return day(now.date_naive() - Duration::weeks(n)),
             _ => return Err(refuse()),
         };
-        return Ok(Point::From((now.clone() - step).timestamp_millis()));
+        let at = (now.clone() - step).timestamp_millis();
+        return Ok((Point::From(at), Span::Instant));
     }
     let text_dash = text.replace('/', "-");
     if let Ok(year) = text_dash.parse::<i32>() {
         let date = NaiveDate::from_ymd_opt(year, 1, 1).ok_or_else(refuse)?;
-        return midnight(date);
+        return day(date).map(|(p, _)| (p, Span::Year(year)));
     }
     if let Ok(date) = NaiveDate::parse_from_str(&format!("{text_dash}-01"), "%Y-%m-%d")
         && text_dash.len() <= 7
     {
-        return midnight(date);
+        return day(date).map(|(p, _)| (p, Span::Month(date)));
     }
     if let Ok(date) = NaiveDate::parse_from_str(&text_dash, "%Y-%m-%d") {
-        return midnight(date);
+        return day(date);
     }
-    for format in [
-        "%Y-%m-%d %H:%M:%S",
-        "%Y-%m-%d %H:%M",
-        "%Y-%m-%dT%H:%M:%S",
-        "%Y-%m-%dT%H:%M",
+    for (format, span) in [
+        ("%Y-%m-%d %H:%M:%S", Span::Second),
+        ("%Y-%m-%d %H:%M", Span::Minute),
+        ("%Y-%m-%dT%H:%M:%S", Span::Second),
+        ("%Y-%m-%dT%H:%M", Span::Minute),
     ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(&text_dash, format) {
-            return local_millis(&zone, t, text);
+            return local_millis(&zone, t, text).map(|p| (p, span));
         }
     }
     Err(refuse())
@@ -194,5 +244,41 @@ mod tests {
             Point::From(at("2026-11-25T10:00:00+08:00")).canonical(),
             "2026-11-25T02:00:00.000+00:00"
         );
+    }
+
+    #[test]
+    fn until_takes_in_the_whole_span_a_form_names() {
+        let zone = chrono::FixedOffset::east_opt(8 * 3600).unwrap();
+        let now = zone
+            .with_ymd_and_hms(2026, 11, 26, 15, 30, 0)
+            .single()
+            .unwrap();
+        let u = |t| parse_until(t, now).unwrap();
+        assert_eq!(u("120"), Point::AfterId(120));
+        assert_eq!(u("today"), Point::From(at("2026-11-27T00:00:00+08:00")));
+        assert_eq!(u("yesterday"), Point::From(at("2026-11-26T00:00:00+08:00")));
+        assert_eq!(
+            u("2 days ago"),
+            Point::From(at("2026-11-25T00:00:00+08:00"))
+        );
+        assert_eq!(u("2026"), Point::From(at("2027-01-01T00:00:00+08:00")));
+        assert_eq!(u("2026-12"), Point::From(at("2027-01-01T00:00:00+08:00")));
+        assert_eq!(
+            u("2026-11-25"),
+            Point::From(at("2026-11-26T00:00:00+08:00"))
+        );
+        assert_eq!(
+            u("2026-11-25 10:00"),
+            Point::From(at("2026-11-25T10:01:00+08:00"))
+        );
+        assert_eq!(
+            u("2026-11-25 10:00:05"),
+            Point::From(at("2026-11-25T10:00:06+08:00"))
+        );
+        assert_eq!(
+            u("2026-11-25T10:00:00.000Z"),
+            Point::From(at("2026-11-25T10:00:00.001Z"))
+        );
+        assert!(parse_until("next tuesday", now).is_err());
     }
 }

@@ -4,7 +4,7 @@
 //! may be ([`Transport`]), and fits the reply to its datagram itself.
 
 use crate::history;
-use crate::protocol::{self, BYE, Command, Request};
+use crate::protocol::{self, BYE, Command, Request, Since};
 use crate::service::{Outcome, Transport};
 use crate::stats::Stats;
 use crate::store::Store;
@@ -78,8 +78,14 @@ fn run(
             }
             Outcome::Replied
         }
-        Command::Follow { after, diary } => {
+        Command::Follow { since, diary } => {
             let len = store.len();
+            let after = match since {
+                Some(Since::Id(id)) => Some(*id),
+                // The entries from there on, times being mostly in order.
+                Some(Since::Time(ms)) => Some(store.first_at_or_after(*ms) - 1),
+                None => None,
+            };
             if !tcp {
                 protocol::push_follow_is_tcp_only(out);
             } else if let Some(wanted) = diary.filter(|d| *d != store.identity()) {
@@ -87,7 +93,7 @@ fn run(
             } else if let Some(after) = after.filter(|&a| a > len) {
                 protocol::push_past_end(out, after, len);
             } else {
-                return Outcome::Follow { after: *after };
+                return Outcome::Follow { after };
             }
             Outcome::Replied
         }

@@ -32,6 +32,8 @@ struct Filter {
     /// Written at or after this time. Times need not be in order, so the
     /// range only starts where such entries can begin; each is checked.
     from_millis: Option<i64>,
+    /// Written before this time (each is checked).
+    before_millis: Option<i64>,
 }
 
 impl Filter {
@@ -42,22 +44,36 @@ impl Filter {
                 Some(Since::Time(ms)) => Some(ms),
                 _ => None,
             },
+            before_millis: match query.until {
+                Some(Since::Time(ms)) => Some(ms),
+                _ => None,
+            },
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.grep.is_none() && self.from_millis.is_none()
+        self.grep.is_none() && self.from_millis.is_none() && self.before_millis.is_none()
     }
 
     fn matches(&self, store: &Store, id: u64, line: &[u8]) -> bool {
         self.from_millis.is_none_or(|ms| store.millis_of(id) >= ms)
+            && self.before_millis.is_none_or(|ms| store.millis_of(id) < ms)
             && self.grep.as_deref().is_none_or(|w| line_contains(line, w))
+    }
+}
+
+/// One past the last id a query may select.
+fn end_selected(store: &Store, query: &PastQuery) -> u64 {
+    let end = store.len() + 1;
+    match query.until {
+        Some(Since::Id(id)) => end.min(id.saturating_add(1)),
+        _ => end,
     }
 }
 
 /// The entries a query selects, as a cursor to stream oldest first.
 pub fn cursor(store: &Store, query: &PastQuery) -> io::Result<PastCursor> {
-    let end = store.len() + 1;
+    let end = end_selected(store, query);
     let first = first_selected(store, query.since).min(end);
     let filter = Filter::new(query);
     let first = match query.last {
@@ -176,7 +192,7 @@ pub fn fit_newest(
     room: usize,
     out: &mut Vec<u8>,
 ) -> io::Result<()> {
-    let end = store.len() + 1;
+    let end = end_selected(store, query);
     let first = first_selected(store, query.since).min(end);
     let filter = Filter::new(query);
     let wanted = query.last.unwrap_or(u64::MAX);

@@ -27,11 +27,11 @@ pub enum Command<'a> {
     },
     Help,
     Quit,
-    /// Send entries after this id (after the newest when `None`), then
-    /// every new one as it is committed; `diary` names the diary the client
-    /// followed before, when it resumes.
+    /// Send entries after this id or from this time (after the newest
+    /// when `None`), then every new one as it is committed; `diary` names
+    /// the diary the client followed before, when it resumes.
     Follow {
-        after: Option<u64>,
+        since: Option<Since>,
         diary: Option<&'a str>,
     },
     Stats,
@@ -39,12 +39,14 @@ pub enum Command<'a> {
     Cookie,
 }
 
-/// Which entries `/past` selects: those after `since`, containing `grep`,
-/// the newest `last` of them; always sent oldest first.
+/// Which entries `/past` selects: those after `since` and up to `until`,
+/// containing `grep`, the newest `last` of them; always sent oldest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PastQuery<'a> {
     pub last: Option<u64>,
     pub since: Option<Since>,
+    /// Up to this id (included), or before this time (excluded).
+    pub until: Option<Since>,
     pub grep: Option<&'a str>,
 }
 
@@ -329,7 +331,7 @@ fn entry_text(text: &str, max_entry: usize) -> Result<&str, RequestError> {
 fn parse_past(args: &str) -> Result<PastQuery<'_>, RequestError> {
     let usage = |why: String| {
         RequestError::BadArgument(format!(
-            "{why}; usage: /past [N] [since ID|DATE] [grep WORDS...]"
+            "{why}; usage: /past [N] [since ID|DATE] [until ID|DATE] [grep WORDS...]"
         ))
     };
     let mut query = PastQuery::default();
@@ -349,6 +351,10 @@ fn parse_past(args: &str) -> Result<PastQuery<'_>, RequestError> {
             }
             "since" => {
                 query.since = Some(parse_since(value).map_err(usage)?);
+                rest = after2.trim_start();
+            }
+            "until" => {
+                query.until = Some(parse_since(value).map_err(usage)?);
                 rest = after2.trim_start();
             }
             "-n" | "last" => {
@@ -372,26 +378,23 @@ fn parse_count(s: &str) -> Result<u64, String> {
 
 fn parse_follow(args: &str) -> Result<Command<'_>, RequestError> {
     let usage = |why: String| {
-        RequestError::BadArgument(format!("{why}; usage: /follow [since ID] [diary DIARY-ID]"))
+        RequestError::BadArgument(format!(
+            "{why}; usage: /follow [since ID|DATE] [diary DIARY-ID]"
+        ))
     };
-    let (mut after, mut diary) = (None, None);
+    let (mut since, mut diary) = (None, None);
     let mut words = args.split_whitespace();
     while let Some(word) = words.next() {
         let value = words
             .next()
             .ok_or_else(|| usage(format!("{word} needs a value")))?;
         match word {
-            "since" => {
-                let id = value
-                    .parse()
-                    .map_err(|_| usage(format!("{value:?} is not an entry id")))?;
-                after = Some(id);
-            }
+            "since" => since = Some(parse_since(value).map_err(usage)?),
             "diary" => diary = Some(value),
             other => return Err(usage(format!("unexpected {other:?}"))),
         }
     }
-    Ok(Command::Follow { after, diary })
+    Ok(Command::Follow { since, diary })
 }
 
 /// `ID` (entries after it), a date `YYYY-MM-DD`, a local time
@@ -752,11 +755,11 @@ diary: every line you send is stored as an entry and answered with \"ok ID TIME\
   p                      past entries, oldest first
   h                      this help
   e                      leave (closes a TCP session)
-  /past [N] [since ID|DATE] [grep WORDS]
+  /past [N] [since ID|DATE] [until ID|DATE] [grep WORDS]
                          the newest N entries, those after ID or from DATE on,
                          or those containing WORDS
   /write TEXT            store TEXT even if it looks like a command
-  /follow [since ID]     (TCP) entries after ID, then new ones as they come
+  /follow [since ID|DATE] (TCP) entries after ID or from DATE, then new ones
   /stats                 server figures
   /cookie                (UDP) proof of your address, for large UDP replies
   /help  /quit           same as h and e
