@@ -880,59 +880,6 @@ fn read_reply_from_first(
     Ok(Reply::Lines(lines))
 }
 
-/// `2026-11-25T06:06:20.608+00:00` → `2026-11-25 06:06:20`, for people.
-pub fn short_time(time: &str) -> String {
-    time.get(..19).unwrap_or(time).replacen('T', " ", 1)
-}
-
-/// One entry for people: `ID  TIME  TEXT`, continuation lines indented.
-pub fn format_entry(e: &Entry) -> String {
-    let prefix = format!("{:>4}  {}  ", e.id, short_time(&e.time));
-    let indent = " ".repeat(prefix.chars().count());
-    format!("{prefix}{}", e.text.replace('\n', &format!("\n{indent}")))
-}
-
-/// Writes an entry line of a reply for people, as [`format_entry`] does,
-/// straight from the line's bytes: no copies for the common entry without
-/// escapes (`diary past` prints hundreds of thousands of them). `false`
-/// when the line is not an entry.
-pub fn write_entry_line(out: &mut impl Write, line: &str) -> io::Result<bool> {
-    let Ok(e) = entry::decode_line(line.as_bytes()) else {
-        return Ok(false);
-    };
-    let mut digits = itoa::Buffer::new();
-    let id = digits.format(e.id);
-    let width = id.len().max(4);
-    for _ in id.len()..4 {
-        out.write_all(b" ")?;
-    }
-    out.write_all(id.as_bytes())?;
-    out.write_all(b"  ")?;
-    let t = e.timestamp;
-    let time_width = match (t.get(..10), t.get(11..19)) {
-        (Some(date), Some(clock)) if t.as_bytes()[10] == b'T' => {
-            out.write_all(date.as_bytes())?;
-            out.write_all(b" ")?;
-            out.write_all(clock.as_bytes())?;
-            19
-        }
-        _ => {
-            let shown = short_time(t);
-            out.write_all(shown.as_bytes())?;
-            shown.chars().count()
-        }
-    };
-    out.write_all(b"  ")?;
-    if e.escaped_text.contains('\\') {
-        let indent = format!("\n{}", " ".repeat(width + 2 + time_width + 2));
-        out.write_all(e.text().replace('\n', &indent).as_bytes())?;
-    } else {
-        out.write_all(e.escaped_text.as_bytes())?;
-    }
-    out.write_all(b"\n")?;
-    Ok(true)
-}
-
 /// What a follower hears besides entries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FollowEvent {
@@ -944,21 +891,31 @@ pub enum FollowEvent {
     Resuming(u64),
 }
 
-/// Follows the diary over TCP: entries after `since` (none before now
-/// without it), then each new one as it is committed. Reconnects from the
+/// Follows the diary over TCP: entries after `since` (an id), or from it
+/// (a time) — none before now without it — then each new one as it is
+/// committed. Reconnects from the
 /// last id seen when the connection breaks, the server restarts, or the
 /// server drops this follower for falling behind, so nothing is missed.
 /// Returns when `on_entry` returns false; fails only if the very first
 /// connection cannot be made, or the server refuses the request.
 pub fn follow(
     opts: &Options,
-    since: Option<u64>,
+    since: Option<crate::dates::Point>,
     mut on_entry: impl FnMut(&Entry) -> bool,
     mut on_event: impl FnMut(&FollowEvent),
 ) -> Result<(), ClientError> {
     let addr = resolve(&opts.server)?;
     let creds = secure_client::credentials(opts, addr)?;
-    let mut after = since;
+    use crate::dates::Point;
+    let mut after = match since {
+        Some(Point::AfterId(id)) => Some(id),
+        _ => None,
+    };
+    // A time is asked for until the server says which id it starts after.
+    let from_time = match since {
+        Some(point @ Point::From(_)) => Some(point.canonical()),
+        _ => None,
+    };
     // The diary followed, once the server has named it: a resume names it,
     // so a replaced diary or another server is refused, never followed blind.
     let mut diary: Option<String> = None;
@@ -982,6 +939,8 @@ pub fn follow(
         let mut request = String::from("/follow");
         if let Some(id) = after {
             request.push_str(&format!(" since {id}"));
+        } else if let Some(time) = &from_time {
+            request.push_str(&format!(" since {time}"));
         }
         if let Some(diary) = &diary {
             request.push_str(&format!(" diary {diary}"));
@@ -1049,28 +1008,5 @@ pub fn follow(
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_secs(2));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn entry_lines_print_as_format_entry_prints_them() {
-        for line in [
-            "7\t2026-11-25T06:06:20.608+00:00\tplain 中文",
-            "12345\t2026-11-25T06:06:20.608+08:00\ttwo\\nlines and a \\\\ and \\t\treq=x-1",
-            "3\t2026-11-25T06:06:20Z\tan hand-written time",
-            "4\t2026-11-25t06:06:20z\ta lowercase one",
-        ] {
-            let mut out = Vec::new();
-            assert!(write_entry_line(&mut out, line).unwrap());
-            let expected = format!("{}\n", format_entry(&parse_entry(line).unwrap()));
-            assert_eq!(String::from_utf8(out).unwrap(), expected, "{line}");
-        }
-        let mut out = Vec::new();
-        assert!(!write_entry_line(&mut out, "# a note").unwrap());
-        assert!(out.is_empty());
     }
 }

@@ -9,7 +9,8 @@
 //! reached goes to the outbox ([`crate::outbox`]) and is sent, with its
 //! tag, as soon as the server answers again, or by the next session.
 
-use crate::client::{self, Client, ClientError, FollowEvent, Reply, format_entry, parse_entry};
+use crate::client::{self, Client, ClientError, FollowEvent, Reply, parse_entry};
+use crate::display::{self, Display};
 use crate::outbox::{self, Outbox};
 use crate::protocol::{self, Command};
 use rustyline::ExternalPrinter;
@@ -23,13 +24,44 @@ use std::time::Duration;
 /// Entries shown when the session starts.
 const RECENT: u32 = 20;
 
+/// Lines that leave the session rather than being stored: what people
+/// type to leave other programs.
+const EXIT_WORDS: [&str; 4] = ["exit", "quit", "q", ":q"];
+
+/// `$XDG_STATE_HOME/diary/history` (or `~/.local/state/diary/history`):
+/// the lines typed, for the up arrow in the next session.
+fn history_path() -> Option<std::path::PathBuf> {
+    outbox::default_path().map(|outbox| outbox.with_file_name("history"))
+}
+
+/// Saves the history, owner-only: it holds what was typed, entries included.
+fn save_history(editor: &mut rustyline::DefaultEditor, path: &std::path::Path) {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir);
+    }
+    // Owner-only before anything is written to it.
+    let _ = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|f| f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600)));
+    if let Err(e) = editor.save_history(path) {
+        eprintln!("diary: cannot save the history {}: {e}", path.display());
+    }
+}
+
 const HELP: &str = "\
 Type a line and press Enter to store it. Each line is one entry: lines you
 paste are stored one by one, in order. While the server cannot be reached,
 lines are queued and sent as soon as it answers again.
   p        all past entries, oldest first
   h        this help
-  e        leave (Ctrl-D too)
+  e        leave (Ctrl-D, exit, quit, q and :q too; Ctrl-C drops the line)
   /past [N] [since ID|DATE] [grep WORDS]    a slice of the past
   /write TEXT                               store a line that starts with /
   /stats                                    server figures
@@ -43,16 +75,31 @@ struct OwnWrites {
     ids: HashSet<u64>,
 }
 
-#[derive(Default)]
 struct Shared {
     own: Mutex<OwnWrites>,
     settled: Condvar,
     /// The live view cannot reach the server: queue at once, do not wait.
     unreachable: AtomicBool,
     outbox: Mutex<Option<Outbox>>,
+    /// How entries and times are shown, by the session and the live view.
+    display: Mutex<Display>,
 }
 
 impl Shared {
+    fn new(display: Display) -> Shared {
+        Shared {
+            own: Mutex::default(),
+            settled: Condvar::new(),
+            unreachable: AtomicBool::new(false),
+            outbox: Mutex::new(None),
+            display: Mutex::new(display),
+        }
+    }
+
+    fn show(&self) -> std::sync::MutexGuard<'_, Display> {
+        self.display.lock().expect("never poisoned")
+    }
+
     /// Whether entry `id` is one this session wrote (asked once per entry).
     fn is_own(&self, id: u64) -> bool {
         let own = self.own.lock().expect("never poisoned");
@@ -93,7 +140,7 @@ impl Shared {
         if !queue_first {
             match self.own_request(|| client.write_tagged(&tag, text)) {
                 Err(ClientError::NoAnswer { .. } | ClientError::Io(..)) => {}
-                Ok(reply) => return print_reply(reply),
+                Ok(reply) => return print_reply(reply, self),
                 Err(e) => return eprintln!("diary: {e}"),
             }
         }
@@ -123,7 +170,11 @@ impl Shared {
             if let Reply::Stored { id, .. } = reply {
                 self.own.lock().expect("never poisoned").ids.insert(*id);
             }
-            print(format!("  {}: {}", queued.text, describe(reply)));
+            print(format!(
+                "  {}: {}",
+                queued.text,
+                describe(reply, &mut self.show())
+            ));
         });
         if let Err(e) = result {
             print(format!("  ({e}; {} still queued)", outbox.len()));
@@ -132,17 +183,18 @@ impl Shared {
 }
 
 /// One reply, in a few words.
-fn describe(reply: &Reply) -> String {
+fn describe(reply: &Reply, display: &mut Display) -> String {
     match reply {
-        Reply::Stored { id, time } => format!("stored #{id} at {}", client::short_time(time)),
+        Reply::Stored { id, time } => format!("stored #{id} at {}", display.time(time)),
         Reply::Refused { code, message } => format!("not stored ({code}): {message}"),
         other => format!("{other:?}"),
     }
 }
 
 /// Runs the session until `e`, Ctrl-D or Ctrl-C.
-pub fn run(client: &mut Client) -> Result<(), Box<dyn std::error::Error>> {
-    let (recent, newest) = show_past(client, &format!("/past {RECENT}"))?;
+pub fn run(client: &mut Client, display: Display) -> Result<(), Box<dyn std::error::Error>> {
+    let shared = Arc::new(Shared::new(display));
+    let (recent, newest) = show_past(client, &format!("/past {RECENT}"), &shared)?;
     if recent == RECENT as usize {
         println!("(the last {RECENT} entries; p shows them all)");
     }
@@ -156,7 +208,6 @@ pub fn run(client: &mut Client) -> Result<(), Box<dyn std::error::Error>> {
         client.server()
     );
     let mut editor = rustyline::DefaultEditor::new()?;
-    let shared = Arc::new(Shared::default());
     let server = client.options().server.clone();
     match outbox::default_path().map(|path| Outbox::open(path, &server)) {
         Some(Ok(outbox)) => *shared.outbox.lock().expect("never poisoned") = Some(outbox),
@@ -172,16 +223,44 @@ pub fn run(client: &mut Client) -> Result<(), Box<dyn std::error::Error>> {
         _ => Box::new(|line| println!("{line}")),
     };
     start_live_view(client, newest, shared.clone(), printer);
+    let history = history_path();
+    if let Some(path) = &history {
+        // None yet is fine; one that cannot be read is said once.
+        if let Err(e) = editor.load_history(path)
+            && path.exists()
+        {
+            eprintln!("diary: cannot read the history {}: {e}", path.display());
+        }
+    }
+    let mut told_ctrl_c = false;
     loop {
         let line = match editor.readline("diary> ") {
             Ok(line) => line,
-            Err(ReadlineError::Eof | ReadlineError::Interrupted) => break,
+            Err(ReadlineError::Eof) => break,
+            // Ctrl-C drops the line being typed, as in a shell.
+            Err(ReadlineError::Interrupted) => {
+                if !std::mem::replace(&mut told_ctrl_c, true) {
+                    println!("(line dropped; Ctrl-D or e leaves)");
+                }
+                continue;
+            }
             Err(e) => return Err(e.into()),
         };
         if line.trim().is_empty() {
             continue;
         }
         let _ = editor.add_history_entry(line.as_str());
+        if let Some(path) = &history {
+            save_history(&mut editor, path);
+        }
+        if EXIT_WORDS.contains(&line.trim()) {
+            println!(
+                "(left; to store the word itself, type /write {})",
+                line.trim()
+            );
+            let _ = shared.request(client, "e");
+            return Ok(());
+        }
         // A bracketed paste arrives as one buffer: still one entry a line.
         for line in line.split('\n').filter(|l| !l.trim().is_empty()) {
             if !answer(client, &shared, line) {
@@ -203,13 +282,15 @@ fn answer(client: &mut Client, shared: &Shared, line: &str) -> bool {
             println!("{HELP}");
             Ok(())
         }
-        "p" => show_past(client, "/past").map(|_| ()),
+        "p" => show_past(client, "/past", shared).map(|_| ()),
         line => match protocol::parse(line.as_bytes(), usize::MAX).command {
             Ok(Command::Write(text)) => {
                 shared.write(client, text);
                 Ok(())
             }
-            _ => shared.request(client, line).map(print_reply),
+            _ => shared
+                .request(client, line)
+                .map(|reply| print_reply(reply, shared)),
         },
     };
     if let Err(e) = result {
@@ -235,10 +316,11 @@ fn start_live_view(
         loop {
             let result = client::follow(
                 &options,
-                Some(after),
+                Some(crate::dates::Point::AfterId(after)),
                 |entry| {
                     if !shared.is_own(entry.id) {
-                        print(format_entry(entry));
+                        let shown = shared.show().entry(entry);
+                        print(shown);
                     }
                     true
                 },
@@ -281,14 +363,20 @@ fn start_live_view(
 
 /// Prints the entries a `/past` request returns; returns how many, and the
 /// newest id shown (0 if none).
-fn show_past(client: &mut Client, request: &str) -> Result<(usize, u64), ClientError> {
+fn show_past(
+    client: &mut Client,
+    request: &str,
+    shared: &Shared,
+) -> Result<(usize, u64), ClientError> {
     match client.request(request)? {
         Reply::Lines(lines) => {
             let (mut shown, mut newest) = (0, 0);
+            let mut display = shared.show();
+            display.fit_ids(display::newest_id(lines.iter()).unwrap_or(0));
             for line in &lines {
                 match parse_entry(line) {
                     Some(entry) => {
-                        println!("{}", format_entry(&entry));
+                        println!("{}", display.entry(&entry));
                         shown += 1;
                         newest = entry.id;
                     }
@@ -301,21 +389,23 @@ fn show_past(client: &mut Client, request: &str) -> Result<(usize, u64), ClientE
             Ok((shown, newest))
         }
         other => {
-            print_reply(other);
+            print_reply(other, shared);
             Ok((0, 0))
         }
     }
 }
 
-fn print_reply(reply: Reply) {
+fn print_reply(reply: Reply, shared: &Shared) {
+    let mut display = shared.show();
     match reply {
         Reply::Stored { id, time } => {
-            println!("  stored #{id} at {}", client::short_time(&time))
+            println!("  stored #{id} at {}", display.time(&time))
         }
         Reply::Lines(lines) => {
+            display.fit_ids(display::newest_id(lines.iter()).unwrap_or(0));
             for line in lines {
                 match parse_entry(&line) {
-                    Some(entry) => println!("{}", format_entry(&entry)),
+                    Some(entry) => println!("{}", display.entry(&entry)),
                     None => println!("{line}"),
                 }
             }

@@ -141,3 +141,47 @@ fn lines_typed_while_the_server_is_down_are_queued_then_sent_once() {
     );
     assert_eq!(std::fs::read_to_string(&outbox).unwrap(), "");
 }
+
+#[test]
+fn ctrl_c_drops_the_line_exit_words_leave_and_history_is_kept() {
+    let server = TestServer::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut p = repl(server.addr, state.path(), &[]);
+    p.send("half a thought").unwrap();
+    p.send("\x03").unwrap();
+    p.expect("line dropped").unwrap();
+    p.send("a whole thought\r").unwrap();
+    p.expect("stored #1").unwrap();
+    p.send("exit\r").unwrap();
+    p.expect("/write exit").unwrap();
+    p.expect(expectrl::Eof).unwrap();
+    assert_eq!(texts(&server.path), ["a whole thought"]);
+
+    // The history survives the session, owner-only, without the dropped line.
+    let history = state.path().join("diary/history");
+    let mode = std::fs::metadata(&history).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    let kept = std::fs::read_to_string(&history).unwrap();
+    assert!(
+        kept.contains("a whole thought") && !kept.contains("half"),
+        "{kept}"
+    );
+
+    // The next session recalls it with the up arrow; the other words leave too.
+    for word in ["quit", "q", ":q"] {
+        let mut p = repl(server.addr, state.path(), &[]);
+        if word == "quit" {
+            p.send("\x1b[A\x1b[A").unwrap();
+            p.expect("a whole thought").unwrap();
+            p.send("\r").unwrap();
+            p.expect("stored #2").unwrap();
+        }
+        p.send(format!("{word}\r")).unwrap();
+        p.expect(format!("/write {word}")).unwrap();
+        p.expect(expectrl::Eof).unwrap();
+    }
+    assert_eq!(texts(&server.path), ["a whole thought", "a whole thought"]);
+}

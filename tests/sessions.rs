@@ -121,7 +121,7 @@ fn expired_sessions_are_renewed_without_losing_or_doubling_a_write() {
     std::thread::spawn(move || {
         let _ = client::follow(
             &follow_opts,
-            Some(0),
+            Some(diary::dates::Point::AfterId(0)),
             |entry| tx.send(entry.text.clone()).is_ok(),
             |event| {
                 if matches!(event, FollowEvent::Reconnecting(_)) {

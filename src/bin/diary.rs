@@ -3,10 +3,9 @@
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
-use diary::client::{
-    Client, ClientError, FollowEvent, Options, Proto, Reply, format_entry, parse_entry,
-};
+use diary::client::{Client, ClientError, FollowEvent, Options, Proto, Reply, parse_entry};
 use diary::dates::Point;
+use diary::display::{Display, Zone};
 use diary::keys::PublicKey;
 use diary::secure_client::{SecureMode, Security};
 use std::io::{Read, Write};
@@ -77,6 +76,10 @@ struct Args {
     #[arg(long, global = true, conflicts_with = "server_key")]
     plain: bool,
 
+    /// Show times in UTC instead of your time zone (TZ).
+    #[arg(long, global = true)]
+    utc: bool,
+
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -113,6 +116,11 @@ enum Cmd {
         /// 2026, 2026-11, 2026-11-25, "2026-11-25 08:30", or RFC 3339.
         #[arg(long, value_parser = parse_since)]
         since: Option<Point>,
+        /// Only entries up to this id, or up to the end of this date or
+        /// time (the same forms as --since: --until yesterday ends at
+        /// midnight today).
+        #[arg(long, value_parser = parse_until)]
+        until: Option<Point>,
         /// Only entries whose text contains this (case-sensitive).
         #[arg(long, value_parser = parse_words)]
         grep: Option<String>,
@@ -123,9 +131,13 @@ enum Cmd {
     /// Print new entries as they are written, like `tail -f` (always over
     /// TCP); reconnects by itself and resumes where it left off.
     Follow {
-        /// Start with the entries after this id.
-        #[arg(long)]
-        since: Option<u64>,
+        /// Start with the entries after this id, or from this date or time
+        /// (the forms of past --since).
+        #[arg(long, value_parser = parse_since)]
+        since: Option<Point>,
+        /// Show the newest N entries first, as tail does (without --since).
+        #[arg(short = 'n', long = "last", default_value_t = 10)]
+        last: u64,
         /// JSON Lines instead of text.
         #[arg(long)]
         json: bool,
@@ -157,9 +169,10 @@ fn main() -> ExitCode {
         Ok(client) => client,
         Err(e) => return fail(&e),
     };
+    let display = Display::new(if args.utc { Zone::Utc } else { Zone::Local });
     let result = match args.command {
         Some(Cmd::Keygen { .. }) => unreachable!("handled before connecting"),
-        None => diary::interactive::run(&mut client).map(|()| ExitCode::SUCCESS),
+        None => diary::interactive::run(&mut client, display).map(|()| ExitCode::SUCCESS),
         Some(Cmd::Write { text, tag }) if text.is_empty() => {
             if tag.is_some() {
                 eprintln!("diary: --tag is for one entry; an import makes a tag for each line");
@@ -171,10 +184,19 @@ fn main() -> ExitCode {
         Some(Cmd::Past {
             last,
             since,
+            until,
             grep,
             json,
-        }) => past(&mut client, last, since, grep, json),
-        Some(Cmd::Follow { since, json }) => follow(client.options(), since, json),
+        }) => {
+            let selection = Selection {
+                last,
+                since,
+                until,
+                grep,
+            };
+            past(&mut client, &selection, display, json)
+        }
+        Some(Cmd::Follow { since, last, json }) => follow(&mut client, since, last, display, json),
     };
     match result {
         Ok(code) => code,
@@ -261,6 +283,10 @@ fn parse_tag(tag: &str) -> Result<String, String> {
 
 fn parse_since(text: &str) -> Result<Point, String> {
     diary::dates::parse_point(text, chrono::Local::now())
+}
+
+fn parse_until(text: &str) -> Result<Point, String> {
+    diary::dates::parse_until(text, chrono::Local::now())
 }
 
 /// Words to look for: any text on one line.
@@ -391,50 +417,87 @@ fn import(client: &Client) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-fn past(
-    client: &mut Client,
+/// Which entries `past` asks for.
+struct Selection {
     last: Option<u64>,
     since: Option<Point>,
+    until: Option<Point>,
     grep: Option<String>,
-    json: bool,
-) -> Outcome {
-    // Canonical values only: nothing a person typed becomes request syntax
-    // (grep's words come last, and the server takes the rest of the line).
-    let mut request = String::from("/past");
-    if let Some(n) = last {
-        request.push_str(&format!(" {n}"));
+}
+
+impl Selection {
+    /// The request: canonical values only, so nothing a person typed
+    /// becomes request syntax (grep's words come last, and the server
+    /// takes the rest of the line).
+    fn request(&self) -> String {
+        let mut request = String::from("/past");
+        if let Some(n) = self.last {
+            request.push_str(&format!(" {n}"));
+        }
+        if let Some(since) = self.since {
+            request.push_str(&format!(" since {}", since.canonical()));
+        }
+        if let Some(until) = self.until {
+            request.push_str(&format!(" until {}", until.canonical()));
+        }
+        if let Some(words) = &self.grep {
+            request.push_str(&format!(" grep {words}"));
+        }
+        request
     }
-    if let Some(since) = since {
-        request.push_str(&format!(" since {}", since.canonical()));
-    }
-    if let Some(words) = grep {
-        request.push_str(&format!(" grep {words}"));
-    }
-    let lines = match client.request(&request)? {
-        Reply::Lines(lines) => lines,
-        other => return refused(other),
-    };
+}
+
+/// Prints the entry lines of a reply (notes go to stderr); the newest id.
+fn print_entries(lines: &[String], display: &mut Display, json: bool) -> std::io::Result<u64> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    for line in &lines {
+    let newest = diary::display::newest_id(lines.iter()).unwrap_or(0);
+    display.fit_ids(newest);
+    for line in lines {
         if json {
             match parse_entry(line) {
                 Some(entry) => writeln!(out, "{}", serde_json::to_string(&entry)?)?,
                 None => eprintln!("{line}"),
             }
-        } else if !diary::client::write_entry_line(&mut out, line)? {
+        } else if !display.write_entry_line(&mut out, line)? {
             eprintln!("{line}");
         }
     }
     out.flush()?;
+    Ok(newest)
+}
+
+fn past(client: &mut Client, selection: &Selection, mut display: Display, json: bool) -> Outcome {
+    let lines = match client.request(&selection.request())? {
+        Reply::Lines(lines) => lines,
+        other => return refused(other),
+    };
+    print_entries(&lines, &mut display, json)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn follow(options: &Options, since: Option<u64>, json: bool) -> Outcome {
+fn follow(
+    client: &mut Client,
+    since: Option<Point>,
+    last: u64,
+    mut display: Display,
+    json: bool,
+) -> Outcome {
+    // Context first, as tail shows it; then from the newest shown on.
+    let since = match since {
+        Some(since) => Some(since),
+        None if last > 0 => match client.request(&format!("/past {last}"))? {
+            Reply::Lines(lines) => Some(Point::AfterId(print_entries(&lines, &mut display, json)?)),
+            // A device that may follow but not read: no context, only what comes.
+            Reply::Refused { code, .. } if code == "forbidden" => None,
+            other => return refused(other),
+        },
+        None => None,
+    };
     let stdout = std::io::stdout();
     let mut failed = None;
     diary::client::follow(
-        options,
+        client.options(),
         since,
         |entry| {
             let mut out = stdout.lock();
@@ -443,7 +506,7 @@ fn follow(options: &Options, since: Option<u64>, json: bool) -> Outcome {
                     .map_err(std::io::Error::other)
                     .and_then(|line| writeln!(out, "{line}"))
             } else {
-                writeln!(out, "{}", format_entry(entry))
+                writeln!(out, "{}", display.entry(entry))
             };
             // A closed pipe (`diary follow | head`) ends the follow.
             match written.and_then(|()| out.flush()) {

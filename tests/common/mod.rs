@@ -103,7 +103,18 @@ impl Daemon {
     }
 
     pub fn try_start_at(file: &Path, listen: &str, extra: &[&str]) -> Result<Daemon, String> {
+        Self::try_start_with_env(file, listen, extra, &[])
+    }
+
+    /// As [`Daemon::try_start_at`], with environment variables set (`TZ`).
+    pub fn try_start_with_env(
+        file: &Path,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Daemon, String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_diaryd"))
+            .envs(env.iter().copied())
             .arg("--listen")
             .arg(listen)
             .arg("--file")

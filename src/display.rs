@@ -1,0 +1,198 @@
+//! How entries look to people: `ID  DATE TIME  TEXT`, times in the
+//! reader's zone (`TZ` honoured) or in UTC, ids right-aligned to the widest
+//! id shown, and the lines of a multi-line entry indented under its first.
+//!
+//! The file and the wire keep RFC 3339 with the writer's offset; only what
+//! is printed for people changes zone. `diary past` prints hundreds of
+//! thousands of lines, so a time is converted once per minute of the
+//! diary, not once per entry.
+
+use crate::client::Entry;
+use crate::entry;
+use chrono::{DateTime, Local, Utc};
+use std::io::{self, Write};
+
+/// The zone times are shown in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Zone {
+    /// The reader's (`TZ`, else the system's).
+    Local,
+    Utc,
+}
+
+/// Prints entries for people; keeps the id width and a cache of the last
+/// minute converted.
+#[derive(Debug, Clone)]
+pub struct Display {
+    zone: Zone,
+    id_width: usize,
+    /// The `YYYY-MM-DDTHH:MM` and offset of the last time converted, and
+    /// what that minute is in the zone shown.
+    minute_key: String,
+    minute_shown: String,
+}
+
+/// Ids are at least this wide, so that short diaries line up too.
+const MIN_ID_WIDTH: usize = 4;
+
+impl Display {
+    pub fn new(zone: Zone) -> Display {
+        Display {
+            zone,
+            id_width: MIN_ID_WIDTH,
+            minute_key: String::new(),
+            minute_shown: String::new(),
+        }
+    }
+
+    /// Makes room for ids up to `id`: the column stays aligned.
+    pub fn fit_ids(&mut self, id: u64) {
+        let digits = id.checked_ilog10().unwrap_or(0) as usize + 1;
+        self.id_width = self.id_width.max(digits);
+    }
+
+    /// `2026-11-25T06:06:20.608+00:00` as `2026-11-25 14:06:20` (in a +08:00
+    /// zone). A time it cannot read is shown as it is.
+    pub fn time(&mut self, stamp: &str) -> String {
+        let mut out = String::with_capacity(19);
+        self.push_time(stamp, &mut out);
+        out
+    }
+
+    fn push_time(&mut self, stamp: &str, out: &mut String) {
+        // The key: the minute as written, and the offset after the seconds.
+        let offset_at = stamp
+            .get(19..)
+            .and_then(|rest| rest.find(['+', '-', 'Z', 'z']))
+            .map(|i| 19 + i);
+        let (Some(minute), Some(seconds), Some(at)) =
+            (stamp.get(..16), stamp.get(17..19), offset_at)
+        else {
+            out.push_str(stamp);
+            return;
+        };
+        let offset = &stamp[at..];
+        let hit = self.minute_key.len() == 16 + offset.len()
+            && self.minute_key.starts_with(minute)
+            && self.minute_key.ends_with(offset);
+        if !hit {
+            let Ok(time) = DateTime::parse_from_rfc3339(&stamp.to_ascii_uppercase()) else {
+                out.push_str(stamp);
+                return;
+            };
+            let shown = match self.zone {
+                Zone::Local => time.with_timezone(&Local).naive_local(),
+                Zone::Utc => time.with_timezone(&Utc).naive_local(),
+            };
+            // Zones are whole minutes apart: the seconds stay as written.
+            self.minute_shown = shown.format("%Y-%m-%d %H:%M").to_string();
+            self.minute_key.clear();
+            self.minute_key.push_str(minute);
+            self.minute_key.push_str(offset);
+        }
+        out.push_str(&self.minute_shown);
+        out.push(':');
+        out.push_str(seconds);
+    }
+
+    /// One entry: `ID  TIME  TEXT`, continuation lines indented.
+    pub fn entry(&mut self, e: &Entry) -> String {
+        self.fit_ids(e.id);
+        let time = self.time(&e.time);
+        let prefix = format!("{:>width$}  {time}  ", e.id, width = self.id_width);
+        let indent = " ".repeat(prefix.chars().count());
+        format!("{prefix}{}", e.text.replace('\n', &format!("\n{indent}")))
+    }
+
+    /// Writes an entry line of a reply as [`Display::entry`] shows it,
+    /// straight from the line's bytes: no copies for the common entry
+    /// without escapes. `false` when the line is not an entry.
+    pub fn write_entry_line(&mut self, out: &mut impl Write, line: &str) -> io::Result<bool> {
+        let Ok(e) = entry::decode_line(line.as_bytes()) else {
+            return Ok(false);
+        };
+        self.fit_ids(e.id);
+        let mut digits = itoa::Buffer::new();
+        let id = digits.format(e.id);
+        for _ in id.len()..self.id_width {
+            out.write_all(b" ")?;
+        }
+        out.write_all(id.as_bytes())?;
+        out.write_all(b"  ")?;
+        let mut time = String::with_capacity(19);
+        self.push_time(e.timestamp, &mut time);
+        out.write_all(time.as_bytes())?;
+        out.write_all(b"  ")?;
+        if e.escaped_text.contains('\\') {
+            let width = self.id_width + 2 + time.chars().count() + 2;
+            let indent = format!("\n{}", " ".repeat(width));
+            out.write_all(e.text().replace('\n', &indent).as_bytes())?;
+        } else {
+            out.write_all(e.escaped_text.as_bytes())?;
+        }
+        out.write_all(b"\n")?;
+        Ok(true)
+    }
+}
+
+/// The widest id among reply lines (ids ascend: the last entry's).
+pub fn newest_id<'a>(lines: impl DoubleEndedIterator<Item = &'a String>) -> Option<u64> {
+    lines
+        .rev()
+        .find_map(|l| entry::decode_line(l.as_bytes()).ok())
+        .map(|e| e.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::parse_entry;
+
+    #[test]
+    fn times_show_in_the_zone_asked_for() {
+        let mut utc = Display::new(Zone::Utc);
+        assert_eq!(
+            utc.time("2026-11-25T14:06:20.608+08:00"),
+            "2026-11-25 06:06:20"
+        );
+        assert_eq!(utc.time("2026-11-25T06:06:20Z"), "2026-11-25 06:06:20");
+        assert_eq!(utc.time("2026-11-25t06:07:59z"), "2026-11-25 06:07:59");
+        // The same minute in another offset is another minute.
+        assert_eq!(
+            utc.time("2026-11-25T06:07:01.000-05:00"),
+            "2026-11-25 11:07:01"
+        );
+        assert_eq!(utc.time("not a time"), "not a time");
+        assert_eq!(
+            utc.time("2026-11-25T06:06:20.608"),
+            "2026-11-25T06:06:20.608"
+        );
+    }
+
+    #[test]
+    fn entry_lines_print_as_entries_do_with_ids_aligned() {
+        for line in [
+            "7\t2026-11-25T06:06:20.608+00:00\tplain 中文",
+            "12345\t2026-11-25T06:06:20.608+08:00\ttwo\\nlines and a \\\\ and \\t\treq=x-1",
+            "3\t2026-11-25T06:06:20Z\tan hand-written time",
+            "4\t2026-11-25t06:06:20z\ta lowercase one",
+        ] {
+            let (mut a, mut b) = (Display::new(Zone::Utc), Display::new(Zone::Utc));
+            let mut out = Vec::new();
+            assert!(a.write_entry_line(&mut out, line).unwrap());
+            let expected = format!("{}\n", b.entry(&parse_entry(line).unwrap()));
+            assert_eq!(String::from_utf8(out).unwrap(), expected, "{line}");
+        }
+        let mut d = Display::new(Zone::Utc);
+        d.fit_ids(10_000);
+        let mut out = Vec::new();
+        d.write_entry_line(&mut out, "7\t2026-11-25T06:06:20Z\tx")
+            .unwrap();
+        d.write_entry_line(&mut out, "10000\t2026-11-25T06:06:20Z\ty")
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let starts: Vec<usize> = text.lines().map(|l| l.find("2026").unwrap()).collect();
+        assert_eq!(starts, [7, 7], "{text}");
+        assert!(!d.write_entry_line(&mut Vec::new(), "# a note").unwrap());
+    }
+}

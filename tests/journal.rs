@@ -1,0 +1,169 @@
+//! The journal as people use it every day: times in their own zone, spans
+//! of time for past and follow, context before a follow, ids that line up.
+
+mod common;
+
+use common::*;
+use std::process::Stdio;
+use std::time::Duration;
+
+fn out(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `diary` with `TZ` set, its output.
+fn diary_in_zone(server: std::net::SocketAddr, tz: &str, args: &[&str]) -> std::process::Output {
+    diary_command(server, args)
+        .env("TZ", tz)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn times_show_in_the_readers_zone_or_in_utc() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("diary.log");
+    let server =
+        Daemon::try_start_with_env(&file, "127.0.0.1:0", &[], &[("TZ", "Asia/Shanghai")]).unwrap();
+    let o = run_diary(server.addr, &["write", "written in Shanghai 上海"], b"");
+    assert!(o.status.success(), "{o:?}");
+    // The file keeps the writer's zone, with its offset.
+    let line = std::fs::read_to_string(&file).unwrap();
+    let stamp = line
+        .lines()
+        .last()
+        .unwrap()
+        .split('\t')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert!(stamp.ends_with("+08:00"), "{stamp}");
+    let written = chrono::DateTime::parse_from_rfc3339(&stamp).unwrap();
+    let shown = |offset_hours: i32| {
+        let zone = chrono::FixedOffset::east_opt(offset_hours * 3600).unwrap();
+        written
+            .with_timezone(&zone)
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string()
+    };
+    // New York is five hours behind UTC in November, Shanghai eight ahead.
+    let ny = diary_in_zone(server.addr, "America/New_York", &["past"]);
+    assert!(out(&ny).contains(&shown(-5)), "{}", out(&ny));
+    let utc = diary_in_zone(server.addr, "America/New_York", &["--utc", "past"]);
+    assert!(out(&utc).contains(&shown(0)), "{}", out(&utc));
+    let sh = diary_in_zone(server.addr, "Asia/Shanghai", &["past"]);
+    assert!(out(&sh).contains(&shown(8)), "{}", out(&sh));
+    // JSON keeps the time as written.
+    let json = diary_in_zone(server.addr, "America/New_York", &["past", "--json"]);
+    assert!(out(&json).contains(&stamp), "{}", out(&json));
+}
+
+#[test]
+fn until_and_since_take_ids_and_the_spans_dates_name() {
+    let server = TestServer::start();
+    for i in 1..=5 {
+        run_diary(server.addr, &["write", &format!("entry {i}")], b"");
+    }
+    let ids = |args: &[&str]| -> Vec<String> {
+        let o = run_diary(server.addr, args, b"");
+        assert!(o.status.success(), "{args:?}: {o:?}");
+        out(&o)
+            .lines()
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&["past", "--until", "2"]), ["1", "2"]);
+    assert_eq!(ids(&["past", "--since", "1", "--until", "3"]), ["2", "3"]);
+    assert_eq!(ids(&["past", "-n", "1", "--until", "4"]), ["4"]);
+    assert_eq!(ids(&["past", "--until", "today"]).len(), 5);
+    assert!(ids(&["past", "--until", "yesterday"]).is_empty());
+    assert_eq!(
+        ids(&["past", "--since", "today", "--until", "3"]),
+        ["1", "2", "3"]
+    );
+    assert_eq!(
+        ids(&["--proto", "tcp", "past", "--until", "3 days ago"]).len(),
+        0
+    );
+    let now = chrono::Local::now();
+    for form in [
+        now.format("%Y").to_string(),
+        now.format("%Y-%m").to_string(),
+        now.format("%Y-%m-%d").to_string(),
+        now.format("%Y/%m/%d").to_string(),
+    ] {
+        assert_eq!(ids(&["past", "--until", &form]).len(), 5, "{form}");
+        assert_eq!(ids(&["past", "--since", &form]).len(), 5, "{form}");
+    }
+    for bad in ["next tuesday", "2026-13", "", "5 fortnights ago"] {
+        let o = run_diary(server.addr, &["past", "--until", bad], b"");
+        assert_eq!(o.status.code(), Some(2), "{bad}: {o:?}");
+        assert!(
+            err(&o).contains("is not a date or an id"),
+            "{bad}: {}",
+            err(&o)
+        );
+    }
+}
+
+#[test]
+fn follow_shows_context_first_and_takes_a_date() {
+    let server = TestServer::start();
+    for i in 1..=12 {
+        run_diary(server.addr, &["write", &format!("before {i}")], b"");
+    }
+    let mut tail = diary_command(server.addr, &["follow", "-n", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let tail_lines = LineFeed::new(tail.stdout.take().unwrap());
+    let mut dated = diary_command(server.addr, &["follow", "--since", "today"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let dated_lines = LineFeed::new(dated.stdout.take().unwrap());
+    let context = tail_lines.until(Duration::from_secs(10), |l| l.ends_with("before 12"));
+    assert_eq!(context.len(), 3, "{context:?}");
+    assert!(context[0].ends_with("before 10"), "{context:?}");
+    let all = dated_lines.until(Duration::from_secs(10), |l| l.ends_with("before 12"));
+    assert_eq!(all.len(), 12, "{all:?}");
+    run_diary(server.addr, &["write", "after"], b"");
+    tail_lines.until(Duration::from_secs(10), |l| l.ends_with("after"));
+    dated_lines.until(Duration::from_secs(10), |l| l.ends_with("after"));
+    let _ = tail.kill();
+    let _ = dated.kill();
+    let _ = tail.wait();
+    let _ = dated.wait();
+}
+
+#[test]
+fn ids_line_up_past_four_digits() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("diary.log");
+    // A diary begun by hand: 10 000 entries (an older version's format).
+    let mut text = String::new();
+    for id in 1..=10_000 {
+        text.push_str(&format!("{id}\t2026-11-25T06:00:00.000+00:00\tline {id}\n"));
+    }
+    std::fs::write(&file, text).unwrap();
+    let server = Daemon::start(&file, &[]);
+    let o = run_diary(server.addr, &["--utc", "past", "--since", "9996"], b"");
+    assert!(o.status.success(), "{o:?}");
+    let shown = out(&o);
+    let columns: Vec<usize> = shown.lines().map(|l| l.find("2026").unwrap()).collect();
+    assert_eq!(columns, [7, 7, 7, 7], "{shown}");
+    assert!(
+        shown
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("10000  2026-11-25 06:00:00  line")
+    );
+}
