@@ -18,7 +18,7 @@ const NOTICE_ROOM: usize = 100;
 
 /// A `/past` reply still to be sent: entries `next..end` (ids, end
 /// exclusive) that pass the filter.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct PastCursor {
     next: u64,
     end: u64,
@@ -26,9 +26,14 @@ pub struct PastCursor {
 }
 
 /// What a selected entry must satisfy besides its place in the range.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 struct Filter {
-    grep: Option<Box<str>>,
+    /// Terms the text must all contain (lowercase when `ignore_case`).
+    terms: Vec<Box<str>>,
+    ignore_case: bool,
+    /// Tags the text must all hold (lowercase).
+    tags: Vec<Box<str>>,
+    regex: Option<regex::Regex>,
     /// Written at or after this time. Times need not be in order, so the
     /// range only starts where such entries can begin; each is checked.
     from_millis: Option<i64>,
@@ -38,8 +43,25 @@ struct Filter {
 
 impl Filter {
     fn new(query: &PastQuery) -> Filter {
+        let fold = |t: &str| -> Box<str> {
+            if query.ignore_case {
+                t.to_lowercase().into()
+            } else {
+                t.into()
+            }
+        };
         Filter {
-            grep: query.grep.map(Box::from),
+            terms: query
+                .grep
+                .map_or(Vec::new(), |g| g.split('\t').map(fold).collect()),
+            ignore_case: query.ignore_case,
+            tags: query.tags.iter().map(|t| t.to_lowercase().into()).collect(),
+            // Checked when the request was parsed; a pattern that no longer
+            // compiles selects nothing rather than everything.
+            regex: query.regex.map(|r| {
+                protocol::compile_regex(r, query.ignore_case)
+                    .unwrap_or_else(|_| regex::Regex::new("[^\\s\\S]").expect("valid"))
+            }),
             from_millis: match query.since {
                 Some(Since::Time(ms)) => Some(ms),
                 _ => None,
@@ -52,14 +74,70 @@ impl Filter {
     }
 
     fn is_empty(&self) -> bool {
-        self.grep.is_none() && self.from_millis.is_none() && self.before_millis.is_none()
+        !self.looks_at_text() && self.from_millis.is_none() && self.before_millis.is_none()
+    }
+
+    fn looks_at_text(&self) -> bool {
+        !self.terms.is_empty() || !self.tags.is_empty() || self.regex.is_some()
     }
 
     fn matches(&self, store: &Store, id: u64, line: &[u8]) -> bool {
         self.from_millis.is_none_or(|ms| store.millis_of(id) >= ms)
             && self.before_millis.is_none_or(|ms| store.millis_of(id) < ms)
-            && self.grep.as_deref().is_none_or(|w| line_contains(line, w))
+            && (!self.looks_at_text() || self.text_matches(line))
     }
+
+    fn text_matches(&self, line: &[u8]) -> bool {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let Ok(line) = entry::decode_line(line) else {
+            return false;
+        };
+        let decoded;
+        let text = if line.escaped_text.contains('\\') {
+            decoded = line.text();
+            decoded.as_str()
+        } else {
+            line.escaped_text
+        };
+        let folded;
+        let haystack = if self.ignore_case && !self.terms.is_empty() {
+            folded = text.to_lowercase();
+            folded.as_str()
+        } else {
+            text
+        };
+        self.terms.iter().all(|t| haystack.contains(&**t))
+            && self.tags.iter().all(|t| has_tag(text, t))
+            && self.regex.as_ref().is_none_or(|r| r.is_match(text))
+    }
+
+    /// A term every selected line holds as bytes, for the fast scan.
+    fn needle(&self) -> Option<&str> {
+        if self.ignore_case {
+            return None;
+        }
+        self.terms.iter().map(|t| &**t).find(|t| plain_needle(t))
+    }
+}
+
+/// The `#tags` of a text, lowercase, each once per place it appears.
+pub fn tags_in(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.match_indices('#').filter_map(move |(at, _)| {
+        // `a#b` and `C#` are not tags: a tag starts a word.
+        let before = text[..at].chars().next_back();
+        if before.is_some_and(protocol::is_tag_char) {
+            return None;
+        }
+        let word: String = text[at + 1..]
+            .chars()
+            .take_while(|&c| protocol::is_tag_char(c))
+            .collect();
+        (!word.is_empty()).then(|| word.to_lowercase())
+    })
+}
+
+fn has_tag(text: &str, tag: &str) -> bool {
+    text.contains('#') && tags_in(text).any(|t| t == tag)
 }
 
 /// One past the last id a query may select.
@@ -120,7 +198,7 @@ pub fn fill(
 ) -> io::Result<bool> {
     let target = out.len() + budget;
     let end = cursor.end;
-    if let Some(words) = cursor.filter.grep.clone().filter(|w| plain_needle(w))
+    if let Some(words) = cursor.filter.needle().map(str::to_owned)
         && cursor.next < end
     {
         // Only lines holding the words' bytes are looked at: grep's speed.
@@ -246,23 +324,82 @@ fn plain_needle(words: &str) -> bool {
             .any(|b| matches!(b, b'\\' | b'\n' | b'\t' | b'\r'))
 }
 
-/// Whether the text of a stored line (with or without its newline) contains `words`.
-fn line_contains(line: &[u8], words: &str) -> bool {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    let Ok(line) = entry::decode_line(line) else {
-        return false;
-    };
-    if line.escaped_text.contains('\\') {
-        line.text().contains(words)
-    } else {
-        line.escaped_text.contains(words)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::FsyncPolicy;
+
+    fn text_of(line: &[u8]) -> String {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        entry::decode_line(line).unwrap().text()
+    }
+
+    fn select(store: &Store, query: PastQuery) -> Vec<String> {
+        let mut cursor = cursor(store, &query).unwrap();
+        let mut out = Vec::new();
+        while !fill(store, &mut cursor, &mut out, 4096).unwrap() {}
+        out.split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty() && *l != b"end")
+            .map(text_of)
+            .collect()
+    }
+
+    #[test]
+    fn tags_terms_case_and_regex_all_narrow_the_selection() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = Store::open(&dir.path().join("d"), FsyncPolicy::Never).unwrap();
+        for text in [
+            "ran 5k #Health #run",
+            "@Health check, no tag",
+            "晚饭 #健康 #health",
+            "C# is not a tag, #health-care is one",
+            "line one\n#health on the second line",
+        ] {
+            store.append(text, None);
+        }
+        store.commit().unwrap();
+        let q = PastQuery::default;
+        let tags = |t: Vec<&'static str>| select(&store, PastQuery { tags: t, ..q() });
+        assert_eq!(tags(vec!["health"]).len(), 3);
+        assert_eq!(tags(vec!["HEALTH", "run"]), ["ran 5k #Health #run"]);
+        assert_eq!(tags(vec!["健康"]), ["晚饭 #健康 #health"]);
+        assert_eq!(tags(vec!["health-care"]).len(), 1);
+        assert!(tags(vec!["c"]).is_empty());
+        let grep = |g: &'static str, i: bool| {
+            select(
+                &store,
+                PastQuery {
+                    grep: Some(g),
+                    ignore_case: i,
+                    ..q()
+                },
+            )
+        };
+        assert_eq!(grep("Health", false).len(), 2);
+        assert_eq!(grep("health", false).len(), 3);
+        assert_eq!(grep("health", true).len(), 5);
+        assert_eq!(grep("HEALTH\tcheck", true), ["@Health check, no tag"]);
+        assert_eq!(grep("line\tsecond", false).len(), 1);
+        let regex = |r: &'static str, i: bool| {
+            select(
+                &store,
+                PastQuery {
+                    regex: Some(r),
+                    ignore_case: i,
+                    ..q()
+                },
+            )
+        };
+        assert_eq!(regex(r"^\S+ \d+k", false), ["ran 5k #Health #run"]);
+        assert_eq!(regex(r"^@health", true).len(), 1);
+        assert_eq!(regex(r"one\n#", false).len(), 1);
+        let mut tags_seen: Vec<String> = ["a #Tag and #tag, x#no, #新年快乐!"]
+            .iter()
+            .flat_map(|t| tags_in(t).collect::<Vec<_>>())
+            .collect();
+        tags_seen.sort();
+        assert_eq!(tags_seen, ["tag", "tag", "新年快乐"]);
+    }
 
     /// The byte search finds exactly what decoding every entry finds,
     /// whatever lies in timestamps, attributes and escapes.
@@ -299,7 +436,7 @@ mod tests {
             let mut slow = Vec::new();
             store
                 .for_each(1, store.len() + 1, 1 << 16, |_, line| {
-                    if line_contains(line, needle) {
+                    if text_of(line).contains(needle) {
                         slow.extend_from_slice(line);
                     }
                     ControlFlow::Continue(())

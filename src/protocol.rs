@@ -40,14 +40,51 @@ pub enum Command<'a> {
 }
 
 /// Which entries `/past` selects: those after `since` and up to `until`,
-/// containing `grep`, the newest `last` of them; always sent oldest first.
+/// with every tag in `tags`, containing every `grep` term or matching
+/// `regex`, the newest `last` of them; always sent oldest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PastQuery<'a> {
     pub last: Option<u64>,
     pub since: Option<Since>,
     /// Up to this id (included), or before this time (excluded).
     pub until: Option<Since>,
+    /// Terms separated by tabs, each of which the text must contain.
     pub grep: Option<&'a str>,
+    /// A regular expression (the `regex` crate's syntax) the text must match.
+    pub regex: Option<&'a str>,
+    /// `#tags` the text must hold (any case).
+    pub tags: Vec<&'a str>,
+    /// grep and regex ignore case.
+    pub ignore_case: bool,
+}
+
+/// The largest compiled regular expression a `/past regex` may build.
+pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// Compiles a `/past regex` pattern within [`REGEX_SIZE_LIMIT`].
+pub fn compile_regex(pattern: &str, ignore_case: bool) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(pattern)
+        .case_insensitive(ignore_case)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| match e {
+            regex::Error::CompiledTooBig(limit) => {
+                format!("the regex is too big (over {limit} bytes compiled)")
+            }
+            // The error's own lines point at the fault; one line is sent.
+            e => format!("bad regex: {}", e.to_string().replace('\n', " ")),
+        })
+}
+
+/// Whether `word` may follow `#` as a tag: letters of any script, digits,
+/// `_` and `-`.
+pub fn is_tag_word(word: &str) -> bool {
+    !word.is_empty() && word.chars().all(is_tag_char)
+}
+
+pub fn is_tag_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_' || c == '-'
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -331,7 +368,8 @@ fn entry_text(text: &str, max_entry: usize) -> Result<&str, RequestError> {
 fn parse_past(args: &str) -> Result<PastQuery<'_>, RequestError> {
     let usage = |why: String| {
         RequestError::BadArgument(format!(
-            "{why}; usage: /past [N] [since ID|DATE] [until ID|DATE] [grep WORDS...]"
+            "{why}; usage: /past [N] [since ID|DATE] [until ID|DATE] [tag TAG]... [-i] \
+             [grep WORDS[<TAB>WORDS...] | regex PATTERN]"
         ))
     };
     let mut query = PastQuery::default();
@@ -343,11 +381,33 @@ fn parse_past(args: &str) -> Result<PastQuery<'_>, RequestError> {
         let (value, after2) = after.split_once(' ').unwrap_or((after, ""));
         match word {
             "grep" => {
-                if after.is_empty() {
+                if after.split('\t').any(str::is_empty) {
                     return Err(usage("grep needs words to look for".into()));
                 }
                 query.grep = Some(after);
                 break;
+            }
+            "regex" => {
+                if after.is_empty() {
+                    return Err(usage("regex needs a pattern".into()));
+                }
+                compile_regex(after, query.ignore_case).map_err(usage)?;
+                query.regex = Some(after);
+                break;
+            }
+            "-i" => {
+                query.ignore_case = true;
+                rest = after;
+            }
+            "tag" => {
+                let tag = value.strip_prefix('#').unwrap_or(value);
+                if !is_tag_word(tag) {
+                    return Err(usage(format!(
+                        "{value:?} is not a tag (letters, digits, _ and -)"
+                    )));
+                }
+                query.tags.push(tag);
+                rest = after2.trim_start();
             }
             "since" => {
                 query.since = Some(parse_since(value).map_err(usage)?);
@@ -755,7 +815,7 @@ diary: every line you send is stored as an entry and answered with \"ok ID TIME\
   p                      past entries, oldest first
   h                      this help
   e                      leave (closes a TCP session)
-  /past [N] [since ID|DATE] [until ID|DATE] [grep WORDS]
+  /past [N] [since ID|DATE] [until ID|DATE] [tag T]... [-i] [grep WORDS | regex RE]
                          the newest N entries, those after ID or from DATE on,
                          or those containing WORDS
   /write TEXT            store TEXT even if it looks like a command
