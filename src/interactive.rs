@@ -62,7 +62,7 @@ lines are queued and sent as soon as it answers again.
   p        all past entries, oldest first
   h        this help
   e        leave (Ctrl-D, exit, quit, q and :q too; Ctrl-C drops the line)
-  /past [N] [since ID|DATE] [grep WORDS]    a slice of the past
+  /past [N] [since ID|DATE] [until ID|DATE] [tag T] [-i] [grep WORDS | regex RE]
   /write TEXT                               store a line that starts with /
   /stats                                    server figures
 Entries other terminals write appear as they are stored.";

@@ -167,3 +167,97 @@ fn ids_line_up_past_four_digits() {
             .starts_with("10000  2026-11-25 06:00:00  line")
     );
 }
+
+#[test]
+fn tags_and_searches_narrow_what_past_and_follow_show() {
+    let server = TestServer::start();
+    for text in [
+        "ran 5k #Health #run",
+        "@Health check",
+        "晚饭 #健康 #health",
+        "Quarterly review",
+        "quarterly taxes #money",
+    ] {
+        assert!(
+            run_diary(server.addr, &["write", text], b"")
+                .status
+                .success()
+        );
+    }
+    let shown = |args: &[&str]| -> Vec<String> {
+        let o = run_diary(server.addr, args, b"");
+        assert!(o.status.success(), "{args:?}: {o:?}");
+        out(&o)
+            .lines()
+            .map(|l| l.trim_start().splitn(3, "  ").nth(2).unwrap().to_string())
+            .collect()
+    };
+    let tags = run_diary(server.addr, &["tags"], b"");
+    let tags: Vec<String> = out(&tags).lines().map(|l| l.trim().to_string()).collect();
+    assert_eq!(tags, ["2  #health", "1  #money", "1  #run", "1  #健康"]);
+    assert_eq!(
+        shown(&["past", "--tag", "health"]),
+        ["ran 5k #Health #run", "晚饭 #健康 #health"]
+    );
+    assert_eq!(
+        shown(&["past", "--tag", "#HEALTH", "--tag", "run"]),
+        ["ran 5k #Health #run"]
+    );
+    assert_eq!(shown(&["past", "--tag", "健康"]), ["晚饭 #健康 #health"]);
+    assert_eq!(shown(&["past", "--grep", "Health"]).len(), 2);
+    assert_eq!(
+        shown(&["past", "-i", "--grep", "@health"]),
+        ["@Health check"]
+    );
+    assert_eq!(shown(&["past", "-i", "--grep", "QUARTERLY"]).len(), 2);
+    assert_eq!(
+        shown(&[
+            "--proto",
+            "tcp",
+            "past",
+            "--grep",
+            "quarterly",
+            "--grep",
+            "taxes"
+        ]),
+        ["quarterly taxes #money"]
+    );
+    assert_eq!(
+        shown(&["past", "--regex", r"^\S+ \d+k"]),
+        ["ran 5k #Health #run"]
+    );
+    assert_eq!(
+        shown(&["past", "-i", "--regex", "^q.*(review|taxes)"]).len(),
+        2
+    );
+    for (bad, says) in [("(", "bad regex"), (r"\w{1000}{1000}", "too big")] {
+        let o = run_diary(server.addr, &["past", "--regex", bad], b"");
+        assert_eq!(o.status.code(), Some(1), "{o:?}");
+        assert!(
+            err(&o).contains("bad-argument") && err(&o).contains(says),
+            "{}",
+            err(&o)
+        );
+    }
+    let o = run_diary(server.addr, &["past", "--tag", "not a tag"], b"");
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+
+    // follow shows only what passes the same filters.
+    let mut follower = diary_command(server.addr, &["follow", "-n", "1", "--tag", "health"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = LineFeed::new(follower.stdout.take().unwrap());
+    let context = lines.until(Duration::from_secs(10), |l| l.contains("晚饭"));
+    assert_eq!(context.len(), 1, "{context:?}");
+    for text in ["no tag here", "#health again", "#healthy is another tag"] {
+        run_diary(server.addr, &["write", text], b"");
+    }
+    run_diary(server.addr, &["write", "#Health last"], b"");
+    let seen = lines.until(Duration::from_secs(10), |l| l.ends_with("#Health last"));
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen[0].ends_with("#health again"), "{seen:?}");
+    let _ = follower.kill();
+    let _ = follower.wait();
+}

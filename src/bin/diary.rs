@@ -84,6 +84,65 @@ struct Args {
     command: Option<Cmd>,
 }
 
+/// What the text of an entry must hold.
+#[derive(clap::Args, Debug, Clone, Default)]
+struct TextFilter {
+    /// Only entries whose text contains this; several must all be there.
+    #[arg(long, value_parser = parse_words)]
+    grep: Vec<String>,
+    /// Only entries matching this regular expression (the server's, Rust
+    /// regex syntax).
+    #[arg(long, value_parser = parse_words, conflicts_with = "grep")]
+    regex: Option<String>,
+    /// --grep and --regex ignore case.
+    #[arg(short = 'i', long)]
+    ignore_case: bool,
+    /// Only entries with this #tag (any case); several must all be there.
+    #[arg(long, value_parser = parse_tag_word)]
+    tag: Vec<String>,
+}
+
+impl TextFilter {
+    /// The request's filter words (after since/until): tags, -i, then grep
+    /// or regex, which take the rest of the line.
+    fn request_words(&self) -> String {
+        let mut words = String::new();
+        for tag in &self.tag {
+            words.push_str(&format!(" tag {tag}"));
+        }
+        if self.ignore_case {
+            words.push_str(" -i");
+        }
+        if !self.grep.is_empty() {
+            words.push_str(&format!(" grep {}", self.grep.join("\t")));
+        } else if let Some(regex) = &self.regex {
+            words.push_str(&format!(" regex {regex}"));
+        }
+        words
+    }
+
+    /// The same test, here, for what a follow receives (`regex`: this
+    /// filter's pattern compiled with the server's rules).
+    fn matches(&self, text: &str, regex: Option<&regex::Regex>) -> bool {
+        let fold = |t: &str| {
+            if self.ignore_case {
+                t.to_lowercase()
+            } else {
+                t.to_string()
+            }
+        };
+        let haystack = fold(text);
+        let tags: Vec<String> = diary::history::tags_in(text).collect();
+        self.grep.iter().all(|g| haystack.contains(&fold(g)))
+            && self.tag.iter().all(|t| tags.contains(&t.to_lowercase()))
+            && regex.is_none_or(|r| r.is_match(text))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.grep.is_empty() && self.regex.is_none() && self.tag.is_empty()
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Make this device's key pair; prints its public key (one line) for
@@ -121,20 +180,23 @@ enum Cmd {
         /// midnight today).
         #[arg(long, value_parser = parse_until)]
         until: Option<Point>,
-        /// Only entries whose text contains this (case-sensitive).
-        #[arg(long, value_parser = parse_words)]
-        grep: Option<String>,
+        #[command(flatten)]
+        filter: TextFilter,
         /// JSON Lines: {"id":…,"time":…,"text":…} per entry.
         #[arg(long)]
         json: bool,
     },
     /// Print new entries as they are written, like `tail -f` (always over
     /// TCP); reconnects by itself and resumes where it left off.
+    /// The #tags in your diary, with how many entries hold each.
+    Tags,
     Follow {
         /// Start with the entries after this id, or from this date or time
         /// (the forms of past --since).
         #[arg(long, value_parser = parse_since)]
         since: Option<Point>,
+        #[command(flatten)]
+        filter: TextFilter,
         /// Show the newest N entries first, as tail does (without --since).
         #[arg(short = 'n', long = "last", default_value_t = 10)]
         last: u64,
@@ -185,18 +247,24 @@ fn main() -> ExitCode {
             last,
             since,
             until,
-            grep,
+            filter,
             json,
         }) => {
             let selection = Selection {
                 last,
                 since,
                 until,
-                grep,
+                filter,
             };
             past(&mut client, &selection, display, json)
         }
-        Some(Cmd::Follow { since, last, json }) => follow(&mut client, since, last, display, json),
+        Some(Cmd::Tags) => tags(&mut client),
+        Some(Cmd::Follow {
+            since,
+            filter,
+            last,
+            json,
+        }) => follow(&mut client, (since, last), &filter, display, json),
     };
     match result {
         Ok(code) => code,
@@ -290,6 +358,15 @@ fn parse_until(text: &str) -> Result<Point, String> {
 }
 
 /// Words to look for: any text on one line.
+fn parse_tag_word(text: &str) -> Result<String, String> {
+    let word = text.strip_prefix('#').unwrap_or(text);
+    if diary::protocol::is_tag_word(word) {
+        Ok(word.to_string())
+    } else {
+        Err("a tag is letters (any script), digits, _ and -, as in #health or #日记".into())
+    }
+}
+
 fn parse_words(words: &str) -> Result<String, String> {
     if words.is_empty() {
         return Err("give some words to look for".into());
@@ -422,7 +499,7 @@ struct Selection {
     last: Option<u64>,
     since: Option<Point>,
     until: Option<Point>,
-    grep: Option<String>,
+    filter: TextFilter,
 }
 
 impl Selection {
@@ -440,9 +517,7 @@ impl Selection {
         if let Some(until) = self.until {
             request.push_str(&format!(" until {}", until.canonical()));
         }
-        if let Some(words) = &self.grep {
-            request.push_str(&format!(" grep {words}"));
-        }
+        request.push_str(&self.filter.request_words());
         request
     }
 }
@@ -476,22 +551,59 @@ fn past(client: &mut Client, selection: &Selection, mut display: Display, json: 
     Ok(ExitCode::SUCCESS)
 }
 
+/// `diary tags`: every #tag and its count, most used first.
+fn tags(client: &mut Client) -> Outcome {
+    let lines = match client.request("/past grep #")? {
+        Reply::Lines(lines) => lines,
+        other => return refused(other),
+    };
+    let mut counts: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    for entry in lines.iter().filter_map(|l| parse_entry(l)) {
+        let mut seen: Vec<String> = diary::history::tags_in(&entry.text).collect();
+        seen.sort();
+        seen.dedup();
+        for tag in seen {
+            *counts.entry(tag).or_default() += 1;
+        }
+    }
+    let mut counts: Vec<(String, u64)> = counts.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for (tag, count) in counts {
+        writeln!(out, "{count:>6}  #{tag}")?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn follow(
     client: &mut Client,
-    since: Option<Point>,
-    last: u64,
+    (since, last): (Option<Point>, u64),
+    filter: &TextFilter,
     mut display: Display,
     json: bool,
 ) -> Outcome {
     // Context first, as tail shows it; then from the newest shown on.
+    let context = Selection {
+        last: Some(last),
+        since: None,
+        until: None,
+        filter: filter.clone(),
+    };
     let since = match since {
         Some(since) => Some(since),
-        None if last > 0 => match client.request(&format!("/past {last}"))? {
+        None if last > 0 => match client.request(&context.request())? {
             Reply::Lines(lines) => Some(Point::AfterId(print_entries(&lines, &mut display, json)?)),
             // A device that may follow but not read: no context, only what comes.
             Reply::Refused { code, .. } if code == "forbidden" => None,
             other => return refused(other),
         },
+        None => None,
+    };
+    // The context request has checked the pattern with the server.
+    let regex = match &filter.regex {
+        Some(r) => Some(diary::protocol::compile_regex(r, filter.ignore_case)?),
         None => None,
     };
     let stdout = std::io::stdout();
@@ -500,6 +612,9 @@ fn follow(
         client.options(),
         since,
         |entry| {
+            if !filter.is_empty() && !filter.matches(&entry.text, regex.as_ref()) {
+                return true;
+            }
             let mut out = stdout.lock();
             let written = if json {
                 serde_json::to_string(entry)
