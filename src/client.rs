@@ -69,6 +69,28 @@ pub struct Options {
     pub max_reply: usize,
     /// Keys, and whether to use them.
     pub security: Security,
+    /// Who writes (`by=` in the envelope), for servers that cannot tell
+    /// from a device key; `None`: not said.
+    pub name: Option<String>,
+}
+
+impl Options {
+    /// ` by=NAME`, or nothing.
+    fn by(&self) -> String {
+        self.name
+            .as_deref()
+            .filter(|n| entry::is_author_name(n))
+            .map(|n| format!(" by={n}"))
+            .unwrap_or_default()
+    }
+}
+
+/// `USER@HOST`, as syslog and git name people: the default author.
+pub fn default_name() -> Option<String> {
+    let user = std::env::var("USER").ok().filter(|u| !u.is_empty())?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = format!("{user}@{}", host.trim());
+    entry::is_author_name(&name).then_some(name)
 }
 
 impl Default for Options {
@@ -80,6 +102,7 @@ impl Default for Options {
             retries: 8,
             max_reply: 1232,
             security: Security::default(),
+            name: None,
         }
     }
 }
@@ -127,6 +150,9 @@ pub enum ClientError {
     ServerKeyChanged(Box<KeyChange>),
     /// The device's key, or the pins, cannot be used.
     Key(String),
+    /// Another process of this device handshook a moment later than this
+    /// one's first message was made: made again, it goes through.
+    StaleHandshake(SocketAddr),
 }
 
 /// A server key that differs from the pinned one.
@@ -190,6 +216,11 @@ impl fmt::Display for ClientError {
                 )
             }
             ClientError::Key(why) => f.write_str(why),
+            ClientError::StaleHandshake(addr) => write!(
+                f,
+                "{addr} had just seen a newer handshake from this device (another diary \
+                 running with the same key); try again"
+            ),
         }
     }
 }
@@ -216,6 +247,8 @@ impl ClientError {
 pub struct Entry {
     pub id: u64,
     pub time: String,
+    /// Who wrote it, when that was recorded.
+    pub author: Option<String>,
     pub text: String,
 }
 
@@ -225,6 +258,7 @@ pub fn parse_entry(line: &str) -> Option<Entry> {
     Some(Entry {
         id: decoded.id,
         time: decoded.timestamp.to_string(),
+        author: decoded.author().map(str::to_string),
         text: decoded.text(),
     })
 }
@@ -247,14 +281,20 @@ impl Wire {
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(10));
         let io_err = |e| ClientError::Io(addr, Proto::Tcp, e);
-        let stream = TcpStream::connect_timeout(&addr, wait).map_err(io_err)?;
-        stream.set_nodelay(true).map_err(io_err)?;
-        Ok(match creds {
-            Some(creds) => Wire::Secure(Box::new(SecureStream::connect(
-                stream, creds, opts, deadline,
-            )?)),
-            None => Wire::Plain(stream),
-        })
+        // Processes of one device race their handshakes now and then.
+        let mut tries = 0;
+        loop {
+            let stream = TcpStream::connect_timeout(&addr, wait).map_err(io_err)?;
+            stream.set_nodelay(true).map_err(io_err)?;
+            let Some(creds) = creds else {
+                return Ok(Wire::Plain(stream));
+            };
+            match SecureStream::connect(stream, creds, opts, deadline) {
+                Ok(secure) => return Ok(Wire::Secure(Box::new(secure))),
+                Err(ClientError::StaleHandshake(_)) if tries < 3 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     pub fn tcp(&self) -> &TcpStream {
@@ -444,12 +484,13 @@ impl Client {
         if self.udp.is_none() {
             self.udp = Some(secure_client::udp_socket(addr).map_err(io_err)?);
         }
+        let by = self.opts.by();
         let message = match &self.cookie {
             Some(cookie) => format!(
-                "/id {tag} max={} cookie={cookie} {command}",
+                "/id {tag} max={} cookie={cookie}{by} {command}",
                 self.opts.max_reply
             ),
-            None => format!("/id {tag} max={} {command}", self.opts.max_reply),
+            None => format!("/id {tag} max={}{by} {command}", self.opts.max_reply),
         };
         let started = Instant::now();
         let deadline = started + self.opts.timeout;
@@ -614,11 +655,12 @@ impl Client {
         deadline: Instant,
     ) -> Result<Exchange, ClientError> {
         let addr = self.addr;
+        let by = self.opts.by();
         let link = self.tcp_link(deadline)?;
         let io_err = |e| ClientError::Io(addr, Proto::Tcp, e);
         link.reader
             .get_mut()
-            .write_all(format!("/id {tag} {command}\n").as_bytes())
+            .write_all(format!("/id {tag}{by} {command}\n").as_bytes())
             .map_err(io_err)?;
         let mut next = || link.read_line(deadline, addr);
         let first = next()?.ok_or_else(|| io_err(io::ErrorKind::UnexpectedEof.into()))?;
@@ -777,6 +819,7 @@ fn pipeline_pass(
     mut on_reply: impl FnMut(usize, Reply),
 ) -> Result<usize, (usize, ClientError)> {
     let timeout = opts.timeout;
+    let by = opts.by();
     let wire = Wire::connect(addr, opts, creds, Instant::now() + timeout).map_err(|e| (0, e))?;
     let mut link = TcpLink {
         reader: BufReader::new(wire),
@@ -789,7 +832,7 @@ fn pipeline_pass(
             batch.clear();
             while sent < entries.len() && sent - answered < window {
                 let (tag, text) = &entries[sent];
-                batch.extend_from_slice(format!("/id {tag} /write {text}\n").as_bytes());
+                batch.extend_from_slice(format!("/id {tag}{by} /write {text}\n").as_bytes());
                 sent += 1;
             }
             if !batch.is_empty() {

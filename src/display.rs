@@ -95,11 +95,15 @@ impl Display {
         out.push_str(seconds);
     }
 
-    /// One entry: `ID  TIME  TEXT`, continuation lines indented.
+    /// One entry: `ID  TIME  [AUTHOR] TEXT`, continuation lines indented.
     pub fn entry(&mut self, e: &Entry) -> String {
         self.fit_ids(e.id);
         let time = self.time(&e.time);
         let prefix = format!("{:>width$}  {time}  ", e.id, width = self.id_width);
+        let prefix = match &e.author {
+            Some(author) => format!("{prefix}[{author}] "),
+            None => prefix,
+        };
         let indent = " ".repeat(prefix.chars().count());
         format!("{prefix}{}", e.text.replace('\n', &format!("\n{indent}")))
     }
@@ -123,8 +127,14 @@ impl Display {
         self.push_time(e.timestamp, &mut time);
         out.write_all(time.as_bytes())?;
         out.write_all(b"  ")?;
+        let mut author_width = 0;
+        if let Some(author) = e.author() {
+            // Names are stored as they are: no escapes to undo.
+            write!(out, "[{author}] ")?;
+            author_width = author.chars().count() + 3;
+        }
         if e.escaped_text.contains('\\') {
-            let width = self.id_width + 2 + time.chars().count() + 2;
+            let width = self.id_width + 2 + time.chars().count() + 2 + author_width;
             let indent = format!("\n{}", " ".repeat(width));
             out.write_all(e.text().replace('\n', &indent).as_bytes())?;
         } else {
@@ -174,6 +184,7 @@ mod tests {
         for line in [
             "7\t2026-11-25T06:06:20.608+00:00\tplain 中文",
             "12345\t2026-11-25T06:06:20.608+08:00\ttwo\\nlines and a \\\\ and \\t\treq=x-1",
+            "8\t2026-11-25T06:06:20Z\ttwo\\nlines\treq=x-2\tby=me@laptop",
             "3\t2026-11-25T06:06:20Z\tan hand-written time",
             "4\t2026-11-25t06:06:20z\ta lowercase one",
         ] {

@@ -43,6 +43,20 @@ impl<'a> EntryLine<'a> {
     pub fn req(&self) -> Option<&'a str> {
         self.attr("req")
     }
+
+    /// Who wrote the entry: a device's name, or the name a client gave.
+    pub fn author(&self) -> Option<&'a str> {
+        self.attr("by")
+    }
+}
+
+/// Whether `name` can be an author: 1 to 64 bytes, no space, control
+/// character or backslash (so it is stored and sent as it is).
+pub fn is_author_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && !name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '\\')
 }
 
 /// Why a stored line is not a valid entry.
@@ -164,6 +178,13 @@ pub fn encode_line_digits(id: &str, timestamp: &str, text: &str, attrs: &str, ou
 pub fn push_req_attr(tag: &str, attrs: &mut String) {
     attrs.push_str("\treq=");
     attrs.push_str(tag);
+}
+
+/// Appends the `by=NAME` attribute (a name [`is_author_name`] accepts).
+pub fn push_by_attr(name: &str, attrs: &mut String) {
+    debug_assert!(is_author_name(name));
+    attrs.push_str("\tby=");
+    attrs.push_str(name);
 }
 
 /// Decodes one line, without its trailing newline.

@@ -9,10 +9,11 @@ use crate::service::{Outcome, Transport};
 use crate::stats::Stats;
 use crate::store::Store;
 
-/// Answers one request, appending the reply to `out`.
+/// Answers one request, appending the reply to `out`; a write is
+/// recorded as `author`'s.
 pub fn handle(
     req: &Request,
-    transport: Transport,
+    (transport, author): (Transport, Option<&str>),
     store: &mut Store,
     stats: &mut Stats,
     out: &mut Vec<u8>,
@@ -29,14 +30,15 @@ pub fn handle(
         Ok(command) => {
             let body = out.len();
             let tag = req.envelope.map(|e| e.tag);
-            run(command, tag, transport, store, stats, (start, body), out)
+            let who = (tag, author);
+            run(command, who, transport, store, stats, (start, body), out)
         }
     }
 }
 
 fn run(
     command: &Command,
-    tag: Option<&str>,
+    (tag, author): (Option<&str>, Option<&str>),
     transport: Transport,
     store: &mut Store,
     stats: &mut Stats,
@@ -51,7 +53,7 @@ fn run(
             } else {
                 stats.udp_writes += 1;
             }
-            let entry = store.append(text, tag);
+            let entry = store.append_by(text, tag, author);
             let ack_at = out.len();
             protocol::push_ack(out, entry.id_text, entry.timestamp);
             Outcome::Wrote {

@@ -34,6 +34,8 @@ struct Filter {
     /// Tags the text must all hold (lowercase).
     tags: Vec<Box<str>>,
     regex: Option<regex::Regex>,
+    /// Written by this author.
+    from: Option<Box<str>>,
     /// Written at or after this time. Times need not be in order, so the
     /// range only starts where such entries can begin; each is checked.
     from_millis: Option<i64>,
@@ -55,6 +57,7 @@ impl Filter {
                 .grep
                 .map_or(Vec::new(), |g| g.split('\t').map(fold).collect()),
             ignore_case: query.ignore_case,
+            from: query.from.map(Box::from),
             tags: query.tags.iter().map(|t| t.to_lowercase().into()).collect(),
             // Checked when the request was parsed; a pattern that no longer
             // compiles selects nothing rather than everything.
@@ -78,7 +81,10 @@ impl Filter {
     }
 
     fn looks_at_text(&self) -> bool {
-        !self.terms.is_empty() || !self.tags.is_empty() || self.regex.is_some()
+        !self.terms.is_empty()
+            || !self.tags.is_empty()
+            || self.regex.is_some()
+            || self.from.is_some()
     }
 
     fn matches(&self, store: &Store, id: u64, line: &[u8]) -> bool {
@@ -92,6 +98,11 @@ impl Filter {
         let Ok(line) = entry::decode_line(line) else {
             return false;
         };
+        if let Some(from) = &self.from
+            && line.author() != Some(&**from)
+        {
+            return false;
+        }
         let decoded;
         let text = if line.escaped_text.contains('\\') {
             decoded = line.text();

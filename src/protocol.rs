@@ -56,6 +56,8 @@ pub struct PastQuery<'a> {
     pub tags: Vec<&'a str>,
     /// grep and regex ignore case.
     pub ignore_case: bool,
+    /// Written by this author.
+    pub from: Option<&'a str>,
 }
 
 /// The largest compiled regular expression a `/past regex` may build.
@@ -95,13 +97,16 @@ pub enum Since {
     Time(i64),
 }
 
-/// The official client's wrapper around a request: `/id TAG [max=N] [cookie=C] REQUEST`.
+/// The official client's wrapper around a request: `/id TAG [max=N] [cookie=C] [by=NAME] REQUEST`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Envelope<'a> {
     pub tag: &'a str,
     /// Largest UDP reply the client can take.
     pub max_reply: Option<usize>,
     pub cookie: Option<&'a str>,
+    /// Who writes (`by=NAME`), recorded with a write from a client that has
+    /// no device key; an encrypted session's device name overrides it.
+    pub by: Option<&'a str>,
 }
 
 /// A parsed request. The envelope is read even when the command is bad so
@@ -262,6 +267,7 @@ fn split_envelope(raw: &[u8]) -> Result<(Option<Envelope<'_>>, &[u8]), RequestEr
         tag,
         max_reply: None,
         cookie: None,
+        by: None,
     };
     let mut body = words.next().unwrap_or_default();
     loop {
@@ -277,6 +283,14 @@ fn split_envelope(raw: &[u8]) -> Result<(Option<Envelope<'_>>, &[u8]), RequestEr
                 return Err(bad("cookie= takes hex digits"));
             }
             envelope.cookie = Some(std::str::from_utf8(c).expect("checked hex"));
+        } else if let Some(name) = word.strip_prefix(b"by=") {
+            let name = std::str::from_utf8(name)
+                .ok()
+                .filter(|n| crate::entry::is_author_name(n))
+                .ok_or_else(|| {
+                    bad("by= takes a name of 1 to 64 bytes without spaces or backslashes")
+                })?;
+            envelope.by = Some(name);
         } else {
             break;
         }
@@ -368,7 +382,7 @@ fn entry_text(text: &str, max_entry: usize) -> Result<&str, RequestError> {
 fn parse_past(args: &str) -> Result<PastQuery<'_>, RequestError> {
     let usage = |why: String| {
         RequestError::BadArgument(format!(
-            "{why}; usage: /past [N] [since ID|DATE] [until ID|DATE] [tag TAG]... [-i] \
+            "{why}; usage: /past [N] [since ID|DATE] [until ID|DATE] [from NAME] [tag TAG]... [-i] \
              [grep WORDS[<TAB>WORDS...] | regex PATTERN]"
         ))
     };
@@ -398,6 +412,13 @@ fn parse_past(args: &str) -> Result<PastQuery<'_>, RequestError> {
             "-i" => {
                 query.ignore_case = true;
                 rest = after;
+            }
+            "from" => {
+                if !crate::entry::is_author_name(value) {
+                    return Err(usage(format!("{value:?} is not an author's name")));
+                }
+                query.from = Some(value);
+                rest = after2.trim_start();
             }
             "tag" => {
                 let tag = value.strip_prefix('#').unwrap_or(value);
@@ -815,7 +836,7 @@ diary: every line you send is stored as an entry and answered with \"ok ID TIME\
   p                      past entries, oldest first
   h                      this help
   e                      leave (closes a TCP session)
-  /past [N] [since ID|DATE] [until ID|DATE] [tag T]... [-i] [grep WORDS | regex RE]
+  /past [N] [since ID|DATE] [until ID|DATE] [from NAME] [tag T]... [-i] [grep WORDS | regex RE]
                          the newest N entries, those after ID or from DATE on,
                          or those containing WORDS
   /write TEXT            store TEXT even if it looks like a command
@@ -941,7 +962,8 @@ mod tests {
             Some(Envelope {
                 tag: "a1",
                 max_reply: Some(4000),
-                cookie: Some("ab12")
+                cookie: Some("ab12"),
+                by: None,
             })
         );
         assert!(matches!(r.command, Ok(Command::Past { .. })));

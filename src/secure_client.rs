@@ -194,6 +194,9 @@ pub fn refusal_error(
     let Some(why) = why else {
         return ClientError::BadReply("a refusal with an unknown code".into());
     };
+    if why == Refusal::Replayed {
+        return ClientError::StaleHandshake(addr);
+    }
     if why == Refusal::BadHandshake
         && let Ok(now) = fetch_server_key(opts, addr)
         && now != creds.server

@@ -233,10 +233,16 @@ impl Service for Shared {
                 return Outcome::Replied;
             }
         }
+        // A device's name from its key; otherwise the name the client gave.
+        let author = match peer {
+            Some(peer) => Some(&*peer.name),
+            None => request.envelope.as_ref().and_then(|e| e.by),
+        };
+        let how = (transport, author);
         let tag = match (&request.envelope, &request.command) {
             (Some(envelope), Ok(Command::Write(_))) => envelope.tag,
             // Only tagged writes are remembered: everything else goes straight on.
-            _ => return handler::handle(request, transport, &mut self.store, &mut self.stats, out),
+            _ => return handler::handle(request, how, &mut self.store, &mut self.stats, out),
         };
         if let Some(seen) = self.replay.get(tag) {
             protocol::push_tag(out, tag);
@@ -256,7 +262,7 @@ impl Service for Shared {
                 }
             };
         }
-        let outcome = handler::handle(request, transport, &mut self.store, &mut self.stats, out);
+        let outcome = handler::handle(request, how, &mut self.store, &mut self.stats, out);
         if let Outcome::Wrote { id, ack_at } = &outcome {
             let timestamp = protocol::ack_timestamp(&out[*ack_at..]);
             self.replay.remember(tag, *id, self.batch, timestamp);

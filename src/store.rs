@@ -369,6 +369,11 @@ impl Store {
     /// `req` is the tag of the request that writes it, kept with the entry
     /// so that a retry is answered, not stored again, even after a restart.
     pub fn append(&mut self, text: &str, req: Option<&str>) -> Appended<'_> {
+        self.append_by(text, req, None)
+    }
+
+    /// As [`Store::append`], recording who wrote it (`by=`).
+    pub fn append_by(&mut self, text: &str, req: Option<&str>, by: Option<&str>) -> Appended<'_> {
         if self.pending.is_empty() {
             // What a person did to the file since the last batch is taken
             // in before ids are given out; the commit looks again.
@@ -392,6 +397,9 @@ impl Store {
         self.attrs.clear();
         if let Some(tag) = req {
             entry::push_req_attr(tag, &mut self.attrs);
+        }
+        if let Some(name) = by.filter(|n| entry::is_author_name(n)) {
+            entry::push_by_attr(name, &mut self.attrs);
         }
         entry::encode_line_digits(
             id_text,

@@ -189,7 +189,12 @@ fn tags_and_searches_narrow_what_past_and_follow_show() {
         assert!(o.status.success(), "{args:?}: {o:?}");
         out(&o)
             .lines()
-            .map(|l| l.trim_start().splitn(3, "  ").nth(2).unwrap().to_string())
+            .map(|l| l.trim_start().splitn(3, "  ").nth(2).unwrap())
+            // Without the author, if one was recorded (`[USER@HOST] `).
+            .map(|t| match t.strip_prefix('[') {
+                Some(rest) => rest.split_once("] ").unwrap().1.to_string(),
+                None => t.to_string(),
+            })
             .collect()
     };
     let tags = run_diary(server.addr, &["tags"], b"");
@@ -260,4 +265,55 @@ fn tags_and_searches_narrow_what_past_and_follow_show() {
     assert!(seen[0].ends_with("#health again"), "{seen:?}");
     let _ = follower.kill();
     let _ = follower.wait();
+}
+
+#[test]
+fn each_entry_records_who_wrote_it() {
+    let server = TestServer::start();
+    let o = run_diary(
+        server.addr,
+        &["--name", "ann@laptop", "write", "from ann"],
+        b"",
+    );
+    assert!(o.status.success(), "{o:?}");
+    let o = run_diary(
+        server.addr,
+        &["--name", "bob", "--proto", "tcp", "write", "from bob"],
+        b"",
+    );
+    assert!(o.status.success(), "{o:?}");
+    // An import, pipelined over TCP, is recorded as its writer's too.
+    let o = run_diary(
+        server.addr,
+        &["--name", "bob", "write"],
+        "imported by bob\n".as_bytes(),
+    );
+    assert!(o.status.success(), "{o:?}");
+    // Plain nc says nothing of who it is.
+    let mut nc = Tcp::connect(server.addr);
+    nc.write("from nc");
+    let o = run_diary(server.addr, &["past"], b"");
+    let shown = out(&o);
+    let lines: Vec<&str> = shown.lines().collect();
+    assert!(lines[0].ends_with("[ann@laptop] from ann"), "{shown}");
+    assert!(lines[1].ends_with("[bob] from bob"), "{shown}");
+    assert!(lines[2].ends_with("[bob] imported by bob"), "{shown}");
+    assert!(lines[3].ends_with("  from nc"), "{shown}");
+    let o = run_diary(server.addr, &["past", "--from", "bob"], b"");
+    assert_eq!(out(&o).lines().count(), 2, "{}", out(&o));
+    let o = run_diary(
+        server.addr,
+        &["past", "--json", "--from", "ann@laptop"],
+        b"",
+    );
+    assert!(out(&o).contains(r#""author":"ann@laptop""#), "{}", out(&o));
+    // The file says it as an attribute a person can grep.
+    let file = std::fs::read_to_string(&server.path).unwrap();
+    assert!(file.contains("\tfrom ann\treq="), "{file}");
+    assert!(
+        file.lines().any(|l| l.ends_with("\tby=ann@laptop")),
+        "{file}"
+    );
+    let o = run_diary(server.addr, &["--name", "has space", "write", "x"], b"");
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
 }

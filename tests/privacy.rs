@@ -460,6 +460,16 @@ fn an_allowed_device_writes_and_reads_over_udp_and_tcp_exactly_once_under_loss()
         assert_eq!(shown.matches(entry.as_str()).count(), 1, "{entry}: {shown}");
     }
     assert_eq!(server.entries(), written, "each stored once, in order");
+    // The device's name from its key, whatever name the client gave.
+    let file = std::fs::read_to_string(&server.file).unwrap();
+    let by: Vec<&str> = file.lines().filter(|l| !l.starts_with('#')).collect();
+    assert!(by.iter().all(|l| l.ends_with("\tby=laptop")), "{file}");
+    let out = device.run(
+        &link,
+        &direct,
+        &["--name", "impostor", "--proto", "tcp", "past", "-n", "1"],
+    );
+    assert!(text(&out.stdout).contains("[laptop]"), "{out:?}");
 }
 
 #[test]

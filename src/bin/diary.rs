@@ -80,6 +80,11 @@ struct Args {
     #[arg(long, global = true)]
     utc: bool,
 
+    /// Who you are, recorded with each entry you write (default USER@HOST;
+    /// a server that knows your device key records the device's name).
+    #[arg(long, global = true, env = "DIARY_NAME", value_parser = parse_name)]
+    name: Option<String>,
+
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -100,6 +105,9 @@ struct TextFilter {
     /// Only entries with this #tag (any case); several must all be there.
     #[arg(long, value_parser = parse_tag_word)]
     tag: Vec<String>,
+    /// Only entries written by this author (a device's name, or USER@HOST).
+    #[arg(long, value_parser = parse_name)]
+    from: Option<String>,
 }
 
 impl TextFilter {
@@ -107,6 +115,9 @@ impl TextFilter {
     /// or regex, which take the rest of the line.
     fn request_words(&self) -> String {
         let mut words = String::new();
+        if let Some(from) = &self.from {
+            words.push_str(&format!(" from {from}"));
+        }
         for tag in &self.tag {
             words.push_str(&format!(" tag {tag}"));
         }
@@ -123,7 +134,11 @@ impl TextFilter {
 
     /// The same test, here, for what a follow receives (`regex`: this
     /// filter's pattern compiled with the server's rules).
-    fn matches(&self, text: &str, regex: Option<&regex::Regex>) -> bool {
+    fn matches(&self, entry: &diary::client::Entry, regex: Option<&regex::Regex>) -> bool {
+        let text = entry.text.as_str();
+        if self.from.is_some() && entry.author != self.from {
+            return false;
+        }
         let fold = |t: &str| {
             if self.ignore_case {
                 t.to_lowercase()
@@ -139,7 +154,7 @@ impl TextFilter {
     }
 
     fn is_empty(&self) -> bool {
-        self.grep.is_empty() && self.regex.is_none() && self.tag.is_empty()
+        self.grep.is_empty() && self.regex.is_none() && self.tag.is_empty() && self.from.is_none()
     }
 }
 
@@ -225,6 +240,7 @@ fn main() -> ExitCode {
         timeout: Duration::from_secs_f64(args.timeout.max(0.05)),
         retries: args.retries,
         security,
+        name: args.name.clone().or_else(diary::client::default_name),
         ..Options::default()
     };
     let mut client = match Client::new(options) {
@@ -358,6 +374,14 @@ fn parse_until(text: &str) -> Result<Point, String> {
 }
 
 /// Words to look for: any text on one line.
+fn parse_name(text: &str) -> Result<String, String> {
+    if diary::entry::is_author_name(text) {
+        Ok(text.to_string())
+    } else {
+        Err("a name is 1 to 64 bytes without spaces or backslashes, as in ann@laptop".into())
+    }
+}
+
 fn parse_tag_word(text: &str) -> Result<String, String> {
     let word = text.strip_prefix('#').unwrap_or(text);
     if diary::protocol::is_tag_word(word) {
@@ -612,7 +636,7 @@ fn follow(
         client.options(),
         since,
         |entry| {
-            if !filter.is_empty() && !filter.matches(&entry.text, regex.as_ref()) {
+            if !filter.is_empty() && !filter.matches(entry, regex.as_ref()) {
                 return true;
             }
             let mut out = stdout.lock();
