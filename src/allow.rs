@@ -27,7 +27,7 @@ impl Scopes {
     /// The scope a command needs; help, quit and cookies need none.
     pub fn needed_by(command: &Command) -> Scopes {
         match command {
-            Command::Write(_) => Scopes::WRITE,
+            Command::Write(_) | Command::Import { .. } => Scopes::WRITE,
             Command::Past { .. } | Command::Stats => Scopes::READ,
             Command::Follow { .. } => Scopes::FOLLOW,
             Command::Help | Command::Quit | Command::Cookie => Scopes::NONE,

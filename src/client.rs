@@ -759,8 +759,8 @@ impl TcpLink {
     }
 }
 
-/// Writes many entries over one TCP connection, keeping up to `window` in
-/// flight, each with its own tag; a connection that breaks is made again
+/// Sends many tagged requests (`/write TEXT`, `/import …`) over one TCP
+/// connection, keeping up to `window` in flight, each with its own tag; a connection that breaks is made again
 /// and the unanswered ones are sent again with the same tags, so each is
 /// stored once. `on_reply(i, reply)` hears each answer in order. Stops at
 /// the first error it cannot get past, with the index reached.
@@ -831,8 +831,8 @@ fn pipeline_pass(
         if sent - answered <= window / 2 {
             batch.clear();
             while sent < entries.len() && sent - answered < window {
-                let (tag, text) = &entries[sent];
-                batch.extend_from_slice(format!("/id {tag}{by} /write {text}\n").as_bytes());
+                let (tag, command) = &entries[sent];
+                batch.extend_from_slice(format!("/id {tag}{by} {command}\n").as_bytes());
                 sent += 1;
             }
             if !batch.is_empty() {

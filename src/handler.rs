@@ -61,6 +61,25 @@ fn run(
                 ack_at,
             }
         }
+        Command::Import {
+            time,
+            millis,
+            author: original,
+            text,
+        } => {
+            if tcp {
+                stats.tcp_writes += 1;
+            } else {
+                stats.udp_writes += 1;
+            }
+            let entry = store.append_imported(text, tag, (time, *millis), (*original, author));
+            let ack_at = out.len();
+            protocol::push_ack(out, entry.id_text, entry.timestamp);
+            Outcome::Wrote {
+                id: entry.id,
+                ack_at,
+            }
+        }
         Command::Help => {
             protocol::push_help(out);
             Outcome::Replied

@@ -21,6 +21,16 @@ pub const BYE: &[u8] = b"bye\n";
 pub enum Command<'a> {
     /// Store this text as a new entry.
     Write(&'a str),
+    /// Store an entry from elsewhere (an export, another diary) with its
+    /// own time and author; it gets a new id and is marked imported.
+    Import {
+        time: &'a str,
+        millis: i64,
+        author: Option<&'a str>,
+        /// Sent escaped as in the file (`\n`, `\t`, `\\`), so that a
+        /// multi-line entry is one request line.
+        text: std::borrow::Cow<'a, str>,
+    },
     /// `p` or `/past …`.
     Past {
         query: PastQuery<'a>,
@@ -356,6 +366,7 @@ fn parse_command(raw: &[u8], max_entry: usize) -> Result<Command<'_>, RequestErr
     };
     match name {
         "write" => entry_text(text, max_entry).map(Command::Write),
+        "import" => parse_import(text, max_entry),
         "past" => parse_past(args).map(|query| Command::Past { query }),
         "help" => no_args(Command::Help),
         "quit" => no_args(Command::Quit),
@@ -364,6 +375,42 @@ fn parse_command(raw: &[u8], max_entry: usize) -> Result<Command<'_>, RequestErr
         "follow" => parse_follow(args),
         _ => Err(RequestError::UnknownCommand(format!("/{name}"))),
     }
+}
+
+/// `/import TIME AUTHOR TEXT`: TIME is RFC 3339 with an offset, kept as
+/// written; AUTHOR is a name, or `-` for none; TEXT escaped as the file
+/// escapes it.
+fn parse_import(args: &str, max_entry: usize) -> Result<Command<'_>, RequestError> {
+    let usage =
+        |why: String| RequestError::BadArgument(format!("{why}; usage: /import TIME AUTHOR TEXT"));
+    let mut parts = args.splitn(3, ' ');
+    let (Some(time), Some(author), Some(text)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(usage("three fields are needed".into()));
+    };
+    let millis = crate::entry::parse_timestamp(time)
+        .filter(|_| !time.contains([' ', '\t']))
+        .ok_or_else(|| usage(format!("{time:?} is not an RFC 3339 time with an offset")))?;
+    let author = match author {
+        "-" => None,
+        name if crate::entry::is_author_name(name) => Some(name),
+        name => return Err(usage(format!("{name:?} is not an author's name"))),
+    };
+    let text = match text.contains('\\') {
+        false => std::borrow::Cow::Borrowed(text),
+        true => crate::entry::unescape(text)
+            .map(std::borrow::Cow::Owned)
+            .ok_or_else(|| usage("the text has an unknown backslash escape".into()))?,
+    };
+    if text.contains(|c: char| c.is_control() && !matches!(c, '\n' | '\t')) {
+        return Err(usage("the text has a control character".into()));
+    }
+    entry_text(&text, max_entry)?;
+    Ok(Command::Import {
+        time,
+        millis,
+        author,
+        text,
+    })
 }
 
 fn entry_text(text: &str, max_entry: usize) -> Result<&str, RequestError> {
@@ -903,6 +950,30 @@ mod tests {
             Ok(Command::Write("   indented "))
         );
         assert_eq!(cmd("/write  "), Ok(Command::Write(" ")));
+        assert_eq!(
+            cmd("/import 2026-11-25T06:06:20.608+08:00 ann@laptop  two spaces"),
+            Ok(Command::Import {
+                time: "2026-11-25T06:06:20.608+08:00",
+                millis: 1_795_557_980_608,
+                author: Some("ann@laptop"),
+                text: " two spaces".into(),
+            })
+        );
+        assert!(matches!(
+            cmd("/import 2026-11-25T06:06:20Z - x"),
+            Ok(Command::Import { author: None, .. })
+        ));
+        assert!(matches!(
+            cmd("/import 2026-11-25T06:06:20Z - two\\nlines"),
+            Ok(Command::Import { text, .. }) if text == "two\nlines"
+        ));
+        for bad in [
+            "/import yesterday - x",
+            "/import 2026-11-25T06:06:20Z",
+            "/import 2026-11-25T06:06:20Z a\\b x",
+        ] {
+            assert!(cmd(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

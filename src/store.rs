@@ -374,6 +374,29 @@ impl Store {
 
     /// As [`Store::append`], recording who wrote it (`by=`).
     pub fn append_by(&mut self, text: &str, req: Option<&str>, by: Option<&str>) -> Appended<'_> {
+        self.append_entry(text, req, by, None)
+    }
+
+    /// Buffers an entry from elsewhere with its own time (RFC 3339, kept as
+    /// written) and author, marked `imported=IMPORTER` (`-`: unknown).
+    /// Times need not be in order: the index is built for that.
+    pub fn append_imported(
+        &mut self,
+        text: &str,
+        req: Option<&str>,
+        (time, millis): (&str, i64),
+        (author, importer): (Option<&str>, Option<&str>),
+    ) -> Appended<'_> {
+        self.append_entry(text, req, author, Some((time, millis, importer)))
+    }
+
+    fn append_entry(
+        &mut self,
+        text: &str,
+        req: Option<&str>,
+        by: Option<&str>,
+        imported: Option<(&str, i64, Option<&str>)>,
+    ) -> Appended<'_> {
         if self.pending.is_empty() {
             // What a person did to the file since the last batch is taken
             // in before ids are given out; the commit looks again.
@@ -388,9 +411,19 @@ impl Store {
                 millis
             }
         };
-        if self.cached_stamp.0 != millis {
-            self.cached_stamp = (millis, entry::format_timestamp(millis));
-        }
+        let millis = match imported {
+            Some((time, millis, _)) => {
+                // The next entry of the batch formats its own time again.
+                self.cached_stamp = (i64::MIN, time.to_string());
+                millis
+            }
+            None => {
+                if self.cached_stamp.0 != millis {
+                    self.cached_stamp = (millis, entry::format_timestamp(millis));
+                }
+                millis
+            }
+        };
         let id = self.index.len() as u64 + 1;
         let start = self.committed_len + self.pending.len() as u64;
         let id_text = self.id_text.format(id);
@@ -400,6 +433,11 @@ impl Store {
         }
         if let Some(name) = by.filter(|n| entry::is_author_name(n)) {
             entry::push_by_attr(name, &mut self.attrs);
+        }
+        if let Some((_, _, importer)) = imported {
+            let importer = importer.filter(|n| entry::is_author_name(n)).unwrap_or("-");
+            self.attrs.push_str("\timported=");
+            self.attrs.push_str(importer);
         }
         entry::encode_line_digits(
             id_text,

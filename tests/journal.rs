@@ -317,3 +317,133 @@ fn each_entry_records_who_wrote_it() {
     let o = run_diary(server.addr, &["--name", "has space", "write", "x"], b"");
     assert_eq!(o.status.code(), Some(2), "{o:?}");
 }
+
+#[test]
+fn an_export_imports_into_another_diary_byte_for_byte_and_only_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let first_file = dir.path().join("first.log");
+    let first =
+        Daemon::try_start_with_env(&first_file, "127.0.0.1:0", &[], &[("TZ", "Asia/Shanghai")])
+            .unwrap();
+    for (name, text) in [
+        ("ann@laptop", "今天下雨了 #weather"),
+        ("bob", "two\nlines\twith a tab and a \\ backslash"),
+        ("ann@laptop", "  leading spaces kept"),
+    ] {
+        let o = run_diary(
+            first.addr,
+            &["--name", name, "--proto", "udp", "write", text],
+            b"",
+        );
+        assert!(o.status.success(), "{o:?}");
+    }
+    let export = run_diary(first.addr, &["export"], b"");
+    assert!(export.status.success(), "{export:?}");
+    let jsonl = dir.path().join("export.jsonl");
+    std::fs::write(&jsonl, &export.stdout).unwrap();
+
+    // The second diary already has an entry, so ids differ.
+    let second = TestServer::start();
+    run_diary(
+        second.addr,
+        &["--name", "carol", "write", "already here"],
+        b"",
+    );
+    let jsonl_arg = jsonl.to_str().unwrap();
+    for round in 0..2 {
+        let o = run_diary(second.addr, &["--name", "carol", "import", jsonl_arg], b"");
+        assert!(o.status.success(), "round {round}: {o:?}");
+    }
+    let fields = |path: &std::path::Path| -> Vec<(String, String, String)> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                let by = f.iter().find_map(|a| a.strip_prefix("by=")).unwrap_or("-");
+                (f[1].to_string(), by.to_string(), f[2].to_string())
+            })
+            .collect()
+    };
+    let original = fields(&first_file);
+    let imported = fields(&second.path);
+    assert_eq!(
+        imported.len(),
+        4,
+        "imported once though run twice: {imported:?}"
+    );
+    assert_eq!(
+        imported[1..],
+        original[..],
+        "times, authors and text, byte for byte"
+    );
+    assert!(original.iter().all(|(t, _, _)| t.ends_with("+08:00")));
+    let file = std::fs::read_to_string(&second.path).unwrap();
+    assert_eq!(file.matches("\timported=carol").count(), 3, "{file}");
+    // The importer's own export matches the first's, ids aside.
+    let again = run_diary(second.addr, &["export", "--since", "1"], b"");
+    let strip_id = |s: &[u8]| -> Vec<serde_json::Value> {
+        String::from_utf8_lossy(s)
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("id");
+                v
+            })
+            .collect()
+    };
+    assert_eq!(strip_id(&again.stdout), strip_id(&export.stdout));
+    // Markdown and text exports, read by people.
+    let md = run_diary(
+        second.addr,
+        &["--utc", "export", "--format", "md", "--from", "bob"],
+        b"",
+    );
+    let md = out(&md);
+    assert!(md.starts_with("# Diary\n\n## "), "{md}");
+    assert!(md.contains("(bob) two\n  lines"), "{md}");
+    let txt = run_diary(
+        second.addr,
+        &["export", "--format", "txt", "--tag", "weather"],
+        b"",
+    );
+    assert!(
+        out(&txt).contains("[ann@laptop] 今天下雨了 #weather"),
+        "{}",
+        out(&txt)
+    );
+}
+
+#[test]
+fn dates_select_imported_entries_by_their_own_times() {
+    let server = TestServer::start();
+    run_diary(server.addr, &["write", "written today"], b"");
+    let old = "{\"time\":\"2020-03-01T09:00:00.000+00:00\",\"text\":\"from 2020\",\"author\":\"ann\"}\n\
+               {\"time\":\"2019-12-31T23:59:59Z\",\"text\":\"from 2019\"}\n\
+               {\"time\":\"not a time\",\"text\":\"skipped\"}\n";
+    let o = run_diary(server.addr, &["import", "-"], old.as_bytes());
+    assert_eq!(o.status.code(), Some(1), "one line refused: {o:?}");
+    assert!(
+        err(&o).contains("-:3: \"not a time\" is not an RFC 3339 time"),
+        "{}",
+        err(&o)
+    );
+    run_diary(server.addr, &["write", "written today again"], b"");
+    let texts = |args: &[&str]| -> Vec<String> {
+        let o = run_diary(server.addr, args, b"");
+        out(&o)
+            .lines()
+            .map(|l| l.rsplit("  ").next().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        texts(&["--utc", "past", "--since", "2020", "--until", "2020"]),
+        ["[ann] from 2020"]
+    );
+    assert_eq!(texts(&["past", "--until", "2020-12-31"]).len(), 2);
+    assert_eq!(
+        texts(&["past", "--since", "today"]),
+        ["written today", "written today again"]
+    );
+}

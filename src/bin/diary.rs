@@ -89,6 +89,13 @@ struct Args {
     command: Option<Cmd>,
 }
 
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum ExportFormat {
+    Jsonl,
+    Md,
+    Txt,
+}
+
 /// What the text of an entry must hold.
 #[derive(clap::Args, Debug, Clone, Default)]
 struct TextFilter {
@@ -205,6 +212,24 @@ enum Cmd {
     /// TCP); reconnects by itself and resumes where it left off.
     /// The #tags in your diary, with how many entries hold each.
     Tags,
+    /// Write entries out: JSON Lines (for `diary import`, or any tool),
+    /// Markdown (a page per diary, a heading per day), or text.
+    Export {
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
+        /// Only entries after this id, or from this date or time.
+        #[arg(long, value_parser = parse_since)]
+        since: Option<Point>,
+        /// Only entries up to this id, or to the end of this date or time.
+        #[arg(long, value_parser = parse_until)]
+        until: Option<Point>,
+        #[command(flatten)]
+        filter: TextFilter,
+    },
+    /// Store the entries of FILE (`-`: stdin). An export's JSON Lines keep
+    /// their times and authors (new ids; marked imported); any other file
+    /// is one entry per line. Run again, it stores nothing twice.
+    Import { file: PathBuf },
     Follow {
         /// Start with the entries after this id, or from this date or time
         /// (the forms of past --since).
@@ -275,6 +300,21 @@ fn main() -> ExitCode {
             past(&mut client, &selection, display, json)
         }
         Some(Cmd::Tags) => tags(&mut client),
+        Some(Cmd::Export {
+            format,
+            since,
+            until,
+            filter,
+        }) => {
+            let selection = Selection {
+                last: None,
+                since,
+                until,
+                filter,
+            };
+            export(&mut client, &selection, format, display)
+        }
+        Some(Cmd::Import { file }) => import_file(&client, &file),
         Some(Cmd::Follow {
             since,
             filter,
@@ -469,12 +509,108 @@ fn import(client: &Client) -> Outcome {
         hasher.update(&(number as u64).to_le_bytes());
         hasher.update(line);
         let tag = format!("i{}", &hasher.finalize().to_hex()[..24]);
-        entries.push((tag, text.to_string()));
+        entries.push((tag, format!("/write {text}")));
         numbers.push(number);
     }
+    send_import(client, &entries, &numbers, failed, "stdin")
+}
+
+/// `diary import FILE`: JSON Lines from `diary export --format jsonl` (or
+/// any with `time` and `text`, `author` optional) keep their times and
+/// authors; other files are read as one entry per line, as `diary write <
+/// FILE` reads them.
+fn import_file(client: &Client, path: &std::path::Path) -> Outcome {
+    let input = if path.as_os_str() == "-" {
+        let mut input = Vec::new();
+        std::io::stdin().lock().read_to_end(&mut input)?;
+        input
+    } else {
+        std::fs::read(path)?
+    };
+    let name = path.display().to_string();
+    let head = blake3::hash(&input[..input.len().min(64 * 1024)]);
+    let is_jsonl = input
+        .split(|&b| b == b'\n')
+        .find(|l| !l.trim_ascii().is_empty())
+        .is_some_and(|l| l.trim_ascii_start().starts_with(b"{"));
+    let mut entries = Vec::new();
+    let mut numbers = Vec::new();
+    let mut failed = 0u64;
+    for (i, raw) in input.split(|&b| b == b'\n').enumerate() {
+        let number = i + 1;
+        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        let command = if is_jsonl {
+            match import_command(line) {
+                Ok(command) => command,
+                Err(why) => {
+                    eprintln!("diary: {name}:{number}: {why}; skipped");
+                    failed += 1;
+                    continue;
+                }
+            }
+        } else {
+            match std::str::from_utf8(line) {
+                Ok(text) => format!("/write {text}"),
+                Err(_) => {
+                    eprintln!("diary: {name}:{number}: not UTF-8, skipped");
+                    failed += 1;
+                    continue;
+                }
+            }
+        };
+        // From the input: running the same import again stores nothing twice.
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(head.as_bytes());
+        hasher.update(&(number as u64).to_le_bytes());
+        hasher.update(line);
+        entries.push((format!("i{}", &hasher.finalize().to_hex()[..24]), command));
+        numbers.push(number);
+    }
+    send_import(client, &entries, &numbers, failed, &name)
+}
+
+/// One JSON line of an export as an `/import` request.
+fn import_command(line: &[u8]) -> Result<String, String> {
+    #[derive(serde::Deserialize)]
+    struct Exported {
+        time: String,
+        text: String,
+        author: Option<String>,
+    }
+    let e: Exported = serde_json::from_slice(line).map_err(|e| format!("not an entry: {e}"))?;
+    if diary::entry::parse_timestamp(&e.time).is_none() {
+        return Err(format!("{:?} is not an RFC 3339 time", e.time));
+    }
+    let author = match e.author {
+        Some(a) if diary::entry::is_author_name(&a) => a,
+        Some(a) => return Err(format!("{a:?} is not an author's name")),
+        None => "-".into(),
+    };
+    if e.text.is_empty() {
+        return Err("an empty text".into());
+    }
+    // Escaped as the file escapes it: a multi-line entry is one line.
+    let mut text = Vec::new();
+    diary::entry::escape_into(&e.text, &mut text);
+    let text = String::from_utf8(text).expect("escaping keeps UTF-8");
+    Ok(format!("/import {} {author} {text}", e.time))
+}
+
+/// Sends an import's requests pipelined, reporting each refusal by its
+/// line of `source`.
+fn send_import(
+    client: &Client,
+    entries: &[(String, String)],
+    numbers: &[usize],
+    mut failed: u64,
+    source: &str,
+) -> Outcome {
     let (mut stored, mut first, mut last) = (0u64, None, 0);
     let result =
-        diary::client::write_pipelined(client.options(), &entries, IMPORT_WINDOW, |i, reply| {
+        diary::client::write_pipelined(client.options(), entries, IMPORT_WINDOW, |i, reply| {
             match reply {
                 Reply::Stored { id, .. } => {
                     stored += 1;
@@ -483,14 +619,14 @@ fn import(client: &Client) -> Outcome {
                 }
                 Reply::Refused { code, message } => {
                     eprintln!(
-                        "diary: stdin line {}: refused ({code}): {message}",
+                        "diary: {source} line {}: refused ({code}): {message}",
                         numbers[i]
                     );
                     failed += 1;
                 }
                 other => {
                     eprintln!(
-                        "diary: stdin line {}: unexpected reply {other:?}",
+                        "diary: {source} line {}: unexpected reply {other:?}",
                         numbers[i]
                     );
                     failed += 1;
@@ -505,7 +641,7 @@ fn import(client: &Client) -> Outcome {
         let line = numbers.get(done).copied().unwrap_or(0);
         eprintln!("diary: {e}");
         eprintln!(
-            "diary: stopped at stdin line {line}: the {done} lines before it were answered. \
+            "diary: stopped at {source} line {line}: the {done} lines before it were answered. \
              Run the same import again to store the rest: lines already stored are \
              recognised by their tags and not stored twice."
         );
@@ -572,6 +708,41 @@ fn past(client: &mut Client, selection: &Selection, mut display: Display, json: 
         other => return refused(other),
     };
     print_entries(&lines, &mut display, json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `diary export`: the selected entries as JSON Lines, Markdown or text.
+fn export(
+    client: &mut Client,
+    selection: &Selection,
+    format: ExportFormat,
+    mut display: Display,
+) -> Outcome {
+    let lines = match client.request(&selection.request())? {
+        Reply::Lines(lines) => lines,
+        other => return refused(other),
+    };
+    if format != ExportFormat::Md {
+        print_entries(&lines, &mut display, format == ExportFormat::Jsonl)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    writeln!(out, "# Diary")?;
+    let mut day = String::new();
+    for entry in lines.iter().filter_map(|l| parse_entry(l)) {
+        let shown = display.time(&entry.time);
+        let (date, clock) = shown.split_once(' ').unwrap_or((&shown, ""));
+        if date != day {
+            day = date.to_string();
+            writeln!(out, "\n## {day}\n")?;
+        }
+        let by = entry.author.map(|a| format!(" ({a})")).unwrap_or_default();
+        // Continuation lines indented, so they stay in the item.
+        let text = entry.text.replace('\n', "\n  ");
+        writeln!(out, "- **{clock}**{by} {text}")?;
+    }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 
