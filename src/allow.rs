@@ -27,7 +27,10 @@ impl Scopes {
     /// The scope a command needs; help, quit and cookies need none.
     pub fn needed_by(command: &Command) -> Scopes {
         match command {
-            Command::Write(_) | Command::Import { .. } => Scopes::WRITE,
+            Command::Write(_)
+            | Command::Import { .. }
+            | Command::Amend { .. }
+            | Command::Delete { .. } => Scopes::WRITE,
             Command::Past { .. } | Command::Stats => Scopes::READ,
             Command::Follow { .. } => Scopes::FOLLOW,
             Command::Help | Command::Quit | Command::Cookie => Scopes::NONE,

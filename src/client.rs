@@ -250,6 +250,15 @@ pub struct Entry {
     /// Who wrote it, when that was recorded.
     pub author: Option<String>,
     pub text: String,
+    /// Its text is an amendment's (the id of the newest amendment).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edited: Option<u64>,
+    /// This line amends (`amends`) or deletes (`deletes`) an earlier entry:
+    /// what `--versions` and followers see.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amends: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deletes: Option<u64>,
 }
 
 /// Parses an entry line of a history reply; `None` for notes and other lines.
@@ -260,6 +269,9 @@ pub fn parse_entry(line: &str) -> Option<Entry> {
         time: decoded.timestamp.to_string(),
         author: decoded.author().map(str::to_string),
         text: decoded.text(),
+        edited: decoded.attr("edited").and_then(|v| v.parse().ok()),
+        amends: decoded.attr("amends").and_then(|v| v.parse().ok()),
+        deletes: decoded.attr("deletes").and_then(|v| v.parse().ok()),
     })
 }
 

@@ -104,8 +104,17 @@ impl Display {
             Some(author) => format!("{prefix}[{author}] "),
             None => prefix,
         };
+        let prefix = match (e.amends, e.deletes) {
+            (Some(n), _) => format!("{prefix}(#{n} now reads) "),
+            (_, Some(n)) => return format!("{prefix}(#{n} deleted)"),
+            _ => prefix,
+        };
         let indent = " ".repeat(prefix.chars().count());
-        format!("{prefix}{}", e.text.replace('\n', &format!("\n{indent}")))
+        let edited = if e.edited.is_some() { " (edited)" } else { "" };
+        format!(
+            "{prefix}{}{edited}",
+            e.text.replace('\n', &format!("\n{indent}"))
+        )
     }
 
     /// Writes an entry line of a reply as [`Display::entry`] shows it,
@@ -115,6 +124,14 @@ impl Display {
         let Ok(e) = entry::decode_line(line.as_bytes()) else {
             return Ok(false);
         };
+        if !e.attrs.is_empty()
+            && (e.attr("edited").or(e.attr("amends")).or(e.attr("deletes"))).is_some()
+        {
+            // Rare: the general path says how it was changed.
+            let parsed = crate::client::parse_entry(line).expect("decoded above");
+            writeln!(out, "{}", self.entry(&parsed))?;
+            return Ok(true);
+        }
         self.fit_ids(e.id);
         let mut digits = itoa::Buffer::new();
         let id = digits.format(e.id);

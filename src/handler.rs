@@ -7,7 +7,27 @@ use crate::history;
 use crate::protocol::{self, BYE, Command, Request, Since};
 use crate::service::{Outcome, Transport};
 use crate::stats::Stats;
-use crate::store::Store;
+use crate::store::{Record, Store};
+
+/// Whether entry `id` may be amended or deleted: it exists, is not an
+/// amendment or deletion itself, and is not deleted.
+fn editable(store: &Store, id: u64) -> Result<(), String> {
+    if id > store.len() {
+        return Err(format!(
+            "there is no entry #{id} (the newest is #{})",
+            store.len()
+        ));
+    }
+    if store.edit_of(id).is_some_and(|e| e.deleted) {
+        return Err(format!("entry #{id} is deleted"));
+    }
+    if store.is_record(id) {
+        return Err(format!(
+            "#{id} is an amendment or a deletion; amend the entry it changes"
+        ));
+    }
+    Ok(())
+}
 
 /// Answers one request, appending the reply to `out`; a write is
 /// recorded as `author`'s.
@@ -73,6 +93,33 @@ fn run(
                 stats.udp_writes += 1;
             }
             let entry = store.append_imported(text, tag, (time, *millis), (*original, author));
+            let ack_at = out.len();
+            protocol::push_ack(out, entry.id_text, entry.timestamp);
+            Outcome::Wrote {
+                id: entry.id,
+                ack_at,
+            }
+        }
+        Command::Amend { id, text } => {
+            if let Err(why) = editable(store, *id) {
+                protocol::push_error(out, protocol::ErrorCode::BadArgument, &why);
+                return Outcome::Replied;
+            }
+            let entry = store.append_record(text, tag, author, Record::Amends(*id));
+            let ack_at = out.len();
+            protocol::push_ack(out, entry.id_text, entry.timestamp);
+            Outcome::Wrote {
+                id: entry.id,
+                ack_at,
+            }
+        }
+        Command::Delete { id } => {
+            if let Err(why) = editable(store, *id) {
+                protocol::push_error(out, protocol::ErrorCode::BadArgument, &why);
+                return Outcome::Replied;
+            }
+            let text = format!("(deleted #{id})");
+            let entry = store.append_record(&text, tag, author, Record::Deletes(*id));
             let ack_at = out.len();
             protocol::push_ack(out, entry.id_text, entry.timestamp);
             Outcome::Wrote {

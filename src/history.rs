@@ -36,6 +36,8 @@ struct Filter {
     regex: Option<regex::Regex>,
     /// Written by this author.
     from: Option<Box<str>>,
+    /// Amendment and deletion lines as they are, entries as first written.
+    versions: bool,
     /// Written at or after this time. Times need not be in order, so the
     /// range only starts where such entries can begin; each is checked.
     from_millis: Option<i64>,
@@ -58,6 +60,7 @@ impl Filter {
                 .map_or(Vec::new(), |g| g.split('\t').map(fold).collect()),
             ignore_case: query.ignore_case,
             from: query.from.map(Box::from),
+            versions: query.versions,
             tags: query.tags.iter().map(|t| t.to_lowercase().into()).collect(),
             // Checked when the request was parsed; a pattern that no longer
             // compiles selects nothing rather than everything.
@@ -87,7 +90,31 @@ impl Filter {
             || self.from.is_some()
     }
 
+    /// Whether the index alone can count the selection: no filter, and
+    /// no amendment or deletion to hide.
+    fn counts_by_index(&self, store: &Store) -> bool {
+        self.is_empty() && (self.versions || !store.has_edits())
+    }
+
+    /// Whether entries are shown as they are now (amended, deleted).
+    fn current(&self, store: &Store) -> bool {
+        !self.versions && store.has_edits()
+    }
+
     fn matches(&self, store: &Store, id: u64, line: &[u8]) -> bool {
+        let current;
+        let line = if self.current(store) {
+            match current_line(store, id, line) {
+                Some(Some(now)) => {
+                    current = now;
+                    &current[..]
+                }
+                Some(None) => line,
+                None => return false,
+            }
+        } else {
+            line
+        };
         self.from_millis.is_none_or(|ms| store.millis_of(id) >= ms)
             && self.before_millis.is_none_or(|ms| store.millis_of(id) < ms)
             && (!self.looks_at_text() || self.text_matches(line))
@@ -123,11 +150,66 @@ impl Filter {
     }
 
     /// A term every selected line holds as bytes, for the fast scan.
-    fn needle(&self) -> Option<&str> {
-        if self.ignore_case {
+    fn needle(&self, store: &Store) -> Option<&str> {
+        // An amended entry's words may be in its amendment only.
+        if self.ignore_case || self.current(store) {
             return None;
         }
         self.terms.iter().map(|t| &**t).find(|t| plain_needle(t))
+    }
+}
+
+/// Entry `id` as it is now: `None` when it is hidden (deleted, or an
+/// amendment or deletion line), `Some(None)` when it is as written, and
+/// `Some(Some(line))` with an amendment's text: the entry's id, time and
+/// author, the newest text, and `edited=ID` (that amendment's id).
+fn current_line(store: &Store, id: u64, line: &[u8]) -> Option<Option<Vec<u8>>> {
+    if store.is_record(id) {
+        return None;
+    }
+    let Some(edit) = store.edit_of(id) else {
+        return Some(None);
+    };
+    if edit.deleted {
+        return None;
+    }
+    if edit.latest == 0 {
+        return Some(None);
+    }
+    let amended = store.read_line(edit.latest).ok()?;
+    let amended = entry::decode_line(&amended).ok()?;
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let original = entry::decode_line(line).ok()?;
+    let mut out = Vec::with_capacity(line.len() + amended.escaped_text.len());
+    let mut digits = itoa::Buffer::new();
+    let mut attrs = String::new();
+    if let Some(by) = original.author() {
+        entry::push_by_attr(by, &mut attrs);
+    }
+    attrs.push_str("\tedited=");
+    attrs.push_str(digits.format(edit.latest));
+    let mut id_digits = itoa::Buffer::new();
+    entry::encode_line_digits(
+        id_digits.format(id),
+        original.timestamp,
+        &amended.text(),
+        &attrs,
+        &mut out,
+    );
+    Some(Some(out))
+}
+
+/// Appends entry `id`'s line as the reply shows it: as it is now unless
+/// every version was asked for.
+fn emit(store: &Store, filter: &Filter, id: u64, line: &[u8], out: &mut Vec<u8>) {
+    if filter.current(store) {
+        match current_line(store, id, line) {
+            Some(Some(now)) => out.extend_from_slice(&now),
+            Some(None) => out.extend_from_slice(line),
+            None => {}
+        }
+    } else {
+        out.extend_from_slice(line);
     }
 }
 
@@ -167,7 +249,7 @@ pub fn cursor(store: &Store, query: &PastQuery) -> io::Result<PastCursor> {
     let filter = Filter::new(query);
     let first = match query.last {
         None => first,
-        Some(n) if filter.is_empty() => first.max(end.saturating_sub(n)),
+        Some(n) if filter.counts_by_index(store) => first.max(end.saturating_sub(n)),
         Some(n) => {
             let mut start = end;
             let mut found = 0;
@@ -209,7 +291,7 @@ pub fn fill(
 ) -> io::Result<bool> {
     let target = out.len() + budget;
     let end = cursor.end;
-    if let Some(words) = cursor.filter.needle().map(str::to_owned)
+    if let Some(words) = cursor.filter.needle(store).map(str::to_owned)
         && cursor.next < end
     {
         // Only lines holding the words' bytes are looked at: grep's speed.
@@ -220,7 +302,7 @@ pub fn fill(
                     return ControlFlow::Break(());
                 }
                 if cursor.filter.matches(store, id, line) {
-                    out.extend_from_slice(line);
+                    emit(store, &cursor.filter, id, line, out);
                 }
                 ControlFlow::Continue(())
             })?;
@@ -232,7 +314,7 @@ pub fn fill(
                 return ControlFlow::Break(());
             }
             if cursor.filter.matches(store, id, line) {
-                out.extend_from_slice(line);
+                emit(store, &cursor.filter, id, line, out);
             }
             next = id + 1;
             ControlFlow::Continue(())
@@ -298,6 +380,9 @@ pub fn fit_newest(
             return ControlFlow::Continue(());
         }
         selected += 1;
+        let mut now = Vec::new();
+        emit(store, &filter, id, line, &mut now);
+        let line = now.strip_suffix(b"\n").unwrap_or(&now);
         if !full && shown.len() + line.len() < budget {
             let at = shown.len();
             shown.extend_from_slice(line);
@@ -305,14 +390,14 @@ pub fn fit_newest(
             ranges.push((at, shown.len()));
         } else {
             full = true;
-            if filter.is_empty() {
+            if filter.counts_by_index(store) {
                 // The rest is only counted, and without a filter the index counts it.
                 return ControlFlow::Break(());
             }
         }
         ControlFlow::Continue(())
     })?;
-    if filter.is_empty() {
+    if filter.counts_by_index(store) {
         selected = wanted.min(end - first);
     }
     let left_out = selected - ranges.len() as u64;

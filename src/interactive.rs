@@ -64,6 +64,7 @@ lines are queued and sent as soon as it answers again.
   e        leave (Ctrl-D, exit, quit, q and :q too; Ctrl-C drops the line)
   /past [N] [since ID|DATE] [until ID|DATE] [tag T] [-i] [grep WORDS | regex RE]
   /write TEXT                               store a line that starts with /
+  /edit                                     write one entry, paragraphs and all, in $EDITOR
   /stats                                    server figures
 Entries other terminals write appear as they are stored.";
 
@@ -283,6 +284,22 @@ fn answer(client: &mut Client, shared: &Shared, line: &str) -> bool {
             Ok(())
         }
         "p" => show_past(client, "/past", shared).map(|_| ()),
+        "/edit" => {
+            // A paragraph: the whole buffer is one entry.
+            match crate::editor::edit("") {
+                Ok(Some(text))
+                    if text.contains('\n') && client.options().proto == client::Proto::Tcp =>
+                {
+                    println!(
+                        "  (not stored: several lines need --proto udp; a TCP request is one line)"
+                    )
+                }
+                Ok(Some(text)) => shared.write(client, &text),
+                Ok(None) => println!("  (nothing written)"),
+                Err(e) => eprintln!("diary: {e}"),
+            }
+            Ok(())
+        }
         line => match protocol::parse(line.as_bytes(), usize::MAX).command {
             Ok(Command::Write(text)) => {
                 shared.write(client, text);

@@ -27,6 +27,7 @@
 //! | [`gatekeeper`], [`allow`], [`keys`] | who may talk: the server key, the allow file and scopes, plaintext rules, handshake limits |
 //! | [`noise_wire`] | the encrypted wire format (Noise IK via `snow`), the UDP replay window |
 //! | [`udp_sessions`], [`secure_tcp`] | encrypted sessions on each side |
+//! | [`editor`] | text written in `$EDITOR` |
 //! | [`display`] | entries for people: times in the reader's zone, aligned ids |
 //! | [`client`], [`interactive`] | the `diary` client: requests, retries, the chat-like session |
 //! | [`outbox`], [`dates`] | lines kept while the server is unreachable; dates as people write them |
@@ -39,6 +40,7 @@ pub mod datagrams;
 pub mod dates;
 pub mod disk;
 pub mod display;
+pub mod editor;
 pub mod entry;
 pub mod event_loop;
 pub mod follow;

@@ -35,6 +35,15 @@ pub enum Command<'a> {
     Past {
         query: PastQuery<'a>,
     },
+    /// Replace entry `id`'s text (an amendment line is appended).
+    Amend {
+        id: u64,
+        text: &'a str,
+    },
+    /// Hide entry `id` (a deletion line is appended).
+    Delete {
+        id: u64,
+    },
     Help,
     Quit,
     /// Send entries after this id or from this time (after the newest
@@ -68,6 +77,9 @@ pub struct PastQuery<'a> {
     pub ignore_case: bool,
     /// Written by this author.
     pub from: Option<&'a str>,
+    /// Every version: amendment and deletion lines as they are, entries
+    /// with their first text.
+    pub versions: bool,
 }
 
 /// The largest compiled regular expression a `/past regex` may build.
@@ -367,6 +379,12 @@ fn parse_command(raw: &[u8], max_entry: usize) -> Result<Command<'_>, RequestErr
     match name {
         "write" => entry_text(text, max_entry).map(Command::Write),
         "import" => parse_import(text, max_entry),
+        "amend" => {
+            let (id, new_text) = text.split_once(' ').unwrap_or((text, ""));
+            let id = parse_entry_id(id, "/amend ID TEXT")?;
+            entry_text(new_text, max_entry).map(|text| Command::Amend { id, text })
+        }
+        "delete" => parse_entry_id(args.trim(), "/delete ID").map(|id| Command::Delete { id }),
         "past" => parse_past(args).map(|query| Command::Past { query }),
         "help" => no_args(Command::Help),
         "quit" => no_args(Command::Quit),
@@ -375,6 +393,12 @@ fn parse_command(raw: &[u8], max_entry: usize) -> Result<Command<'_>, RequestErr
         "follow" => parse_follow(args),
         _ => Err(RequestError::UnknownCommand(format!("/{name}"))),
     }
+}
+
+fn parse_entry_id(id: &str, usage: &str) -> Result<u64, RequestError> {
+    id.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+        RequestError::BadArgument(format!("{id:?} is not an entry id; usage: {usage}"))
+    })
 }
 
 /// `/import TIME AUTHOR TEXT`: TIME is RFC 3339 with an offset, kept as
@@ -429,7 +453,7 @@ fn entry_text(text: &str, max_entry: usize) -> Result<&str, RequestError> {
 fn parse_past(args: &str) -> Result<PastQuery<'_>, RequestError> {
     let usage = |why: String| {
         RequestError::BadArgument(format!(
-            "{why}; usage: /past [N] [since ID|DATE] [until ID|DATE] [from NAME] [tag TAG]... [-i] \
+            "{why}; usage: /past [N] [since ID|DATE] [until ID|DATE] [from NAME] [tag TAG]... [-i] [versions] \
              [grep WORDS[<TAB>WORDS...] | regex PATTERN]"
         ))
     };
@@ -458,6 +482,10 @@ fn parse_past(args: &str) -> Result<PastQuery<'_>, RequestError> {
             }
             "-i" => {
                 query.ignore_case = true;
+                rest = after;
+            }
+            "versions" => {
+                query.versions = true;
                 rest = after;
             }
             "from" => {
@@ -883,7 +911,9 @@ diary: every line you send is stored as an entry and answered with \"ok ID TIME\
   p                      past entries, oldest first
   h                      this help
   e                      leave (closes a TCP session)
-  /past [N] [since ID|DATE] [until ID|DATE] [from NAME] [tag T]... [-i] [grep WORDS | regex RE]
+  /past [N] [since ID|DATE] [until ID|DATE] [from NAME] [tag T]... [-i] [versions] [grep WORDS | regex RE]
+  /amend ID TEXT         replace an entry's text (the old one stays in the file)
+  /delete ID             hide an entry (it stays in the file)
                          the newest N entries, those after ID or from DATE on,
                          or those containing WORDS
   /write TEXT            store TEXT even if it looks like a command

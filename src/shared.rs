@@ -240,7 +240,15 @@ impl Service for Shared {
         };
         let how = (transport, author);
         let tag = match (&request.envelope, &request.command) {
-            (Some(envelope), Ok(Command::Write(_) | Command::Import { .. })) => envelope.tag,
+            (
+                Some(envelope),
+                Ok(
+                    Command::Write(_)
+                    | Command::Import { .. }
+                    | Command::Amend { .. }
+                    | Command::Delete { .. },
+                ),
+            ) => envelope.tag,
             // Only tagged writes are remembered: everything else goes straight on.
             _ => return handler::handle(request, how, &mut self.store, &mut self.stats, out),
         };

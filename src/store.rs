@@ -25,6 +25,7 @@ use crate::disk::Disk;
 use crate::entry;
 use crate::scan::{self, CutReason, Index, Mode, ScanError};
 use crate::syncer::Syncer;
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -198,6 +199,52 @@ pub struct CommitError {
     pub error: io::Error,
 }
 
+/// A line that changes an earlier entry, kept after it (append-only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record {
+    /// Its text replaces entry N's (`amends=N`).
+    Amends(u64),
+    /// Entry N is hidden (`deletes=N`).
+    Deletes(u64),
+}
+
+impl Record {
+    pub const AMENDS: &str = "amends";
+    pub const DELETES: &str = "deletes";
+
+    pub fn target(self) -> u64 {
+        match self {
+            Record::Amends(n) | Record::Deletes(n) => n,
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Record::Amends(_) => Self::AMENDS,
+            Record::Deletes(_) => Self::DELETES,
+        }
+    }
+
+    /// The record a stored line is, if it is one.
+    pub fn of(line: &entry::EntryLine) -> Option<Record> {
+        let number = |v: &str| v.parse().ok().filter(|&n| n > 0);
+        if let Some(n) = line.attr(Self::AMENDS).and_then(number) {
+            return Some(Record::Amends(n));
+        }
+        line.attr(Self::DELETES)
+            .and_then(number)
+            .map(Record::Deletes)
+    }
+}
+
+/// How an entry was changed: the newest amendment (0: none), and whether
+/// it was deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Edit {
+    pub latest: u64,
+    pub deleted: bool,
+}
+
 /// What [`Store::append`] gave a new entry.
 #[derive(Debug, Clone, Copy)]
 pub struct Appended<'a> {
@@ -232,6 +279,10 @@ pub struct Store {
     /// after a failed background fsync).
     sync_failed: bool,
     cached_stamp: (i64, String),
+    /// Amendments and deletions, by the entry they change.
+    edits: HashMap<u64, Edit>,
+    /// The ids of amendment and deletion lines.
+    records: std::collections::HashSet<u64>,
     /// The last appended id in decimal, for its line and its ack.
     id_text: itoa::Buffer,
     /// Attributes of the entry being appended.
@@ -335,6 +386,8 @@ impl Store {
             unsynced_since: None,
             sync_failed: false,
             cached_stamp: (i64::MIN, String::new()),
+            edits: HashMap::new(),
+            records: std::collections::HashSet::new(),
             id_text: itoa::Buffer::new(),
             attrs: String::new(),
             batch_clock: None,
@@ -348,7 +401,102 @@ impl Store {
         };
         let mut store = store;
         store.durable = store.written();
+        store
+            .find_edits()
+            .map_err(|e| OpenError::Io(path.to_path_buf(), e))?;
         Ok((store, recovery))
+    }
+
+    /// Finds the amendments and deletions in the file: a SIMD search for
+    /// their attributes, so a diary without any costs one pass of memmem.
+    fn find_edits(&mut self) -> io::Result<()> {
+        let end = self.len() + 1;
+        let mut found = Vec::new();
+        for key in [Record::AMENDS, Record::DELETES] {
+            let needle = format!("\t{key}=");
+            let finder = memchr::memmem::Finder::new(needle.as_bytes());
+            self.for_each_holding(1, end, 1 << 20, &finder, |id, line| {
+                let line = line.strip_suffix(b"\n").unwrap_or(line);
+                if let Ok(e) = entry::decode_line(line)
+                    && let Some(record) = Record::of(&e)
+                {
+                    found.push((id, record));
+                }
+                ControlFlow::Continue(())
+            })?;
+        }
+        found.sort_by_key(|&(id, _)| id);
+        for (id, record) in found {
+            self.note_record(id, record);
+        }
+        Ok(())
+    }
+
+    fn note_record(&mut self, id: u64, record: Record) {
+        self.records.insert(id);
+        let edit = self.edits.entry(record.target()).or_default();
+        match record {
+            Record::Amends(_) => edit.latest = edit.latest.max(id),
+            Record::Deletes(_) => edit.deleted = true,
+        }
+    }
+
+    /// How entry `id` was changed since it was written, if it was.
+    pub fn edit_of(&self, id: u64) -> Option<Edit> {
+        self.edits.get(&id).copied()
+    }
+
+    /// Whether any entry was ever amended or deleted.
+    pub fn has_edits(&self) -> bool {
+        !self.edits.is_empty()
+    }
+
+    /// Whether line `id` is an amendment or a deletion.
+    pub fn is_record(&self, id: u64) -> bool {
+        self.records.contains(&id)
+    }
+
+    /// Committed line `id`, without its newline.
+    pub fn read_line(&self, id: u64) -> io::Result<Vec<u8>> {
+        let mut found = Vec::new();
+        self.for_each(id, id + 1, 4096, |_, line| {
+            found.extend_from_slice(line.strip_suffix(b"\n").unwrap_or(line));
+            ControlFlow::Break(())
+        })?;
+        Ok(found)
+    }
+
+    /// Buffers an amendment or a deletion of an entry: a line of its own,
+    /// after everything, the entry's line untouched (append-only).
+    pub fn append_record(
+        &mut self,
+        text: &str,
+        req: Option<&str>,
+        by: Option<&str>,
+        record: Record,
+    ) -> Appended<'_> {
+        let attr = format!("\t{}={}", record.key(), record.target());
+        let appended = self.append_entry(text, req, by, None, &attr);
+        let id = appended.id;
+        let _ = appended;
+        self.note_record(id, record);
+        let Appended {
+            id_text, timestamp, ..
+        } = self.last_appended();
+        Appended {
+            id,
+            id_text,
+            timestamp,
+        }
+    }
+
+    fn last_appended(&mut self) -> Appended<'_> {
+        let id = self.index.len() as u64;
+        Appended {
+            id,
+            id_text: self.id_text.format(id),
+            timestamp: &self.cached_stamp.1,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -374,7 +522,7 @@ impl Store {
 
     /// As [`Store::append`], recording who wrote it (`by=`).
     pub fn append_by(&mut self, text: &str, req: Option<&str>, by: Option<&str>) -> Appended<'_> {
-        self.append_entry(text, req, by, None)
+        self.append_entry(text, req, by, None, "")
     }
 
     /// Buffers an entry from elsewhere with its own time (RFC 3339, kept as
@@ -387,7 +535,7 @@ impl Store {
         (time, millis): (&str, i64),
         (author, importer): (Option<&str>, Option<&str>),
     ) -> Appended<'_> {
-        self.append_entry(text, req, author, Some((time, millis, importer)))
+        self.append_entry(text, req, author, Some((time, millis, importer)), "")
     }
 
     fn append_entry(
@@ -396,6 +544,7 @@ impl Store {
         req: Option<&str>,
         by: Option<&str>,
         imported: Option<(&str, i64, Option<&str>)>,
+        extra_attr: &str,
     ) -> Appended<'_> {
         if self.pending.is_empty() {
             // What a person did to the file since the last batch is taken
@@ -439,6 +588,7 @@ impl Store {
             self.attrs.push_str("\timported=");
             self.attrs.push_str(importer);
         }
+        self.attrs.push_str(extra_attr);
         entry::encode_line_digits(
             id_text,
             &self.cached_stamp.1,

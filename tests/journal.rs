@@ -447,3 +447,127 @@ fn dates_select_imported_entries_by_their_own_times() {
         ["written today", "written today again"]
     );
 }
+
+#[test]
+fn amend_and_delete_append_records_that_past_and_follow_show() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("diary.log");
+    let mut server = Daemon::start(&file, &[]);
+    for text in ["first", "a typo: teh cat", "to be deleted", "last"] {
+        run_diary(server.addr, &["write", text], b"");
+    }
+    let mut follower = diary_command(server.addr, &["follow", "-n", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let followed = LineFeed::new(follower.stdout.take().unwrap());
+    // The follower is connected once a new entry reaches it.
+    run_diary(server.addr, &["write", "hello follower"], b"");
+    followed.until(Duration::from_secs(10), |l| l.ends_with("hello follower"));
+
+    let o = run_diary(server.addr, &["amend", "2", "a typo: the cat"], b"");
+    assert!(o.status.success(), "{o:?}");
+    assert!(out(&o).starts_with("amended #2"), "{}", out(&o));
+    let o = run_diary(server.addr, &["--proto", "tcp", "delete", "3"], b"");
+    assert!(o.status.success(), "{o:?}");
+    let seen = followed.until(Duration::from_secs(10), |l| l.contains("#3 deleted"));
+    assert!(
+        seen[0].contains("(#2 now reads) a typo: the cat"),
+        "{seen:?}"
+    );
+
+    let texts = |args: &[&str]| -> Vec<String> {
+        let o = run_diary(server.addr, args, b"");
+        assert!(o.status.success(), "{args:?}: {o:?}");
+        out(&o)
+            .lines()
+            .map(|l| l.trim_start().splitn(3, "  ").nth(2).unwrap().to_string())
+            .collect()
+    };
+    let now = [
+        "first",
+        "a typo: the cat (edited)",
+        "last",
+        "hello follower",
+    ];
+    assert_eq!(texts(&["past"]), now);
+    assert_eq!(texts(&["--proto", "tcp", "past"]), now);
+    assert_eq!(texts(&["past", "-n", "2"]), now[2..]);
+    assert_eq!(texts(&["past", "--grep", "the cat"]), [now[1]]);
+    assert!(texts(&["past", "--grep", "teh"]).is_empty());
+    assert!(texts(&["past", "--grep", "deleted"]).is_empty());
+    let versions = texts(&["past", "--versions"]);
+    assert_eq!(versions.len(), 7, "{versions:?}");
+    assert_eq!(versions[1], "a typo: teh cat");
+    assert_eq!(versions[5], "(#2 now reads) a typo: the cat");
+    // Wrong targets are refused, and nothing is appended for them.
+    for (args, says) in [
+        (&["amend", "99", "x"][..], "no entry #99"),
+        (&["delete", "3"], "is deleted"),
+        (&["amend", "6", "x"], "is an amendment or a deletion"),
+    ] {
+        let o = run_diary(server.addr, args, b"");
+        assert_eq!(o.status.code(), Some(1), "{o:?}");
+        assert!(err(&o).contains(says), "{args:?}: {}", err(&o));
+    }
+    // The file is append-only: the old text is still there, the new after it.
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("\ta typo: teh cat\t"), "{text}");
+    assert!(text.contains("\tamends=2"), "{text}");
+    assert!(text.contains("\tdeletes=3"), "{text}");
+    // After a restart, the same view.
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    server = Daemon::start(&file, &[]);
+    let o = run_diary(server.addr, &["past"], b"");
+    let after: Vec<String> = out(&o)
+        .lines()
+        .map(|l| l.trim_start().splitn(3, "  ").nth(2).unwrap().to_string())
+        .collect();
+    assert_eq!(after, now);
+    // An editor's edit, through $EDITOR.
+    let o = diary_command(server.addr, &["amend", "1", "--edit"])
+        .env("EDITOR", "sed -i s/first/first,\\ edited/")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let o = run_diary(server.addr, &["past", "-n", "4"], b"");
+    assert!(out(&o).contains("first, edited (edited)"), "{}", out(&o));
+}
+
+#[test]
+fn a_paragraph_written_in_the_editor_is_one_entry() {
+    let server = TestServer::start();
+    for proto in ["udp", "tcp"] {
+        let o = diary_command(server.addr, &["--proto", proto, "write", "--edit"])
+            .env("EDITOR", "printf 'para one\\n\\npara two, 中文\\n' >")
+            .env_remove("VISUAL")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+    }
+    let entries = file_entries(&server.path);
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert!(
+        entries
+            .iter()
+            .all(|(_, t)| t == "para one\n\npara two, 中文"),
+        "{entries:?}"
+    );
+    let o = run_diary(server.addr, &["--utc", "past", "-n", "1"], b"");
+    let shown = out(&o);
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 3, "{shown}");
+    assert!(
+        lines[1].trim().is_empty() && lines[2].trim_start() == "para two, 中文",
+        "{shown}"
+    );
+    assert_eq!(
+        lines[0].find("para one"),
+        lines[2].find("para two"),
+        "indented under it: {shown}"
+    );
+}

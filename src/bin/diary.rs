@@ -186,6 +186,10 @@ enum Cmd {
         /// it: if the entry was stored, it is not stored again.
         #[arg(long, value_parser = parse_tag)]
         tag: Option<String>,
+        /// Write the entry in $EDITOR: the whole buffer, paragraphs and
+        /// all, becomes one entry.
+        #[arg(long, conflicts_with = "text")]
+        edit: bool,
     },
     /// Print past entries, oldest first.
     Past {
@@ -207,11 +211,28 @@ enum Cmd {
         /// JSON Lines: {"id":…,"time":…,"text":…} per entry.
         #[arg(long)]
         json: bool,
+        /// Every version: entries as first written, then each amendment
+        /// and deletion as it was made.
+        #[arg(long)]
+        versions: bool,
     },
     /// Print new entries as they are written, like `tail -f` (always over
     /// TCP); reconnects by itself and resumes where it left off.
     /// The #tags in your diary, with how many entries hold each.
     Tags,
+    /// Correct entry ID: its new text is appended to the file (the old
+    /// stays there too); past shows the new text, marked (edited).
+    Amend {
+        id: u64,
+        /// The new text; several words are joined with spaces.
+        text: Vec<String>,
+        /// Edit the current text in $EDITOR (VISUAL, EDITOR, else vi).
+        #[arg(long, conflicts_with = "text")]
+        edit: bool,
+    },
+    /// Hide entry ID from past and follow (it stays in the file, with a
+    /// line saying it was deleted; past --versions shows it).
+    Delete { id: u64 },
     /// Write entries out: JSON Lines (for `diary import`, or any tool),
     /// Markdown (a page per diary, a heading per day), or text.
     Export {
@@ -276,29 +297,36 @@ fn main() -> ExitCode {
     let result = match args.command {
         Some(Cmd::Keygen { .. }) => unreachable!("handled before connecting"),
         None => diary::interactive::run(&mut client, display).map(|()| ExitCode::SUCCESS),
-        Some(Cmd::Write { text, tag }) if text.is_empty() => {
+        Some(Cmd::Write {
+            edit: true, tag, ..
+        }) => write_edited(&mut client, tag),
+        Some(Cmd::Write { text, tag, .. }) if text.is_empty() => {
             if tag.is_some() {
                 eprintln!("diary: --tag is for one entry; an import makes a tag for each line");
                 return ExitCode::from(2);
             }
             import(&client)
         }
-        Some(Cmd::Write { text, tag }) => write_one(&mut client, &text.join(" "), tag),
+        Some(Cmd::Write { text, tag, .. }) => write_one(&mut client, &text.join(" "), tag),
         Some(Cmd::Past {
             last,
             since,
             until,
             filter,
             json,
+            versions,
         }) => {
             let selection = Selection {
                 last,
                 since,
                 until,
                 filter,
+                versions,
             };
             past(&mut client, &selection, display, json)
         }
+        Some(Cmd::Amend { id, text, edit }) => amend(&mut client, id, &text.join(" "), edit),
+        Some(Cmd::Delete { id }) => change(&mut client, &format!("/delete {id}"), "deleted", id),
         Some(Cmd::Tags) => tags(&mut client),
         Some(Cmd::Export {
             format,
@@ -311,6 +339,7 @@ fn main() -> ExitCode {
                 since,
                 until,
                 filter,
+                versions: false,
             };
             export(&mut client, &selection, format, display)
         }
@@ -439,6 +468,22 @@ fn parse_words(words: &str) -> Result<String, String> {
         return Err("the words cannot hold a line break or other control character".into());
     }
     Ok(words.to_string())
+}
+
+/// `diary write --edit`: one entry from the editor's buffer. Several lines
+/// go in one datagram (a TCP request is one line).
+fn write_edited(client: &mut Client, tag: Option<String>) -> Outcome {
+    let Some(text) = diary::editor::edit("")? else {
+        eprintln!("diary: nothing written (the buffer was empty)");
+        return Ok(ExitCode::SUCCESS);
+    };
+    if text.contains('\n') && client.options().proto == Proto::Tcp {
+        let mut options = client.options().clone();
+        options.proto = Proto::Udp;
+        let mut udp = Client::new(options)?;
+        return write_one(&mut udp, &text, tag);
+    }
+    write_one(client, &text, tag)
 }
 
 fn write_one(client: &mut Client, text: &str, tag: Option<String>) -> Outcome {
@@ -660,6 +705,7 @@ struct Selection {
     since: Option<Point>,
     until: Option<Point>,
     filter: TextFilter,
+    versions: bool,
 }
 
 impl Selection {
@@ -676,6 +722,9 @@ impl Selection {
         }
         if let Some(until) = self.until {
             request.push_str(&format!(" until {}", until.canonical()));
+        }
+        if self.versions {
+            request.push_str(" versions");
         }
         request.push_str(&self.filter.request_words());
         request
@@ -709,6 +758,50 @@ fn past(client: &mut Client, selection: &Selection, mut display: Display, json: 
     };
     print_entries(&lines, &mut display, json)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `diary amend`: the new text from the command line, or from $EDITOR.
+fn amend(client: &mut Client, id: u64, text: &str, edit: bool) -> Outcome {
+    let text = if edit {
+        let current =
+            match client.request(&format!("/past since {} until {id}", id.saturating_sub(1)))? {
+                Reply::Lines(lines) => lines.iter().find_map(|l| parse_entry(l)).map(|e| e.text),
+                other => return refused(other),
+            };
+        let Some(current) = current else {
+            eprintln!("diary: there is no entry #{id} to amend");
+            return Ok(ExitCode::from(EXIT_REFUSED));
+        };
+        match diary::editor::edit(&current)? {
+            Some(text) if text != current => text,
+            _ => {
+                eprintln!("diary: #{id} unchanged");
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    } else if text.is_empty() {
+        eprintln!("diary: give the new text, or --edit");
+        return Ok(ExitCode::from(EXIT_USAGE));
+    } else {
+        text.to_string()
+    };
+    if text.contains('\n') && client.options().proto == Proto::Tcp {
+        eprintln!("diary: a text of several lines goes over UDP (--proto udp)");
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
+    change(client, &format!("/amend {id} {text}"), "amended", id)
+}
+
+/// Sends an amendment or a deletion, tagged like a write.
+fn change(client: &mut Client, request: &str, done: &str, id: u64) -> Outcome {
+    let tag = client.new_tag();
+    match client.request_tagged(&tag, request)? {
+        Reply::Stored { id: line, .. } => {
+            println!("{done} #{id} (line #{line} of the diary says so)");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => refused(other),
+    }
 }
 
 /// `diary export`: the selected entries as JSON Lines, Markdown or text.
@@ -785,6 +878,7 @@ fn follow(
         since: None,
         until: None,
         filter: filter.clone(),
+        versions: false,
     };
     let since = match since {
         Some(since) => Some(since),
