@@ -571,3 +571,37 @@ fn a_paragraph_written_in_the_editor_is_one_entry() {
         "indented under it: {shown}"
     );
 }
+
+#[test]
+fn an_export_holds_every_version_of_an_amended_entry() {
+    let server = TestServer::start();
+    run_diary(server.addr, &["--name", "ann", "write", "teh first"], b"");
+    run_diary(server.addr, &["write", "untouched"], b"");
+    run_diary(
+        server.addr,
+        &["--name", "bob", "amend", "1", "the first"],
+        b"",
+    );
+    run_diary(
+        server.addr,
+        &["--name", "ann", "amend", "1", "the first!"],
+        b"",
+    );
+    let o = run_diary(server.addr, &["export"], b"");
+    let lines: Vec<serde_json::Value> = out(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["text"], "the first!");
+    assert_eq!(lines[0]["author"], "ann");
+    let versions: Vec<&str> = lines[0]["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["teh first", "the first", "the first!"]);
+    assert_eq!(lines[0]["versions"][1]["author"], "bob");
+    assert!(lines[1].get("versions").is_none());
+}

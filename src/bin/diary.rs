@@ -815,8 +815,11 @@ fn export(
         Reply::Lines(lines) => lines,
         other => return refused(other),
     };
-    if format != ExportFormat::Md {
-        print_entries(&lines, &mut display, format == ExportFormat::Jsonl)?;
+    if format == ExportFormat::Jsonl {
+        return export_jsonl(client, &lines);
+    }
+    if format == ExportFormat::Txt {
+        print_entries(&lines, &mut display, false)?;
         return Ok(ExitCode::SUCCESS);
     }
     let stdout = std::io::stdout();
@@ -834,6 +837,73 @@ fn export(
         // Continuation lines indented, so they stay in the item.
         let text = entry.text.replace('\n', "\n  ");
         writeln!(out, "- **{clock}**{by} {text}")?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One entry of a JSON Lines export: as it is now, and for an amended
+/// one every version, first text first.
+#[derive(serde::Serialize)]
+struct Exported<'a> {
+    id: u64,
+    time: &'a str,
+    author: Option<&'a str>,
+    text: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    versions: Vec<Version<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct Version<'a> {
+    time: &'a str,
+    author: Option<&'a str>,
+    text: &'a str,
+}
+
+fn export_jsonl(client: &mut Client, lines: &[String]) -> Outcome {
+    let entries: Vec<diary::client::Entry> = lines.iter().filter_map(|l| parse_entry(l)).collect();
+    // The versions of amended entries: every line from the first on.
+    let mut history: std::collections::HashMap<u64, Vec<diary::client::Entry>> =
+        std::collections::HashMap::new();
+    if let Some(first) = entries
+        .iter()
+        .filter(|e| e.edited.is_some())
+        .map(|e| e.id)
+        .min()
+    {
+        let all = match client.request(&format!("/past since {} versions", first - 1))? {
+            Reply::Lines(lines) => lines,
+            other => return refused(other),
+        };
+        for line in all.iter().filter_map(|l| parse_entry(l)) {
+            let target = line.amends.unwrap_or(line.id);
+            history.entry(target).or_default().push(line);
+        }
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for e in &entries {
+        let versions = match e.edited {
+            Some(_) => history.get(&e.id).map_or(Vec::new(), |v| {
+                v.iter()
+                    .map(|v| Version {
+                        time: &v.time,
+                        author: v.author.as_deref(),
+                        text: &v.text,
+                    })
+                    .collect()
+            }),
+            None => Vec::new(),
+        };
+        let exported = Exported {
+            id: e.id,
+            time: &e.time,
+            author: e.author.as_deref(),
+            text: &e.text,
+            versions,
+        };
+        writeln!(out, "{}", serde_json::to_string(&exported)?)?;
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
