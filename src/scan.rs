@@ -105,6 +105,8 @@ pub struct Scan {
     pub identity: Option<String>,
     /// What recovery would cut off the end: from `at` on.
     pub cut: Option<Cut>,
+    /// Amendment and deletion lines: their ids, in order.
+    pub records: Vec<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -238,6 +240,12 @@ pub fn scan(file: &File, from: From, mode: Mode) -> Result<Scan, ScanError> {
                         }));
                     }
                     scan.index.push(at, e.millis);
+                    // Most lines carry only a tag: a short memmem says no.
+                    if e.attrs.len() > 8
+                        && (e.attrs.contains("\tamends=") || e.attrs.contains("\tdeletes="))
+                    {
+                        scan.records.push(e.id);
+                    }
                 }
                 Err(LineError::Hole) if mode == Mode::Recover => {
                     let cut = Cut {

@@ -372,6 +372,7 @@ impl Store {
             }
         };
         let last_stamp = scan.index.millis.last().copied().unwrap_or(i64::MIN);
+        let records = std::mem::take(&mut scan.records);
         let store = Store {
             disk: wrap(file),
             path: path.to_path_buf(),
@@ -402,37 +403,25 @@ impl Store {
         let mut store = store;
         store.durable = store.written();
         store
-            .find_edits()
+            .note_records(&records)
             .map_err(|e| OpenError::Io(path.to_path_buf(), e))?;
         Ok((store, recovery))
     }
 
-    /// Finds the amendments and deletions in the file: a SIMD search for
-    /// their attributes, so a diary without any costs one pass of memmem.
-    fn find_edits(&mut self) -> io::Result<()> {
-        let end = self.len() + 1;
-        let mut found = Vec::new();
-        for key in [Record::AMENDS, Record::DELETES] {
-            let needle = format!("\t{key}=");
-            let finder = memchr::memmem::Finder::new(needle.as_bytes());
-            self.for_each_holding(1, end, 1 << 20, &finder, |id, line| {
-                let line = line.strip_suffix(b"\n").unwrap_or(line);
-                if let Ok(e) = entry::decode_line(line)
-                    && let Some(record) = Record::of(&e)
-                {
-                    found.push((id, record));
-                }
-                ControlFlow::Continue(())
-            })?;
-        }
-        found.sort_by_key(|&(id, _)| id);
-        for (id, record) in found {
-            self.note_record(id, record);
+    /// Takes in the amendment and deletion lines a scan found (`ids`).
+    fn note_records(&mut self, ids: &[u64]) -> io::Result<()> {
+        for &id in ids {
+            let line = self.read_line(id)?;
+            if let Ok(e) = entry::decode_line(&line)
+                && let Some(record) = Record::of(&e)
+            {
+                self.note_record(id, record);
+            }
         }
         Ok(())
     }
 
-    fn note_record(&mut self, id: u64, record: Record) {
+    pub(crate) fn note_record(&mut self, id: u64, record: Record) {
         self.records.insert(id);
         let edit = self.edits.entry(record.target()).or_default();
         match record {

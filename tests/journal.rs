@@ -456,13 +456,13 @@ fn amend_and_delete_append_records_that_past_and_follow_show() {
     for text in ["first", "a typo: teh cat", "to be deleted", "last"] {
         run_diary(server.addr, &["write", text], b"");
     }
-    let mut follower = diary_command(server.addr, &["follow", "-n", "0"])
+    let mut follower = diary_command(server.addr, &["follow", "--since", "4"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let followed = LineFeed::new(follower.stdout.take().unwrap());
-    // The follower is connected once a new entry reaches it.
+    // From entry 4 on, whenever it connects: the next entry reaches it.
     run_diary(server.addr, &["write", "hello follower"], b"");
     followed.until(Duration::from_secs(10), |l| l.ends_with("hello follower"));
 

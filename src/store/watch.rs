@@ -128,10 +128,13 @@ impl Store {
         for i in 0..added {
             self.index.push(scan.index.offsets[i], scan.index.millis[i]);
         }
+        let records = scan.records.clone();
         let all_durable = self.durable == self.written();
         self.committed = self.index.len();
         self.committed_len = scan.len;
         self.lines = scan.lines;
+        // An amendment or deletion a person appended counts too.
+        let _ = self.note_records(&records);
         if all_durable {
             // Someone else's lines: whatever their writer promised, and
             // nothing of ours waits on a flush.
