@@ -425,7 +425,7 @@ fn dates_select_imported_entries_by_their_own_times() {
     let o = run_diary(server.addr, &["import", "-"], old.as_bytes());
     assert_eq!(o.status.code(), Some(1), "one line refused: {o:?}");
     assert!(
-        err(&o).contains("-:3: \"not a time\" is not an RFC 3339 time"),
+        err(&o).contains("- line 3: \"not a time\" is not an RFC 3339 time"),
         "{}",
         err(&o)
     );

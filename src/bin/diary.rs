@@ -534,30 +534,7 @@ const IMPORT_WINDOW: usize = 1024;
 fn import(client: &Client) -> Outcome {
     let mut input = Vec::new();
     std::io::stdin().lock().read_to_end(&mut input)?;
-    let head = blake3::hash(&input[..input.len().min(64 * 1024)]);
-    let mut entries = Vec::new();
-    let mut numbers = Vec::new();
-    let mut failed = 0u64;
-    for (i, raw) in input.split(|&b| b == b'\n').enumerate() {
-        let number = i + 1;
-        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
-        if line.is_empty() {
-            continue;
-        }
-        let Ok(text) = std::str::from_utf8(line) else {
-            eprintln!("diary: stdin line {number}: not UTF-8, skipped");
-            failed += 1;
-            continue;
-        };
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(head.as_bytes());
-        hasher.update(&(number as u64).to_le_bytes());
-        hasher.update(line);
-        let tag = format!("i{}", &hasher.finalize().to_hex()[..24]);
-        entries.push((tag, format!("/write {text}")));
-        numbers.push(number);
-    }
-    send_import(client, &entries, &numbers, failed, "stdin")
+    import_input(client, &input, "stdin", false)
 }
 
 /// `diary import FILE`: JSON Lines from `diary export --format jsonl` (or
@@ -572,26 +549,33 @@ fn import_file(client: &Client, path: &std::path::Path) -> Outcome {
     } else {
         std::fs::read(path)?
     };
-    let name = path.display().to_string();
+    import_input(client, &input, &path.display().to_string(), true)
+}
+
+/// The lines of an import as tagged requests, then sent. With `jsonl`
+/// allowed, input whose first line is a JSON object is read as an export.
+fn import_input(client: &Client, input: &[u8], name: &str, jsonl: bool) -> Outcome {
     let head = blake3::hash(&input[..input.len().min(64 * 1024)]);
-    let is_jsonl = input
-        .split(|&b| b == b'\n')
-        .find(|l| !l.trim_ascii().is_empty())
-        .is_some_and(|l| l.trim_ascii_start().starts_with(b"{"));
+    let is_jsonl = jsonl
+        && input
+            .split(|&b| b == b'\n')
+            .find(|l| !l.trim_ascii().is_empty())
+            .is_some_and(|l| l.trim_ascii_start().starts_with(b"{"));
     let mut entries = Vec::new();
     let mut numbers = Vec::new();
     let mut failed = 0u64;
     for (i, raw) in input.split(|&b| b == b'\n').enumerate() {
         let number = i + 1;
         let line = raw.strip_suffix(b"\r").unwrap_or(raw);
-        if line.trim_ascii().is_empty() {
+        // (A line of spaces is an entry, as `write < FILE` has always taken it.)
+        if line.is_empty() || (is_jsonl && line.trim_ascii().is_empty()) {
             continue;
         }
         let command = if is_jsonl {
             match import_command(line) {
                 Ok(command) => command,
                 Err(why) => {
-                    eprintln!("diary: {name}:{number}: {why}; skipped");
+                    eprintln!("diary: {name} line {number}: {why}; skipped");
                     failed += 1;
                     continue;
                 }
@@ -600,7 +584,7 @@ fn import_file(client: &Client, path: &std::path::Path) -> Outcome {
             match std::str::from_utf8(line) {
                 Ok(text) => format!("/write {text}"),
                 Err(_) => {
-                    eprintln!("diary: {name}:{number}: not UTF-8, skipped");
+                    eprintln!("diary: {name} line {number}: not UTF-8, skipped");
                     failed += 1;
                     continue;
                 }
@@ -614,7 +598,7 @@ fn import_file(client: &Client, path: &std::path::Path) -> Outcome {
         entries.push((format!("i{}", &hasher.finalize().to_hex()[..24]), command));
         numbers.push(number);
     }
-    send_import(client, &entries, &numbers, failed, &name)
+    send_import(client, &entries, &numbers, failed, name)
 }
 
 /// One JSON line of an export as an `/import` request.
