@@ -191,12 +191,16 @@ impl SecureLink {
         Ok(n)
     }
 
-    /// Gives back the receive buffer of a quiet connection.
+    /// Gives back the buffers of a quiet connection.
     pub fn release_idle(&mut self) {
         if self.rx_start == self.rx_end {
             self.rx = Vec::new();
             self.rx_start = 0;
             self.rx_end = 0;
+        }
+        if self.plain_start == self.plain.len() {
+            self.plain = Vec::new();
+            self.plain_start = 0;
         }
     }
 }
