@@ -72,6 +72,19 @@ pub struct Report {
     pub server_cpu_us_per_reply: Option<f64>,
     /// The server's CPU use in the window, in cores (when known).
     pub server_cores: Option<f64>,
+    /// The load generator's own CPU per reply and in cores: a generator
+    /// near one core is the limit, not the server.
+    pub client_cpu_us_per_reply: f64,
+    pub client_cores: f64,
+}
+
+/// User plus system CPU seconds this process has used so far.
+fn own_cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 struct InFlight {
@@ -167,9 +180,9 @@ impl Load {
             let now = Instant::now();
             if window.is_none() && now >= window_start {
                 tally.measuring = true;
-                window = Some((now, server_cpu()));
+                window = Some((now, server_cpu(), own_cpu_seconds()));
             }
-            if let Some((from, _)) = window
+            if let Some((from, _, _)) = window
                 && (now.duration_since(from) >= self.duration
                     || self.count.is_some_and(|c| tally.completed >= c))
             {
@@ -194,8 +207,9 @@ impl Load {
                 }
             }
         }
-        let (from, cpu_before) = window.expect("the loop ends in the window");
+        let (from, cpu_before, own_before) = window.expect("the loop ends in the window");
         let seconds = from.elapsed().as_secs_f64();
+        let own = own_cpu_seconds() - own_before;
         let cpu = cpu_before.zip(server_cpu()).map(|(a, b)| b - a);
         let h = &tally.histogram;
         let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
@@ -213,6 +227,8 @@ impl Load {
                 .filter(|_| tally.completed > 0)
                 .map(|c| c * 1e6 / tally.completed as f64),
             server_cores: cpu.map(|c| c / seconds),
+            client_cpu_us_per_reply: own * 1e6 / tally.completed.max(1) as f64,
+            client_cores: own / seconds,
         })
     }
 

@@ -47,7 +47,9 @@ enum Cmd {
         /// diaryd's --fsync.
         #[arg(long, default_value = "never")]
         fsync: String,
-        /// The baseline: the bare echo server (`echo`), diaryd with
+        /// The baseline: the bare echo server (`echo`), the echo server that
+        /// appends what it reads to a file, one write per batch
+        /// (`echo-append`: the floor of any log server), diaryd with
         /// another --fsync (`always`, `interval`, `never`), or `plaintext`:
         /// the same diaryd (with an allow file) loaded in plaintext, against
         /// encrypted sessions (Noise) for the measured runs.
@@ -102,6 +104,10 @@ enum Cmd {
     Echo {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
+        /// Append everything read to this file, one write per batch, before
+        /// echoing it: the floor of any log server.
+        #[arg(long)]
+        append: Option<std::path::PathBuf>,
     },
 }
 
@@ -148,7 +154,7 @@ impl LoadArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Echo { listen } => run_echo(listen),
+        Cmd::Echo { listen, append } => run_echo(listen, append),
         Cmd::Load { server, load } => {
             let load = load.load();
             load.run(server, &|| None).map(|report| {
@@ -201,8 +207,17 @@ fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {
     }
 }
 
-fn run_echo(listen: SocketAddr) -> io::Result<()> {
-    let (addr, serve) = echo::bind(listen)?;
+fn run_echo(listen: SocketAddr, append: Option<std::path::PathBuf>) -> io::Result<()> {
+    let file = match append {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        ),
+        None => None,
+    };
+    let (addr, serve) = echo::bind(listen, file)?;
     println!("diary-bench echo: listening on {addr} (UDP and TCP)");
     io::stdout().flush()?;
     serve()
@@ -213,6 +228,10 @@ fn describe(name: &str, r: &Report) -> String {
         (Some(us), Some(cores)) => format!(", server CPU {us:.2} µs/reply ({cores:.2} cores)"),
         _ => String::new(),
     };
+    let cpu = format!(
+        "{cpu}, generator {:.2} µs/reply ({:.2} cores)",
+        r.client_cpu_us_per_reply, r.client_cores
+    );
     format!(
         "{name:<22} {:>10.0} replies/s  p50 {:>7.0} µs  p99 {:>7.0} µs  p99.9 {:>7.0} µs  \
          ({} replies in {:.1} s, {} errors, {} retries{cpu})\n",
@@ -288,6 +307,7 @@ fn spawn(name: &str, device: Option<&BenchDevice>) -> io::Result<Target> {
     };
     match name {
         "echo" => Target::echo(),
+        "echo-append" => Target::echo_append(),
         fsync => Target::diaryd(fsync, &extra),
     }
 }
@@ -348,6 +368,7 @@ fn compare(
     }
     let baseline_name = match baseline {
         "echo" => "echo (bare mio loop)".to_string(),
+        "echo-append" => "echo + append (one write per batch)".to_string(),
         "plaintext" => format!("diaryd --fsync {fsync}, plaintext"),
         fsync => format!("diaryd --fsync {fsync}"),
     };

@@ -53,6 +53,19 @@ impl Target {
         Self::spawn(command)
     }
 
+    /// The echo server appending what it reads to a file in a temporary
+    /// directory (removed on drop).
+    pub fn echo_append() -> io::Result<Target> {
+        let dir = tempfile::tempdir()?;
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .args(["echo", "--listen", "127.0.0.1:0", "--append"])
+            .arg(dir.path().join("echo.log"));
+        let mut target = Self::spawn(command)?;
+        target._dir = Some(dir);
+        Ok(target)
+    }
+
     fn spawn(mut command: Command) -> io::Result<Target> {
         let started = Instant::now();
         let mut child = command
