@@ -464,28 +464,7 @@ impl Store {
         by: Option<&str>,
         record: Record,
     ) -> Appended<'_> {
-        let attr = format!("\t{}={}", record.key(), record.target());
-        let appended = self.append_entry(text, req, by, None, &attr);
-        let id = appended.id;
-        let _ = appended;
-        self.note_record(id, record);
-        let Appended {
-            id_text, timestamp, ..
-        } = self.last_appended();
-        Appended {
-            id,
-            id_text,
-            timestamp,
-        }
-    }
-
-    fn last_appended(&mut self) -> Appended<'_> {
-        let id = self.index.len() as u64;
-        Appended {
-            id,
-            id_text: self.id_text.format(id),
-            timestamp: &self.cached_stamp.1,
-        }
+        self.append_entry(text, req, by, None, Some(record))
     }
 
     pub fn path(&self) -> &Path {
@@ -511,7 +490,7 @@ impl Store {
 
     /// As [`Store::append`], recording who wrote it (`by=`).
     pub fn append_by(&mut self, text: &str, req: Option<&str>, by: Option<&str>) -> Appended<'_> {
-        self.append_entry(text, req, by, None, "")
+        self.append_entry(text, req, by, None, None)
     }
 
     /// Buffers an entry from elsewhere with its own time (RFC 3339, kept as
@@ -524,7 +503,7 @@ impl Store {
         (time, millis): (&str, i64),
         (author, importer): (Option<&str>, Option<&str>),
     ) -> Appended<'_> {
-        self.append_entry(text, req, author, Some((time, millis, importer)), "")
+        self.append_entry(text, req, author, Some((time, millis, importer)), None)
     }
 
     fn append_entry(
@@ -533,7 +512,7 @@ impl Store {
         req: Option<&str>,
         by: Option<&str>,
         imported: Option<(&str, i64, Option<&str>)>,
-        extra_attr: &str,
+        record: Option<Record>,
     ) -> Appended<'_> {
         if self.pending.is_empty() {
             // What a person did to the file since the last batch is taken
@@ -563,6 +542,10 @@ impl Store {
             }
         };
         let id = self.index.len() as u64 + 1;
+        if let Some(record) = record {
+            // Only now is the id known: a person's lines may just have been taken in.
+            self.note_record(id, record);
+        }
         let start = self.committed_len + self.pending.len() as u64;
         let id_text = self.id_text.format(id);
         self.attrs.clear();
@@ -577,7 +560,10 @@ impl Store {
             self.attrs.push_str("\timported=");
             self.attrs.push_str(importer);
         }
-        self.attrs.push_str(extra_attr);
+        if let Some(record) = record {
+            self.attrs
+                .push_str(&format!("\t{}={}", record.key(), record.target()));
+        }
         entry::encode_line_digits(
             id_text,
             &self.cached_stamp.1,
