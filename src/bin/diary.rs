@@ -216,8 +216,6 @@ enum Cmd {
         #[arg(long)]
         versions: bool,
     },
-    /// Print new entries as they are written, like `tail -f` (always over
-    /// TCP); reconnects by itself and resumes where it left off.
     /// The #tags in your diary, with how many entries hold each.
     Tags,
     /// Correct entry ID: its new text is appended to the file (the old
@@ -251,6 +249,8 @@ enum Cmd {
     /// their times and authors (new ids; marked imported); any other file
     /// is one entry per line. Run again, it stores nothing twice.
     Import { file: PathBuf },
+    /// Print new entries as they are written, like `tail -f` (always over
+    /// TCP); reconnects by itself and resumes where it left off.
     Follow {
         /// Start with the entries after this id, or from this date or time
         /// (the forms of past --since).
