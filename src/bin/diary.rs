@@ -96,6 +96,21 @@ enum ExportFormat {
     Txt,
 }
 
+/// Which stretch of the diary: `past` and `export` take the same.
+#[derive(clap::Args, Debug, Clone, Copy, Default)]
+struct Span {
+    /// Only entries after this id, or from this date/time on, in your
+    /// time zone: 120, today, yesterday, "3 days ago", "5 hours ago",
+    /// 2026, 2026-11, 2026-11-25, "2026-11-25 08:30", or RFC 3339.
+    #[arg(long, value_parser = parse_since)]
+    since: Option<Point>,
+    /// Only entries up to this id, or up to the end of this date or
+    /// time (the same forms as --since: --until yesterday ends at
+    /// midnight today).
+    #[arg(long, value_parser = parse_until)]
+    until: Option<Point>,
+}
+
 /// What the text of an entry must hold.
 #[derive(clap::Args, Debug, Clone, Default)]
 struct TextFilter {
@@ -196,16 +211,8 @@ enum Cmd {
         /// Only the newest N.
         #[arg(short = 'n', long = "last")]
         last: Option<u64>,
-        /// Only entries after this id, or from this date/time on, in your
-        /// time zone: 120, today, yesterday, "3 days ago", "5 hours ago",
-        /// 2026, 2026-11, 2026-11-25, "2026-11-25 08:30", or RFC 3339.
-        #[arg(long, value_parser = parse_since)]
-        since: Option<Point>,
-        /// Only entries up to this id, or up to the end of this date or
-        /// time (the same forms as --since: --until yesterday ends at
-        /// midnight today).
-        #[arg(long, value_parser = parse_until)]
-        until: Option<Point>,
+        #[command(flatten)]
+        span: Span,
         #[command(flatten)]
         filter: TextFilter,
         /// JSON Lines: {"id":…,"time":…,"text":…} per entry.
@@ -236,12 +243,8 @@ enum Cmd {
     Export {
         #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
         format: ExportFormat,
-        /// Only entries after this id, or from this date or time.
-        #[arg(long, value_parser = parse_since)]
-        since: Option<Point>,
-        /// Only entries up to this id, or to the end of this date or time.
-        #[arg(long, value_parser = parse_until)]
-        until: Option<Point>,
+        #[command(flatten)]
+        span: Span,
         #[command(flatten)]
         filter: TextFilter,
     },
@@ -310,16 +313,14 @@ fn main() -> ExitCode {
         Some(Cmd::Write { text, tag, .. }) => write_one(&mut client, &text.join(" "), tag),
         Some(Cmd::Past {
             last,
-            since,
-            until,
+            span,
             filter,
             json,
             versions,
         }) => {
             let selection = Selection {
                 last,
-                since,
-                until,
+                span,
                 filter,
                 versions,
             };
@@ -330,14 +331,12 @@ fn main() -> ExitCode {
         Some(Cmd::Tags) => tags(&mut client),
         Some(Cmd::Export {
             format,
-            since,
-            until,
+            span,
             filter,
         }) => {
             let selection = Selection {
                 last: None,
-                since,
-                until,
+                span,
                 filter,
                 versions: false,
             };
@@ -686,8 +685,7 @@ fn send_import(
 /// Which entries `past` asks for.
 struct Selection {
     last: Option<u64>,
-    since: Option<Point>,
-    until: Option<Point>,
+    span: Span,
     filter: TextFilter,
     versions: bool,
 }
@@ -701,10 +699,10 @@ impl Selection {
         if let Some(n) = self.last {
             request.push_str(&format!(" {n}"));
         }
-        if let Some(since) = self.since {
+        if let Some(since) = self.span.since {
             request.push_str(&format!(" since {}", since.canonical()));
         }
-        if let Some(until) = self.until {
+        if let Some(until) = self.span.until {
             request.push_str(&format!(" until {}", until.canonical()));
         }
         if self.versions {
@@ -929,8 +927,7 @@ fn follow(
     // Context first, as tail shows it; then from the newest shown on.
     let context = Selection {
         last: Some(last),
-        since: None,
-        until: None,
+        span: Span::default(),
         filter: filter.clone(),
         versions: false,
     };
