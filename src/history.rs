@@ -8,6 +8,7 @@
 use crate::entry;
 use crate::protocol::{self, PastQuery, Since};
 use crate::store::Store;
+use std::borrow::Cow;
 use std::io;
 use std::ops::ControlFlow;
 
@@ -25,9 +26,10 @@ pub struct PastCursor {
     filter: Filter,
 }
 
-/// What a selected entry must satisfy besides its place in the range.
+/// What an entry's text and author must satisfy: the server's `/past`
+/// filter, and the client's for what a follow receives.
 #[derive(Debug, Clone, Default)]
-struct Filter {
+pub struct TextMatch {
     /// Terms the text must all contain (lowercase when `ignore_case`).
     terms: Vec<Box<str>>,
     ignore_case: bool,
@@ -36,6 +38,70 @@ struct Filter {
     regex: Option<regex::Regex>,
     /// Written by this author.
     from: Option<Box<str>>,
+}
+
+impl TextMatch {
+    /// `regex` compiled as [`protocol::compile_regex`] compiles it.
+    pub fn new<'a>(
+        terms: impl IntoIterator<Item = &'a str>,
+        ignore_case: bool,
+        tags: impl IntoIterator<Item = &'a str>,
+        regex: Option<regex::Regex>,
+        from: Option<&str>,
+    ) -> TextMatch {
+        let fold = |t: &str| -> Box<str> {
+            if ignore_case {
+                t.to_lowercase().into()
+            } else {
+                t.into()
+            }
+        };
+        TextMatch {
+            terms: terms.into_iter().map(fold).collect(),
+            ignore_case,
+            tags: tags.into_iter().map(|t| t.to_lowercase().into()).collect(),
+            regex,
+            from: from.map(Box::from),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.terms.is_empty() && self.tags.is_empty() && self.regex.is_none() && self.from.is_none()
+    }
+
+    pub fn matches(&self, text: &str, author: Option<&str>) -> bool {
+        if self
+            .from
+            .as_deref()
+            .is_some_and(|from| author != Some(from))
+        {
+            return false;
+        }
+        let folded;
+        let haystack = if self.ignore_case && !self.terms.is_empty() {
+            folded = text.to_lowercase();
+            folded.as_str()
+        } else {
+            text
+        };
+        self.terms.iter().all(|t| haystack.contains(&**t))
+            && self.tags.iter().all(|t| has_tag(text, t))
+            && self.regex.as_ref().is_none_or(|r| r.is_match(text))
+    }
+
+    /// A term every matching line holds as bytes, for the fast scan.
+    fn needle(&self) -> Option<&str> {
+        if self.ignore_case {
+            return None;
+        }
+        self.terms.iter().map(|t| &**t).find(|t| plain_needle(t))
+    }
+}
+
+/// What a selected entry must satisfy besides its place in the range.
+#[derive(Debug, Clone, Default)]
+struct Filter {
+    text: TextMatch,
     /// Amendment and deletion lines as they are, entries as first written.
     versions: bool,
     /// Written at or after this time. Times need not be in order, so the
@@ -47,27 +113,21 @@ struct Filter {
 
 impl Filter {
     fn new(query: &PastQuery) -> Filter {
-        let fold = |t: &str| -> Box<str> {
-            if query.ignore_case {
-                t.to_lowercase().into()
-            } else {
-                t.into()
-            }
-        };
+        // Checked when the request was parsed; a pattern that no longer
+        // compiles selects nothing rather than everything.
+        let regex = query.regex.map(|r| {
+            protocol::compile_regex(r, query.ignore_case)
+                .unwrap_or_else(|_| regex::Regex::new("[^\\s\\S]").expect("valid"))
+        });
         Filter {
-            terms: query
-                .grep
-                .map_or(Vec::new(), |g| g.split('\t').map(fold).collect()),
-            ignore_case: query.ignore_case,
-            from: query.from.map(Box::from),
+            text: TextMatch::new(
+                query.grep.into_iter().flat_map(|g| g.split('\t')),
+                query.ignore_case,
+                query.tags.iter().copied(),
+                regex,
+                query.from,
+            ),
             versions: query.versions,
-            tags: query.tags.iter().map(|t| t.to_lowercase().into()).collect(),
-            // Checked when the request was parsed; a pattern that no longer
-            // compiles selects nothing rather than everything.
-            regex: query.regex.map(|r| {
-                protocol::compile_regex(r, query.ignore_case)
-                    .unwrap_or_else(|_| regex::Regex::new("[^\\s\\S]").expect("valid"))
-            }),
             from_millis: match query.since {
                 Some(Since::Time(ms)) => Some(ms),
                 _ => None,
@@ -80,14 +140,7 @@ impl Filter {
     }
 
     fn is_empty(&self) -> bool {
-        !self.looks_at_text() && self.from_millis.is_none() && self.before_millis.is_none()
-    }
-
-    fn looks_at_text(&self) -> bool {
-        !self.terms.is_empty()
-            || !self.tags.is_empty()
-            || self.regex.is_some()
-            || self.from.is_some()
+        self.text.is_empty() && self.from_millis.is_none() && self.before_millis.is_none()
     }
 
     /// Whether the index alone can count the selection: no filter, and
@@ -101,61 +154,49 @@ impl Filter {
         !self.versions && store.has_edits()
     }
 
-    fn matches(&self, store: &Store, id: u64, line: &[u8]) -> bool {
-        let current;
+    /// Entry `id`'s line as the reply shows it, if the entry is selected:
+    /// as it is now (amended; `None` when deleted) unless every version
+    /// was asked for. Decided and shaped at once, so an amended entry's
+    /// amendment is read once.
+    fn view<'l>(&self, store: &Store, id: u64, line: &'l [u8]) -> Option<Cow<'l, [u8]>> {
         let line = if self.current(store) {
-            match current_line(store, id, line) {
-                Some(Some(now)) => {
-                    current = now;
-                    &current[..]
-                }
-                Some(None) => line,
-                None => return false,
+            match current_line(store, id, line)? {
+                Some(now) => Cow::Owned(now),
+                None => Cow::Borrowed(line),
             }
         } else {
-            line
+            Cow::Borrowed(line)
         };
-        self.from_millis.is_none_or(|ms| store.millis_of(id) >= ms)
+        let selected = self.from_millis.is_none_or(|ms| store.millis_of(id) >= ms)
             && self.before_millis.is_none_or(|ms| store.millis_of(id) < ms)
-            && (!self.looks_at_text() || self.text_matches(line))
+            && (self.text.is_empty() || text_matches(&self.text, &line));
+        selected.then_some(line)
     }
 
-    fn text_matches(&self, line: &[u8]) -> bool {
-        let line = line.strip_suffix(b"\n").unwrap_or(line);
-        let Ok(line) = entry::decode_line(line) else {
-            return false;
-        };
-        if let Some(from) = &self.from
-            && line.author() != Some(&**from)
-        {
-            return false;
-        }
-        let decoded;
-        let text = if line.escaped_text.contains('\\') {
-            decoded = line.text();
-            decoded.as_str()
-        } else {
-            line.escaped_text
-        };
-        let folded;
-        let haystack = if self.ignore_case && !self.terms.is_empty() {
-            folded = text.to_lowercase();
-            folded.as_str()
-        } else {
-            text
-        };
-        self.terms.iter().all(|t| haystack.contains(&**t))
-            && self.tags.iter().all(|t| has_tag(text, t))
-            && self.regex.as_ref().is_none_or(|r| r.is_match(text))
+    fn matches(&self, store: &Store, id: u64, line: &[u8]) -> bool {
+        self.view(store, id, line).is_some()
     }
 
     /// A term every selected line holds as bytes, for the fast scan.
     fn needle(&self, store: &Store) -> Option<&str> {
         // An amended entry's words may be in its amendment only.
-        if self.ignore_case || self.current(store) {
+        if self.current(store) {
             return None;
         }
-        self.terms.iter().map(|t| &**t).find(|t| plain_needle(t))
+        self.text.needle()
+    }
+}
+
+/// Whether a stored line's text and author satisfy `text`.
+fn text_matches(text: &TextMatch, line: &[u8]) -> bool {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let Ok(line) = entry::decode_line(line) else {
+        return false;
+    };
+    if line.escaped_text.contains('\\') {
+        text.matches(&line.text(), line.author())
+    } else {
+        text.matches(line.escaped_text, line.author())
     }
 }
 
@@ -197,20 +238,6 @@ fn current_line(store: &Store, id: u64, line: &[u8]) -> Option<Option<Vec<u8>>> 
         &mut out,
     );
     Some(Some(out))
-}
-
-/// Appends entry `id`'s line as the reply shows it: as it is now unless
-/// every version was asked for.
-fn emit(store: &Store, filter: &Filter, id: u64, line: &[u8], out: &mut Vec<u8>) {
-    if filter.current(store) {
-        match current_line(store, id, line) {
-            Some(Some(now)) => out.extend_from_slice(&now),
-            Some(None) => out.extend_from_slice(line),
-            None => {}
-        }
-    } else {
-        out.extend_from_slice(line);
-    }
 }
 
 /// The `#tags` of a text, lowercase, each once per place it appears.
@@ -301,8 +328,8 @@ pub fn fill(
                 if out.len() >= target {
                     return ControlFlow::Break(());
                 }
-                if cursor.filter.matches(store, id, line) {
-                    emit(store, &cursor.filter, id, line, out);
+                if let Some(shown) = cursor.filter.view(store, id, line) {
+                    out.extend_from_slice(&shown);
                 }
                 ControlFlow::Continue(())
             })?;
@@ -313,8 +340,8 @@ pub fn fill(
             if out.len() >= target {
                 return ControlFlow::Break(());
             }
-            if cursor.filter.matches(store, id, line) {
-                emit(store, &cursor.filter, id, line, out);
+            if let Some(shown) = cursor.filter.view(store, id, line) {
+                out.extend_from_slice(&shown);
             }
             next = id + 1;
             ControlFlow::Continue(())
@@ -376,12 +403,10 @@ pub fn fit_newest(
         if selected == wanted {
             return ControlFlow::Break(());
         }
-        if !filter.matches(store, id, line) {
+        let Some(now) = filter.view(store, id, line) else {
             return ControlFlow::Continue(());
-        }
+        };
         selected += 1;
-        let mut now = Vec::new();
-        emit(store, &filter, id, line, &mut now);
         let line = now.strip_suffix(b"\n").unwrap_or(&now);
         if !full && shown.len() + line.len() < budget {
             let at = shown.len();

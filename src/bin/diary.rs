@@ -154,29 +154,20 @@ impl TextFilter {
         words
     }
 
-    /// The same test, here, for what a follow receives (`regex`: this
-    /// filter's pattern compiled with the server's rules).
-    fn matches(&self, entry: &diary::client::Entry, regex: Option<&regex::Regex>) -> bool {
-        let text = entry.text.as_str();
-        if self.from.is_some() && entry.author != self.from {
-            return false;
-        }
-        let fold = |t: &str| {
-            if self.ignore_case {
-                t.to_lowercase()
-            } else {
-                t.to_string()
-            }
+    /// The same test, here, for what a follow receives: the server's own
+    /// matcher, with the pattern compiled by the server's rules.
+    fn matcher(&self) -> Result<diary::history::TextMatch, String> {
+        let regex = match &self.regex {
+            Some(r) => Some(diary::protocol::compile_regex(r, self.ignore_case)?),
+            None => None,
         };
-        let haystack = fold(text);
-        let tags: Vec<String> = diary::history::tags_in(text).collect();
-        self.grep.iter().all(|g| haystack.contains(&fold(g)))
-            && self.tag.iter().all(|t| tags.contains(&t.to_lowercase()))
-            && regex.is_none_or(|r| r.is_match(text))
-    }
-
-    fn is_empty(&self) -> bool {
-        self.grep.is_empty() && self.regex.is_none() && self.tag.is_empty() && self.from.is_none()
+        Ok(diary::history::TextMatch::new(
+            self.grep.iter().map(String::as_str),
+            self.ignore_case,
+            self.tag.iter().map(String::as_str),
+            regex,
+            self.from.as_deref(),
+        ))
     }
 }
 
@@ -942,17 +933,14 @@ fn follow(
         None => None,
     };
     // The context request has checked the pattern with the server.
-    let regex = match &filter.regex {
-        Some(r) => Some(diary::protocol::compile_regex(r, filter.ignore_case)?),
-        None => None,
-    };
+    let matcher = filter.matcher()?;
     let stdout = std::io::stdout();
     let mut failed = None;
     diary::client::follow(
         client.options(),
         since,
         |entry| {
-            if !filter.is_empty() && !filter.matches(entry, regex.as_ref()) {
+            if !matcher.matches(&entry.text, entry.author.as_deref()) {
                 return true;
             }
             let mut out = stdout.lock();
