@@ -15,6 +15,16 @@ fn err(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// What `diary ARGS` shows after each entry's id and time: `[AUTHOR] TEXT`.
+fn shown_texts(server: std::net::SocketAddr, args: &[&str]) -> Vec<String> {
+    let o = run_diary(server, args, b"");
+    assert!(o.status.success(), "{args:?}: {o:?}");
+    out(&o)
+        .lines()
+        .map(|l| l.trim_start().splitn(3, "  ").nth(2).unwrap().to_string())
+        .collect()
+}
+
 /// `diary` with `TZ` set, its output.
 fn diary_in_zone(server: std::net::SocketAddr, tz: &str, args: &[&str]) -> std::process::Output {
     diary_command(server, args)
@@ -184,19 +194,7 @@ fn tags_and_searches_narrow_what_past_and_follow_show() {
                 .success()
         );
     }
-    let shown = |args: &[&str]| -> Vec<String> {
-        let o = run_diary(server.addr, args, b"");
-        assert!(o.status.success(), "{args:?}: {o:?}");
-        out(&o)
-            .lines()
-            .map(|l| l.trim_start().splitn(3, "  ").nth(2).unwrap())
-            // Without the author, if one was recorded (`[USER@HOST] `).
-            .map(|t| match t.strip_prefix('[') {
-                Some(rest) => rest.split_once("] ").unwrap().1.to_string(),
-                None => t.to_string(),
-            })
-            .collect()
-    };
+    let shown = |args: &[&str]| shown_texts(server.addr, args);
     let tags = run_diary(server.addr, &["tags"], b"");
     let tags: Vec<String> = out(&tags).lines().map(|l| l.trim().to_string()).collect();
     assert_eq!(tags, ["2  #health", "1  #money", "1  #run", "1  #健康"]);
@@ -430,13 +428,7 @@ fn dates_select_imported_entries_by_their_own_times() {
         err(&o)
     );
     run_diary(server.addr, &["write", "written today again"], b"");
-    let texts = |args: &[&str]| -> Vec<String> {
-        let o = run_diary(server.addr, args, b"");
-        out(&o)
-            .lines()
-            .map(|l| l.rsplit("  ").next().unwrap().to_string())
-            .collect()
-    };
+    let texts = |args: &[&str]| shown_texts(server.addr, args);
     assert_eq!(
         texts(&["--utc", "past", "--since", "2020", "--until", "2020"]),
         ["[ann] from 2020"]
@@ -477,14 +469,7 @@ fn amend_and_delete_append_records_that_past_and_follow_show() {
         "{seen:?}"
     );
 
-    let texts = |args: &[&str]| -> Vec<String> {
-        let o = run_diary(server.addr, args, b"");
-        assert!(o.status.success(), "{args:?}: {o:?}");
-        out(&o)
-            .lines()
-            .map(|l| l.trim_start().splitn(3, "  ").nth(2).unwrap().to_string())
-            .collect()
-    };
+    let texts = |args: &[&str]| shown_texts(server.addr, args);
     let now = [
         "first",
         "a typo: the cat (edited)",
@@ -522,12 +507,7 @@ fn amend_and_delete_append_records_that_past_and_follow_show() {
     let _ = server.child.kill();
     let _ = server.child.wait();
     server = Daemon::start(&file, &[]);
-    let o = run_diary(server.addr, &["past"], b"");
-    let after: Vec<String> = out(&o)
-        .lines()
-        .map(|l| l.trim_start().splitn(3, "  ").nth(2).unwrap().to_string())
-        .collect();
-    assert_eq!(after, now);
+    assert_eq!(shown_texts(server.addr, &["past"]), now);
     // An editor's edit, through $EDITOR.
     let o = diary_command(server.addr, &["amend", "1", "--edit"])
         .env("EDITOR", "sed -i s/first/first,\\ edited/")
