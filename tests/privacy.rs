@@ -6,7 +6,7 @@
 mod common;
 
 use common::skip;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -126,47 +126,29 @@ impl Drop for Link {
 
 /// `diaryd` in the server's namespace, killed on drop.
 struct Server {
-    child: Child,
-    addr: SocketAddr,
-    key: String,
+    daemon: common::Daemon,
     file: PathBuf,
+}
+
+/// `server.addr`, `server.key`: the daemon's.
+impl std::ops::Deref for Server {
+    type Target = common::Daemon;
+
+    fn deref(&self) -> &common::Daemon {
+        &self.daemon
+    }
 }
 
 impl Server {
     fn start(link: &Link, file: &Path, port: u16, extra: &[&str]) -> Result<Server, String> {
         let listen = format!("{}:{port}", link.server_ip);
-        let mut child = Link::command(&link.server_ns, env!("CARGO_BIN_EXE_diaryd"))
+        let mut command = Link::command(&link.server_ns, env!("CARGO_BIN_EXE_diaryd"));
+        command
             .args(["--listen", &listen, "--fsync", "never", "--file"])
             .arg(file)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let (mut first, mut second) = (String::new(), String::new());
-        stdout.read_line(&mut first).unwrap();
-        stdout.read_line(&mut second).unwrap();
-        let Some(addr) = diary::event_loop::announced_addr(&first) else {
-            let mut stderr = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut stderr)
-                .unwrap();
-            let _ = child.wait();
-            return Err(stderr);
-        };
-        let key = second
-            .strip_prefix("server key ")
-            .expect("the server key on the second line")
-            .trim()
-            .to_string();
+            .args(extra);
         Ok(Server {
-            child,
-            addr,
-            key,
+            daemon: common::Daemon::spawn(command)?,
             file: file.to_path_buf(),
         })
     }
@@ -181,13 +163,6 @@ impl Server {
             .into_iter()
             .map(|(_, text)| text)
             .collect()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

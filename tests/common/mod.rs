@@ -87,6 +87,8 @@ impl Drop for TestServer {
 pub struct Daemon {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The server's public key, from its second line.
+    pub key: String,
 }
 
 impl Daemon {
@@ -113,21 +115,28 @@ impl Daemon {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Daemon, String> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_diaryd"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_diaryd"));
+        command
             .envs(env.iter().copied())
             .arg("--listen")
             .arg(listen)
             .arg("--file")
             .arg(file)
-            .args(extra)
+            .args(extra);
+        Self::spawn(command)
+    }
+
+    /// Runs `command` (diaryd, perhaps through `ip netns exec`) and waits
+    /// for its two lines: where it listens, and its key.
+    pub fn spawn(mut command: Command) -> Result<Daemon, String> {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        stdout.read_line(&mut line).unwrap();
         let Some(addr) = diary::event_loop::announced_addr(&line) else {
             let mut stderr = String::new();
             child
@@ -139,7 +148,14 @@ impl Daemon {
             child.wait().unwrap();
             return Err(stderr);
         };
-        Ok(Daemon { child, addr })
+        let mut second = String::new();
+        stdout.read_line(&mut second).unwrap();
+        let key = second
+            .strip_prefix("server key ")
+            .expect("the server key on the second line")
+            .trim()
+            .to_string();
+        Ok(Daemon { child, addr, key })
     }
 
     pub fn stderr(&mut self) -> String {
