@@ -85,11 +85,18 @@ impl Options {
     }
 }
 
+/// This machine's name, if it has one without spaces.
+pub fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty() && !h.contains(char::is_whitespace))
+}
+
 /// `USER@HOST`, as syslog and git name people: the default author.
 pub fn default_name() -> Option<String> {
     let user = std::env::var("USER").ok().filter(|u| !u.is_empty())?;
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
-    let name = format!("{user}@{}", host.trim());
+    let name = format!("{user}@{}", hostname()?);
     entry::is_author_name(&name).then_some(name)
 }
 

@@ -382,7 +382,7 @@ fn keygen(path: Option<PathBuf>, force: bool) -> ExitCode {
     match diary::keys::create_key_file(&path, force) {
         Ok(pair) => {
             println!("{}", pair.public);
-            let name = hostname();
+            let name = diary::client::hostname().unwrap_or_else(|| "my-device".into());
             eprintln!(
                 "diary: key written to {} (keep it private)\n\
                  diary: on the server, add this line to the allow file, then send diaryd SIGHUP:\n  \
@@ -397,15 +397,6 @@ fn keygen(path: Option<PathBuf>, force: bool) -> ExitCode {
             ExitCode::from(EXIT_USAGE)
         }
     }
-}
-
-/// This machine's name, for the suggested allow line.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty() && !h.contains(char::is_whitespace))
-        .unwrap_or_else(|| "my-device".into())
 }
 
 fn parse_key(text: &str) -> Result<PublicKey, String> {
