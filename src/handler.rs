@@ -7,7 +7,25 @@ use crate::history;
 use crate::protocol::{self, BYE, Command, Request, Since};
 use crate::service::{Outcome, Transport};
 use crate::stats::Stats;
-use crate::store::{Record, Store};
+use crate::store::{Appended, Record, Store};
+
+/// The `ok ID TIME` of a buffered entry, which waits for its batch.
+fn acked(out: &mut Vec<u8>, entry: Appended) -> Outcome {
+    let ack_at = out.len();
+    protocol::push_ack(out, entry.id_text, entry.timestamp);
+    Outcome::Wrote {
+        id: entry.id,
+        ack_at,
+    }
+}
+
+fn count_write(stats: &mut Stats, tcp: bool) {
+    if tcp {
+        stats.tcp_writes += 1;
+    } else {
+        stats.udp_writes += 1;
+    }
+}
 
 /// Whether entry `id` may be amended or deleted: it exists, is not an
 /// amendment or deletion itself, and is not deleted.
@@ -68,18 +86,9 @@ fn run(
     let tcp = transport == Transport::Tcp;
     match command {
         Command::Write(text) => {
-            if tcp {
-                stats.tcp_writes += 1;
-            } else {
-                stats.udp_writes += 1;
-            }
+            count_write(stats, tcp);
             let entry = store.append_by(text, tag, author);
-            let ack_at = out.len();
-            protocol::push_ack(out, entry.id_text, entry.timestamp);
-            Outcome::Wrote {
-                id: entry.id,
-                ack_at,
-            }
+            acked(out, entry)
         }
         Command::Import {
             time,
@@ -87,18 +96,9 @@ fn run(
             author: original,
             text,
         } => {
-            if tcp {
-                stats.tcp_writes += 1;
-            } else {
-                stats.udp_writes += 1;
-            }
+            count_write(stats, tcp);
             let entry = store.append_imported(text, tag, (time, *millis), (*original, author));
-            let ack_at = out.len();
-            protocol::push_ack(out, entry.id_text, entry.timestamp);
-            Outcome::Wrote {
-                id: entry.id,
-                ack_at,
-            }
+            acked(out, entry)
         }
         Command::Amend { id, text } => {
             if let Err(why) = editable(store, *id) {
@@ -106,12 +106,7 @@ fn run(
                 return Outcome::Replied;
             }
             let entry = store.append_record(text, tag, author, Record::Amends(*id));
-            let ack_at = out.len();
-            protocol::push_ack(out, entry.id_text, entry.timestamp);
-            Outcome::Wrote {
-                id: entry.id,
-                ack_at,
-            }
+            acked(out, entry)
         }
         Command::Delete { id } => {
             if let Err(why) = editable(store, *id) {
@@ -120,12 +115,7 @@ fn run(
             }
             let text = format!("(deleted #{id})");
             let entry = store.append_record(&text, tag, author, Record::Deletes(*id));
-            let ack_at = out.len();
-            protocol::push_ack(out, entry.id_text, entry.timestamp);
-            Outcome::Wrote {
-                id: entry.id,
-                ack_at,
-            }
+            acked(out, entry)
         }
         Command::Help => {
             protocol::push_help(out);
