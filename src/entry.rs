@@ -291,7 +291,7 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
     })
 }
 
-fn fast_timestamp(b: &[u8]) -> Option<i64> {
+pub(crate) fn fast_timestamp(b: &[u8]) -> Option<i64> {
     // YYYY-MM-DDTHH:MM:SS.mmm+HH:MM
     if b.len() != 29
         || b[4] != b'-'
