@@ -65,12 +65,11 @@ impl Shared {
     /// starting with the newest ones in the file.
     pub fn new(store: Store, replay_memory: usize) -> Shared {
         let mut replay = ReplayMemory::new(replay_memory);
-        match store.recent_requests(replay_memory) {
-            Ok(recent) => {
-                for (tag, id, timestamp) in recent.iter().rev() {
-                    replay.remember(tag, *id, 0, timestamp);
-                }
-            }
+        let recent = store.recent_requests(replay_memory, |tag, id, timestamp| {
+            replay.remember(tag, id, 0, timestamp);
+        });
+        match recent {
+            Ok(()) => {}
             Err(e) => log::warn!(
                 "cannot read the newest entries to remember their request tags ({e}); \
                  a retry of a write from before this start may be stored again"

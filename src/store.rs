@@ -960,10 +960,15 @@ impl Store {
         self.for_each_span(first, end, chunk, |lo, hi, base, buf| {
             let starts = &self.index.offsets[(lo - 1) as usize..(hi - 1) as usize];
             let mut after = lo; // entries before it are done
+            // The entry whose line holds the match: matches come in file
+            // order, so its index only moves forward, one step per entry
+            // passed (8 bytes read per line, against the line's bytes).
+            let mut id = lo;
             for at in needle.find_iter(buf) {
                 let at = base + at as u64;
-                // The entry whose line holds the match.
-                let id = lo + starts.partition_point(|&o| o <= at) as u64 - 1;
+                while id + 1 < hi && starts[(id + 1 - lo) as usize] <= at {
+                    id += 1;
+                }
                 if id < after {
                     continue;
                 }
@@ -976,22 +981,32 @@ impl Store {
         })
     }
 
-    /// The request tags of the newest `limit` entries that have one, with
-    /// their ids and timestamps, newest first: the retry memory after a
-    /// restart.
-    pub fn recent_requests(&self, limit: usize) -> io::Result<Vec<(String, u64, String)>> {
-        let mut found = Vec::new();
+    /// Calls `f` with the request tag, id and timestamp of each of the
+    /// newest `limit` entries that has one, oldest first: the retry memory
+    /// after a restart. Only lines holding a tag are looked at, and only
+    /// their tag and time: every line here passed the scan already.
+    pub fn recent_requests(
+        &self,
+        limit: usize,
+        mut f: impl FnMut(&str, u64, &str),
+    ) -> io::Result<()> {
+        const TAG: &[u8] = b"\treq=";
         let end = self.len() + 1;
         let first = end.saturating_sub(limit as u64).max(1);
-        self.for_each_rev(first, end, |id, line| {
-            if let Ok(e) = entry::decode_line(line)
-                && let Some(tag) = e.req()
-            {
-                found.push((tag.to_string(), id, e.timestamp.to_string()));
+        let finder = memchr::memmem::Finder::new(TAG);
+        self.for_each_holding(first, end, 1 << 20, &finder, |id, line| {
+            let field = |from: usize| {
+                let len = memchr::memchr2(b'\t', b'\n', &line[from..]).unwrap_or(line.len() - from);
+                std::str::from_utf8(&line[from..from + len]).ok()
+            };
+            let timestamp = memchr::memchr(b'\t', line).and_then(|tab| field(tab + 1));
+            let tag = finder.find(line).and_then(|at| field(at + TAG.len()));
+            if let (Some(tag), Some(timestamp)) = (tag, timestamp) {
+                f(tag, id, timestamp);
             }
             ControlFlow::Continue(())
         })?;
-        Ok(found)
+        Ok(())
     }
 }
 
@@ -1095,8 +1110,14 @@ mod tests {
         );
         let store = open(&path);
         assert_eq!(store.identity(), identity);
+        let mut recent = Vec::new();
+        store
+            .recent_requests(10, |tag, id, time| {
+                recent.push((tag.to_string(), id, time.to_string()))
+            })
+            .unwrap();
         assert_eq!(
-            store.recent_requests(10).unwrap(),
+            recent,
             vec![("tag-1".to_string(), 1, store_time(&store, 1))]
         );
     }
