@@ -261,6 +261,9 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+        if let Err(e) = self.shared.store_mut().save_index() {
+            log::info!("the index was not saved ({e}); the next start reads the whole diary");
+        }
     }
 }
 

@@ -54,6 +54,23 @@ impl Index {
         self.offsets.is_empty()
     }
 
+    /// An index of entries whose offsets and times are known.
+    pub fn from_parts(offsets: Vec<u64>, millis: Vec<i64>) -> Index {
+        let mut running = i64::MIN;
+        let block_max = millis
+            .chunks(BLOCK)
+            .map(|block| {
+                running = running.max(block.iter().copied().max().unwrap_or(i64::MIN));
+                running
+            })
+            .collect();
+        Index {
+            offsets,
+            millis,
+            block_max,
+        }
+    }
+
     #[inline]
     pub fn push(&mut self, offset: u64, millis: i64) {
         let i = self.offsets.len();

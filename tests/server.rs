@@ -213,6 +213,76 @@ fn restart_keeps_entries_and_ids() {
     assert_eq!(c.write("after restart"), 3);
 }
 
+/// Stops diaryd as a service manager does (SIGTERM) and returns what it
+/// logged.
+fn terminate(mut daemon: Daemon) -> String {
+    // SAFETY: signalling our own child.
+    assert_eq!(
+        unsafe { libc::kill(daemon.child.id() as i32, libc::SIGTERM) },
+        0
+    );
+    let status = daemon.child.wait().unwrap();
+    let stderr = daemon.stderr();
+    assert!(status.success(), "{status}: {stderr}");
+    stderr
+}
+
+#[test]
+fn a_clean_stop_saves_the_index_and_only_an_unchanged_diary_is_read_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("diary.log");
+    let index = dir.path().join("diary.log.index");
+    let daemon = Daemon::start(&path, &[]);
+    let addr = daemon.addr.to_string();
+    let mut c = Tcp::connect(daemon.addr);
+    assert_eq!(c.write("one"), 1);
+    c.send("/id tagged-2 two");
+    assert_eq!(c.line(), "id tagged-2\n");
+    assert!(c.line().starts_with("ok 2 "));
+    assert_eq!(c.write(CHINESE), 3);
+    drop(c);
+    assert!(!index.exists(), "saved only at a stop");
+    terminate(daemon);
+    assert!(index.exists(), "a clean stop saves the index");
+
+    // Started again on the same file: read from the index, and whole.
+    let mut daemon = Daemon::try_start_at(&path, &addr, &[]).unwrap();
+    let mut c = Tcp::connect(daemon.addr);
+    c.send("/past");
+    let past = c.until_end();
+    assert_eq!(past.len(), 3, "{past:?}");
+    assert!(past[2].starts_with("3\t") && past[2].ends_with(CHINESE));
+    c.send("/id tagged-2 two");
+    assert_eq!(c.line(), "id tagged-2\n");
+    assert!(
+        c.line().starts_with("ok 2 "),
+        "the retry memory is back too"
+    );
+    assert_eq!(c.write("four"), 4);
+    drop(c);
+    // A crash after a write: the saved index no longer matches the file.
+    daemon.child.kill().unwrap();
+    let stderr = daemon.stderr();
+    assert!(
+        stderr.contains("read the index saved at the last stop (3 entries)"),
+        "{stderr}"
+    );
+    let stderr = terminate(Daemon::try_start_at(&path, &addr, &[]).unwrap());
+    assert!(stderr.contains("not using the saved index"), "{stderr}");
+    assert!(stderr.contains("the diary changed"), "{stderr}");
+    let mut daemon = Daemon::try_start_at(&path, &addr, &[]).unwrap();
+    let mut c = Tcp::connect(daemon.addr);
+    assert_eq!(c.write("five"), 5);
+    daemon.child.kill().unwrap();
+    let stderr = daemon.stderr();
+    assert!(
+        stderr.contains("read the index saved at the last stop (4 entries)"),
+        "{stderr}"
+    );
+    let texts: Vec<String> = file_entries(&path).into_iter().map(|(_, t)| t).collect();
+    assert_eq!(texts, ["one", "two", CHINESE, "four", "five"]);
+}
+
 #[test]
 fn torn_tail_is_cut_and_kept_aside() {
     let dir = tempfile::tempdir().unwrap();
