@@ -6,6 +6,7 @@ mod echo;
 mod history;
 mod load;
 mod pipeline;
+mod startup;
 mod target;
 
 use clap::{Args, Parser, Subcommand};
@@ -79,6 +80,15 @@ enum Cmd {
         /// `/past 100` requests timed on each.
         #[arg(long, default_value_t = 2_000)]
         requests: usize,
+    },
+    /// Startup on a large diary, with and without the index saved at a
+    /// clean stop, against `cat` of the file.
+    Startup {
+        #[arg(long, default_value_t = 2_000_000)]
+        entries: u64,
+        /// Runs of each, alternated.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
     /// The request path without sockets, in this process: lines framed,
     /// parsed, answered and stored in batches; nanoseconds per line.
@@ -181,6 +191,9 @@ fn main() -> ExitCode {
             large,
             requests,
         } => history::run(small, large, requests).map(|r| print(cli.json, &r, || r.describe())),
+        Cmd::Startup { entries, rounds } => {
+            startup::run(entries, rounds).map(|r| print(cli.json, &r, || r.describe()))
+        }
         Cmd::Pipeline {
             lines,
             batch,

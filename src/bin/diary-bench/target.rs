@@ -99,6 +99,21 @@ impl Target {
         })
     }
 
+    /// Stops the server as a service manager does (SIGTERM) and waits for
+    /// it to exit, at most `patience`.
+    pub fn terminate(mut self, patience: Duration) -> io::Result<()> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + patience;
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                return Err(io::Error::other("the server did not stop on SIGTERM"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
     /// User plus system CPU seconds the server has used so far.
     pub fn cpu_seconds(&self) -> Option<f64> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
