@@ -33,10 +33,7 @@ impl<'a> EntryLine<'a> {
 
     /// The value of attribute `key`, still escaped.
     pub fn attr(&self, key: &str) -> Option<&'a str> {
-        self.attrs
-            .split('\t')
-            .skip(1)
-            .find_map(|a| a.strip_prefix(key)?.strip_prefix('='))
+        attr_in(self.attrs, key)
     }
 
     /// The tag of the request that wrote the entry.
@@ -188,6 +185,29 @@ pub fn push_by_attr(name: &str, attrs: &mut String) {
 }
 
 /// Decodes one line, without its trailing newline.
+/// The value of attribute `key` among `attrs` (each with its leading
+/// tab, as in [`EntryLine::attrs`]), still escaped.
+pub fn attr_in<'a>(attrs: &'a str, key: &str) -> Option<&'a str> {
+    attrs
+        .split('\t')
+        .skip(1)
+        .find_map(|a| a.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// The escaped text and the attributes of an entry line the store holds,
+/// without checking the line again: it was checked when it was scanned or
+/// written, and a read that filters every line of a large diary needs
+/// only these. `None` for a line not in that shape.
+pub fn stored_text_and_attrs(line: &[u8]) -> Option<(&str, &str)> {
+    let t1 = memchr::memchr(b'\t', line)?;
+    let t2 = t1 + 1 + memchr::memchr(b'\t', &line[t1 + 1..])?;
+    let rest = std::str::from_utf8(&line[t2 + 1..]).ok()?;
+    Some(match memchr::memchr(b'\t', rest.as_bytes()) {
+        Some(t3) => rest.split_at(t3),
+        None => (rest, ""),
+    })
+}
+
 pub fn decode_line(line: &[u8]) -> Result<EntryLine<'_>, LineError> {
     decode_fields(line).map_err(|e| diagnose(line).unwrap_or(e))
 }
@@ -409,6 +429,23 @@ mod tests {
         assert_eq!(line.id, 42);
         assert_eq!(line.timestamp, ts);
         assert_eq!(line.text(), "今天\t很好\\n");
+    }
+
+    #[test]
+    fn stored_fields_are_the_decoded_ones() {
+        for line in [
+            "1\t2026-11-26T14:00:03.118+00:00\t今天下雨了",
+            "2\t2026-11-26T14:00:03.118+00:00\ta \\t tab\treq=t-1\tby=me@laptop",
+            "3\t2026-11-26T14:00:03Z\t\tby=x",
+            "4\t2026-11-26T14:00:03.118+00:00\t",
+        ] {
+            let e = decode_line(line.as_bytes()).unwrap();
+            let (text, attrs) = stored_text_and_attrs(line.as_bytes()).unwrap();
+            assert_eq!((text, attrs), (e.escaped_text, e.attrs), "{line}");
+            assert_eq!(attr_in(attrs, "by"), e.author());
+        }
+        assert_eq!(stored_text_and_attrs(b"no tabs"), None);
+        assert_eq!(stored_text_and_attrs(b"1\tone tab"), None);
     }
 
     #[test]

@@ -187,16 +187,19 @@ impl Filter {
     }
 }
 
-/// Whether a stored line's text and author satisfy `text`.
+/// Whether a stored line's text and author satisfy `text`. Only the
+/// fields it needs are read: a search over a large diary calls this for
+/// every line that holds its word.
 fn text_matches(text: &TextMatch, line: &[u8]) -> bool {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
-    let Ok(line) = entry::decode_line(line) else {
+    let Some((escaped_text, attrs)) = entry::stored_text_and_attrs(line) else {
         return false;
     };
-    if line.escaped_text.contains('\\') {
-        text.matches(&line.text(), line.author())
+    let author = entry::attr_in(attrs, "by");
+    if memchr::memchr(b'\\', escaped_text.as_bytes()).is_some() {
+        entry::unescape(escaped_text).is_some_and(|t| text.matches(&t, author))
     } else {
-        text.matches(line.escaped_text, line.author())
+        text.matches(escaped_text, author)
     }
 }
 
