@@ -150,7 +150,7 @@ impl Display {
             write!(out, "[{author}] ")?;
             author_width = author.chars().count() + 3;
         }
-        if e.escaped_text.contains('\\') {
+        if memchr::memchr(b'\\', e.escaped_text.as_bytes()).is_some() {
             let width = self.id_width + 2 + time.chars().count() + 2 + author_width;
             let indent = format!("\n{}", " ".repeat(width));
             out.write_all(e.text().replace('\n', &indent).as_bytes())?;
