@@ -160,6 +160,9 @@ pub enum ClientError {
     /// Another process of this device handshook a moment later than this
     /// one's first message was made: made again, it goes through.
     StaleHandshake(SocketAddr),
+    /// The lines of a reply could not be handed on (our own output failed:
+    /// a full disk, or a reader that has all it wanted).
+    Output(io::Error),
 }
 
 /// A server key that differs from the pinned one.
@@ -228,6 +231,7 @@ impl fmt::Display for ClientError {
                 "{addr} had just seen a newer handshake from this device (another diary \
                  running with the same key); try again"
             ),
+            ClientError::Output(e) => write!(f, "cannot write the reply out: {e}"),
         }
     }
 }
@@ -245,6 +249,7 @@ impl ClientError {
                 | ClientError::Auth(_)
                 | ClientError::ServerKeyChanged(_)
                 | ClientError::Key(_)
+                | ClientError::Output(_)
         )
     }
 }
@@ -462,9 +467,34 @@ impl Client {
     /// As [`Client::request`], with the tag the caller chose: a write sent
     /// again with its tag is stored once, whatever happened before.
     pub fn request_tagged(&mut self, tag: &str, command: &str) -> Result<Reply, ClientError> {
+        self.request_into(tag, command, &mut Sink::gather())
+    }
+
+    /// As [`Client::request`], for a reply of lines: each line is handed to
+    /// `each` as it arrives rather than gathered, so a history of millions
+    /// of entries takes no memory here and is shown while it comes. The
+    /// reply is then `Reply::Lines` with no lines. If the connection breaks
+    /// mid-reply, the request is sent again and as many lines as `each`
+    /// already had are skipped (a history is only appended to; an entry
+    /// deleted between the two would shift it by one).
+    pub fn request_each_line(
+        &mut self,
+        command: &str,
+        each: &mut dyn FnMut(String) -> io::Result<()>,
+    ) -> Result<Reply, ClientError> {
+        let tag = self.new_tag();
+        self.request_into(&tag, command, &mut Sink::each(each))
+    }
+
+    fn request_into(
+        &mut self,
+        tag: &str,
+        command: &str,
+        sink: &mut Sink,
+    ) -> Result<Reply, ClientError> {
         let use_udp = self.opts.proto == Proto::Udp && command.len() < MAX_UDP_REQUEST;
         if use_udp {
-            if let Some(reply) = self.udp_request(tag, command)? {
+            if let Some(reply) = self.udp_request(tag, command, sink)? {
                 return Ok(reply);
             }
             // Truncated: perhaps only by the anti-amplification rule. Once,
@@ -472,15 +502,16 @@ impl Client {
             // reply really is too big and goes straight to TCP.
             if self.cookie.is_none() {
                 let cookie_tag = self.new_tag();
-                if let Some(Reply::Cookie(cookie)) = self.udp_request(&cookie_tag, "/cookie")? {
+                let cookie = self.udp_request(&cookie_tag, "/cookie", &mut Sink::gather())?;
+                if let Some(Reply::Cookie(cookie)) = cookie {
                     self.cookie = Some(cookie);
-                    if let Some(reply) = self.udp_request(tag, command)? {
+                    if let Some(reply) = self.udp_request(tag, command, sink)? {
                         return Ok(reply);
                     }
                 }
             }
         }
-        self.tcp_request(tag, command)
+        self.tcp_request(tag, command, sink)
     }
 
     /// Stores `text` as one entry, exactly as given.
@@ -497,7 +528,12 @@ impl Client {
     }
 
     /// `Ok(None)` when the reply was truncated and must come over TCP.
-    fn udp_request(&mut self, tag: &str, command: &str) -> Result<Option<Reply>, ClientError> {
+    fn udp_request(
+        &mut self,
+        tag: &str,
+        command: &str,
+        sink: &mut Sink,
+    ) -> Result<Option<Reply>, ClientError> {
         let addr = self.addr;
         let io_err = |e| ClientError::Io(addr, Proto::Udp, e);
         if self.udp.is_none() {
@@ -604,7 +640,7 @@ impl Client {
                     self.rtt.sample(started.elapsed());
                 }
                 let mut lines = lines.map(|l| Ok(Some(l.to_string())));
-                return read_reply(|| lines.next().unwrap_or(Ok(None))).map(Some);
+                return read_reply(|| lines.next().unwrap_or(Ok(None)), sink).map(Some);
             }
             wait = (wait * 2).min(MAX_WAIT);
         }
@@ -619,14 +655,19 @@ impl Client {
     /// One request over TCP: on a connection that broke, was closed by the
     /// server (idle), or answered out of step, the same tagged request is
     /// sent again on a new connection, with backoff, until the timeout.
-    fn tcp_request(&mut self, tag: &str, command: &str) -> Result<Reply, ClientError> {
+    fn tcp_request(
+        &mut self,
+        tag: &str,
+        command: &str,
+        sink: &mut Sink,
+    ) -> Result<Reply, ClientError> {
         let started = Instant::now();
         let deadline = started + self.opts.timeout;
         let mut pause = Duration::from_millis(50);
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let error = match self.tcp_exchange(tag, command, deadline) {
+            let error = match self.tcp_exchange(tag, command, deadline, sink) {
                 Ok(Exchange::Reply(reply)) => return Ok(reply),
                 Ok(Exchange::Stale) => None,
                 Err(e) if e.is_final() => return Err(e),
@@ -672,6 +713,7 @@ impl Client {
         tag: &str,
         command: &str,
         deadline: Instant,
+        sink: &mut Sink,
     ) -> Result<Exchange, ClientError> {
         let addr = self.addr;
         let by = self.opts.by();
@@ -684,7 +726,7 @@ impl Client {
         let mut next = || link.read_line(deadline, addr);
         let first = next()?.ok_or_else(|| io_err(io::ErrorKind::UnexpectedEof.into()))?;
         if first == format!("id {tag}") {
-            return read_reply(next).map(Exchange::Reply);
+            return read_reply(next, sink).map(Exchange::Reply);
         }
         let expired = first.as_bytes() == crate::protocol::SESSION_EXPIRED.trim_ascii_end();
         if first.starts_with("err idle ") || first.starts_with("id ") || expired {
@@ -697,7 +739,7 @@ impl Client {
         }
         if first.starts_with("err ") {
             // Errors about the envelope itself, or `busy`, come without a tag.
-            return read_reply_from_first(first, &mut next).map(Exchange::Reply);
+            return read_reply_from_first(first, &mut next, sink).map(Exchange::Reply);
         }
         Err(ClientError::NotDiary {
             server: addr,
@@ -890,7 +932,7 @@ fn pipeline_pass(
             };
             return Err((answered, e));
         }
-        let reply = read_reply(next).map_err(|e| (answered, e))?;
+        let reply = read_reply(next, &mut Sink::gather()).map_err(|e| (answered, e))?;
         on_reply(answered, reply);
         answered += 1;
     }
@@ -906,16 +948,43 @@ fn resolve(server: &str) -> Result<SocketAddr, ClientError> {
 }
 
 /// Reads one reply (after its tag line) from a source of lines.
+/// Where the lines of a reply of lines go: gathered into
+/// [`Reply::Lines`], or handed on one at a time.
+struct Sink<'a> {
+    each: Option<&'a mut dyn FnMut(String) -> io::Result<()>>,
+    /// Lines handed on so far, over every attempt: a reply sent again
+    /// after a broken connection starts with them.
+    handed: usize,
+}
+
+impl<'a> Sink<'a> {
+    fn gather() -> Sink<'a> {
+        Sink {
+            each: None,
+            handed: 0,
+        }
+    }
+
+    fn each(each: &'a mut dyn FnMut(String) -> io::Result<()>) -> Sink<'a> {
+        Sink {
+            each: Some(each),
+            handed: 0,
+        }
+    }
+}
+
 fn read_reply(
     mut next: impl FnMut() -> Result<Option<String>, ClientError>,
+    sink: &mut Sink,
 ) -> Result<Reply, ClientError> {
     let first = next()?.ok_or_else(|| ClientError::BadReply("empty reply".into()))?;
-    read_reply_from_first(first, &mut next)
+    read_reply_from_first(first, &mut next, sink)
 }
 
 fn read_reply_from_first(
     first: String,
     next: &mut impl FnMut() -> Result<Option<String>, ClientError>,
+    sink: &mut Sink,
 ) -> Result<Reply, ClientError> {
     if let Some(rest) = first.strip_prefix("ok ") {
         let (id, time) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -942,8 +1011,18 @@ fn read_reply_from_first(
     }
     let mut lines = Vec::new();
     let mut line = first;
+    let mut seen = 0;
     while line != "end" {
-        lines.push(line);
+        match &mut sink.each {
+            None => lines.push(line),
+            Some(each) => {
+                seen += 1;
+                if seen > sink.handed {
+                    each(line).map_err(ClientError::Output)?;
+                    sink.handed += 1;
+                }
+            }
+        }
         line = next()?
             .ok_or_else(|| ClientError::BadReply("reply ended without its end line".into()))?;
     }

@@ -348,3 +348,93 @@ fn past_into_a_pipe_closed_early_exits_0() {
         );
     }
 }
+
+/// A TCP relay that cuts its first connection once `cut_after` bytes have
+/// gone from the server to the client; later connections pass whole.
+fn cutting_relay(server: SocketAddr, cut_after: usize) -> SocketAddr {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for (n, front) in listener.incoming().enumerate() {
+            let Ok(front) = front else { return };
+            let back = TcpStream::connect(server).unwrap();
+            let (mut f_in, mut b_out) = (front.try_clone().unwrap(), back.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut f_in, &mut b_out);
+            });
+            let limit = if n == 0 { cut_after } else { usize::MAX };
+            std::thread::spawn(move || {
+                let (mut back, mut front) = (back, front);
+                let mut buf = [0u8; 4096];
+                let mut sent = 0;
+                while sent < limit {
+                    let Ok(k) = back.read(&mut buf) else { break };
+                    let k = k.min(limit - sent);
+                    if k == 0 || front.write_all(&buf[..k]).is_err() {
+                        break;
+                    }
+                    sent += k;
+                }
+                let _ = front.shutdown(Shutdown::Both);
+                let _ = back.shutdown(Shutdown::Both);
+            });
+        }
+    });
+    addr
+}
+
+/// A history longer than what `diary past` holds back to align its ids is
+/// printed as it streams in; a connection that breaks in the middle is
+/// made again, and no line is printed twice or lost.
+#[test]
+fn a_long_past_streams_and_a_broken_connection_repeats_no_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("diary.log");
+    let mut file = Vec::new();
+    let n = 6000u64;
+    for id in 1..=n {
+        let stamp = diary::entry::format_timestamp_utc(1_767_225_600_000 + id as i64 * 1000);
+        diary::entry::encode_line(id, &stamp, &format!("day {id} 今天"), &mut file);
+    }
+    std::fs::write(&path, file).unwrap();
+    let daemon = Daemon::start(&path, &[]);
+    let relay = cutting_relay(daemon.addr, 150_000);
+    let out = diary(relay, &["--proto", "tcp", "past"], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids: Vec<u64> = stdout(&out)
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(ids, (1..=n).collect::<Vec<_>>());
+    assert!(
+        stdout(&out)
+            .lines()
+            .last()
+            .unwrap()
+            .ends_with("day 6000 今天")
+    );
+
+    // The reader leaving early is still not an error.
+    let mut child = diary_command(daemon.addr, &["--proto", "tcp", "past"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut lines, &mut first).unwrap();
+    assert!(first.contains("day 1 "), "{first:?}");
+    drop(lines);
+    let result = child.wait_with_output().unwrap();
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+}

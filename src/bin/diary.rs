@@ -364,6 +364,14 @@ fn main() -> ExitCode {
 type Outcome = Result<ExitCode, Box<dyn std::error::Error>>;
 
 fn fail(e: &ClientError) -> ExitCode {
+    if let ClientError::Output(e) = e {
+        // The reader of our output has all it wanted (`| head`).
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return ExitCode::SUCCESS;
+        }
+        eprintln!("diary: {e}");
+        return ExitCode::from(EXIT_LOCAL_IO);
+    }
     eprintln!("diary: {e}");
     ExitCode::from(match e {
         ClientError::BadReply(_)
@@ -698,30 +706,105 @@ impl Selection {
 /// Prints the entry lines of a reply (notes go to stderr); the newest id.
 fn print_entries(lines: &[String], display: &mut Display, json: bool) -> std::io::Result<u64> {
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let newest = diary::display::newest_id(lines.iter()).unwrap_or(0);
-    display.fit_ids(newest);
+    let mut printer = Printer::new(display, json, std::io::BufWriter::new(stdout.lock()));
     for line in lines {
-        if json {
-            match parse_entry(line) {
-                Some(entry) => writeln!(out, "{}", serde_json::to_string(&entry)?)?,
-                None => eprintln!("{line}"),
-            }
-        } else if !display.write_entry_line(&mut out, line)? {
-            eprintln!("{line}");
+        printer.line(line.clone())?;
+    }
+    printer.finish()
+}
+
+/// Prints the entry lines of a reply as they come. The first lines wait,
+/// so that a reply of up to `HELD` lines is printed with its ids aligned
+/// to the widest; a longer one is printed as it streams in, its id column
+/// widening when an id needs it.
+struct Printer<'d, W: Write> {
+    display: &'d mut Display,
+    json: bool,
+    out: W,
+    held: Vec<String>,
+    streaming: bool,
+    /// The newest id among the lines released so far.
+    newest: u64,
+    /// The last line printed as it streamed in (ids ascend: the newest).
+    last: Option<String>,
+}
+
+impl<'d, W: Write> Printer<'d, W> {
+    const HELD: usize = 4096;
+
+    fn new(display: &'d mut Display, json: bool, out: W) -> Self {
+        Printer {
+            display,
+            json,
+            out,
+            held: Vec::new(),
+            streaming: false,
+            newest: 0,
+            last: None,
         }
     }
-    out.flush()?;
-    Ok(newest)
+
+    fn line(&mut self, line: String) -> std::io::Result<()> {
+        if self.streaming {
+            self.print(&line)?;
+            self.last = Some(line);
+            return Ok(());
+        }
+        self.held.push(line);
+        if self.held.len() >= Self::HELD {
+            self.release()?;
+            self.streaming = true;
+        }
+        Ok(())
+    }
+
+    fn release(&mut self) -> std::io::Result<()> {
+        let held = std::mem::take(&mut self.held);
+        if let Some(newest) = diary::display::newest_id(held.iter()) {
+            self.newest = newest;
+            self.display.fit_ids(newest);
+        }
+        held.iter().try_for_each(|line| self.print(line))
+    }
+
+    fn print(&mut self, line: &str) -> std::io::Result<()> {
+        let shown = if self.json {
+            match parse_entry(line) {
+                Some(entry) => {
+                    writeln!(self.out, "{}", serde_json::to_string(&entry)?)?;
+                    true
+                }
+                None => false,
+            }
+        } else {
+            self.display.write_entry_line(&mut self.out, line)?
+        };
+        if !shown {
+            eprintln!("{line}");
+        }
+        Ok(())
+    }
+
+    /// Prints what is held; the newest id printed (0 if none).
+    fn finish(mut self) -> std::io::Result<u64> {
+        self.release()?;
+        self.out.flush()?;
+        let last = diary::display::newest_id(self.last.iter()).unwrap_or(0);
+        Ok(self.newest.max(last))
+    }
 }
 
 fn past(client: &mut Client, selection: &Selection, mut display: Display, json: bool) -> Outcome {
-    let lines = match client.request(&selection.request())? {
-        Reply::Lines(lines) => lines,
-        other => return refused(other),
-    };
-    print_entries(&lines, &mut display, json)?;
-    Ok(ExitCode::SUCCESS)
+    let stdout = std::io::stdout();
+    let out = std::io::BufWriter::new(stdout.lock());
+    let mut printer = Printer::new(&mut display, json, out);
+    match client.request_each_line(&selection.request(), &mut |line| printer.line(line))? {
+        Reply::Lines(_) => {
+            printer.finish()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        other => refused(other),
+    }
 }
 
 /// `diary amend`: the new text from the command line, or from $EDITOR.
