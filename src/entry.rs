@@ -199,13 +199,25 @@ pub fn attr_in<'a>(attrs: &'a str, key: &str) -> Option<&'a str> {
 /// written, and a read that filters every line of a large diary needs
 /// only these. `None` for a line not in that shape.
 pub fn stored_text_and_attrs(line: &[u8]) -> Option<(&str, &str)> {
-    let t1 = memchr::memchr(b'\t', line)?;
-    let t2 = t1 + 1 + memchr::memchr(b'\t', &line[t1 + 1..])?;
-    let rest = std::str::from_utf8(&line[t2 + 1..]).ok()?;
+    let rest = std::str::from_utf8(after_time(line)?).ok()?;
     Some(match memchr::memchr(b'\t', rest.as_bytes()) {
         Some(t3) => rest.split_at(t3),
         None => (rest, ""),
     })
+}
+
+/// The escaped text of an entry line the store holds, as bytes, found as
+/// [`stored_text_and_attrs`] finds it.
+pub fn stored_text(line: &[u8]) -> Option<&[u8]> {
+    let rest = after_time(line)?;
+    Some(&rest[..memchr::memchr(b'\t', rest).unwrap_or(rest.len())])
+}
+
+/// What follows an entry line's id and time.
+fn after_time(line: &[u8]) -> Option<&[u8]> {
+    let t1 = memchr::memchr(b'\t', line)?;
+    let t2 = t1 + 1 + memchr::memchr(b'\t', &line[t1 + 1..])?;
+    Some(&line[t2 + 1..])
 }
 
 pub fn decode_line(line: &[u8]) -> Result<EntryLine<'_>, LineError> {
@@ -443,6 +455,7 @@ mod tests {
             let (text, attrs) = stored_text_and_attrs(line.as_bytes()).unwrap();
             assert_eq!((text, attrs), (e.escaped_text, e.attrs), "{line}");
             assert_eq!(attr_in(attrs, "by"), e.author());
+            assert_eq!(stored_text(line.as_bytes()), Some(text.as_bytes()));
         }
         assert_eq!(stored_text_and_attrs(b"no tabs"), None);
         assert_eq!(stored_text_and_attrs(b"1\tone tab"), None);

@@ -32,6 +32,9 @@ pub struct PastCursor {
 pub struct TextMatch {
     /// Terms the text must all contain (lowercase when `ignore_case`).
     terms: Vec<Box<str>>,
+    /// The terms' SIMD searchers, when the terms alone decide a match:
+    /// then a stored line is matched on its bytes, without decoding it.
+    byte_terms: Vec<memchr::memmem::Finder<'static>>,
     ignore_case: bool,
     /// Tags the text must all hold (lowercase).
     tags: Vec<Box<str>>,
@@ -56,13 +59,37 @@ impl TextMatch {
                 t.into()
             }
         };
-        TextMatch {
+        let mut text = TextMatch {
             terms: terms.into_iter().map(fold).collect(),
+            byte_terms: Vec::new(),
             ignore_case,
             tags: tags.into_iter().map(|t| t.to_lowercase().into()).collect(),
             regex,
             from: from.map(Box::from),
+        };
+        if !text.ignore_case && text.tags.is_empty() && text.regex.is_none() && text.from.is_none()
+        {
+            text.byte_terms = text
+                .terms
+                .iter()
+                .map(|t| memchr::memmem::Finder::new(t.as_bytes()).into_owned())
+                .collect();
         }
+        text
+    }
+
+    /// Whether a stored line matches, decided on its bytes when the terms
+    /// alone decide and its text holds no escape (a term then matches the
+    /// escaped bytes exactly when it matches the text); `None` otherwise.
+    fn matches_stored(&self, line: &[u8]) -> Option<bool> {
+        if self.byte_terms.is_empty() {
+            return None;
+        }
+        let text = entry::stored_text(line)?;
+        if memchr::memchr(b'\\', text).is_some() {
+            return None;
+        }
+        Some(self.byte_terms.iter().all(|t| t.find(text).is_some()))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -192,6 +219,9 @@ impl Filter {
 /// every line that holds its word.
 fn text_matches(text: &TextMatch, line: &[u8]) -> bool {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
+    if let Some(matched) = text.matches_stored(line) {
+        return matched;
+    }
     let Some((escaped_text, attrs)) = entry::stored_text_and_attrs(line) else {
         return false;
     };
@@ -452,6 +482,34 @@ fn plain_needle(words: &str) -> bool {
 mod tests {
     use super::*;
     use crate::store::FsyncPolicy;
+
+    #[test]
+    fn a_line_matched_on_its_bytes_is_matched_as_its_text_is() {
+        let lines = [
+            "1\t2026-11-26T14:00:03.118+00:00\train on the river",
+            "2\t2026-11-26T14:00:03.118+00:00\tdry day\treq=rain-1\tby=rain",
+            "3\t2026-11-26T14:00:03.118+00:00\t今天下雨了 rain",
+            "4\t2026-11-26T14:00:03.118+00:00\tra\\nin and \\\\rain",
+            "5\t2026-11-26T14:00:03.118+00:00\t",
+        ];
+        for terms in [
+            vec!["rain"],
+            vec!["rain", "river"],
+            vec!["下雨"],
+            vec!["nin"],
+        ] {
+            let text = TextMatch::new(terms.iter().copied(), false, [], None, None);
+            for line in lines {
+                let e = entry::decode_line(line.as_bytes()).unwrap();
+                let by_text = text.matches(&e.text(), e.author());
+                assert_eq!(
+                    text_matches(&text, line.as_bytes()),
+                    by_text,
+                    "{terms:?} {line}"
+                );
+            }
+        }
+    }
 
     fn text_of(line: &[u8]) -> String {
         let line = line.strip_suffix(b"\n").unwrap_or(line);
