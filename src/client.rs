@@ -799,8 +799,12 @@ impl TcpLink {
         // hundreds of thousands of them, and std's line reader searches a
         // word at a time.
         if let Some(end) = memchr::memchr(b'\n', self.reader.buffer()) {
-            let line = std::str::from_utf8(&self.reader.buffer()[..end])
-                .map(|line| line.trim_end_matches('\r').to_string())
+            let mut line = &self.reader.buffer()[..end];
+            while let Some(rest) = line.strip_suffix(b"\r") {
+                line = rest;
+            }
+            let line = std::str::from_utf8(line)
+                .map(str::to_string)
                 .map_err(|_| io_err(io::ErrorKind::InvalidData.into()));
             self.reader.consume(end + 1);
             return line.map(Some);

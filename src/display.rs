@@ -121,7 +121,7 @@ impl Display {
     /// straight from the line's bytes: no copies for the common entry
     /// without escapes. `false` when the line is not an entry.
     pub fn write_entry_line(&mut self, out: &mut impl Write, line: &str) -> io::Result<bool> {
-        let Ok(e) = entry::decode_line(line.as_bytes()) else {
+        let Ok(e) = entry::decode_str(line) else {
             return Ok(false);
         };
         if !e.attrs.is_empty()

@@ -221,11 +221,19 @@ fn after_time(line: &[u8]) -> Option<&[u8]> {
 }
 
 pub fn decode_line(line: &[u8]) -> Result<EntryLine<'_>, LineError> {
-    decode_fields(line).map_err(|e| diagnose(line).unwrap_or(e))
+    std::str::from_utf8(line)
+        .map_err(|_| LineError::NotUtf8)
+        .and_then(decode_fields)
+        .map_err(|e| diagnose(line).unwrap_or(e))
 }
 
-fn decode_fields(line: &[u8]) -> Result<EntryLine<'_>, LineError> {
-    let line = std::str::from_utf8(line).map_err(|_| LineError::NotUtf8)?;
+/// As [`decode_line`], for a line already known to be UTF-8 (a reply line
+/// the client has read as text).
+pub fn decode_str(line: &str) -> Result<EntryLine<'_>, LineError> {
+    decode_fields(line).map_err(|e| diagnose(line.as_bytes()).unwrap_or(e))
+}
+
+fn decode_fields(line: &str) -> Result<EntryLine<'_>, LineError> {
     // Tabs found with SIMD: startup decodes every line of the diary.
     let bytes = line.as_bytes();
     let t1 = memchr::memchr(b'\t', bytes).ok_or(LineError::MissingField("timestamp"))?;
