@@ -858,22 +858,37 @@ fn export(
     format: ExportFormat,
     mut display: Display,
 ) -> Outcome {
-    let lines = match client.request(&selection.request())? {
-        Reply::Lines(lines) => lines,
-        other => return refused(other),
-    };
     if format == ExportFormat::Jsonl {
+        // Amended entries need their versions, asked for once all are in.
+        let lines = match client.request(&selection.request())? {
+            Reply::Lines(lines) => lines,
+            other => return refused(other),
+        };
         return export_jsonl(client, &lines);
     }
-    if format == ExportFormat::Txt {
-        print_entries(&lines, &mut display, false)?;
-        return Ok(ExitCode::SUCCESS);
-    }
+    // Text and Markdown are written as the entries stream in.
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    writeln!(out, "# Diary")?;
+    if format == ExportFormat::Txt {
+        let mut printer = Printer::new(&mut display, false, out);
+        return match client.request_each_line(&selection.request(), &mut |l| printer.line(l))? {
+            Reply::Lines(_) => {
+                printer.finish()?;
+                Ok(ExitCode::SUCCESS)
+            }
+            other => refused(other),
+        };
+    }
     let mut day = String::new();
-    for entry in lines.iter().filter_map(|l| parse_entry(l)) {
+    let mut begun = false;
+    let reply = client.request_each_line(&selection.request(), &mut |line| {
+        if !begun {
+            writeln!(out, "# Diary")?;
+            begun = true;
+        }
+        let Some(entry) = parse_entry(&line) else {
+            return Ok(());
+        };
         let shown = display.time(&entry.time);
         let (date, clock) = shown.split_once(' ').unwrap_or((&shown, ""));
         if date != day {
@@ -883,10 +898,18 @@ fn export(
         let by = entry.author.map(|a| format!(" ({a})")).unwrap_or_default();
         // Continuation lines indented, so they stay in the item.
         let text = entry.text.replace('\n', "\n  ");
-        writeln!(out, "- **{clock}**{by} {text}")?;
+        writeln!(out, "- **{clock}**{by} {text}")
+    })?;
+    match reply {
+        Reply::Lines(_) => {
+            if !begun {
+                writeln!(out, "# Diary")?;
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        other => refused(other),
     }
-    out.flush()?;
-    Ok(ExitCode::SUCCESS)
 }
 
 /// One entry of a JSON Lines export: as it is now, and for an amended
