@@ -184,7 +184,6 @@ pub fn push_by_attr(name: &str, attrs: &mut String) {
     attrs.push_str(name);
 }
 
-/// Decodes one line, without its trailing newline.
 /// The value of attribute `key` among `attrs` (each with its leading
 /// tab, as in [`EntryLine::attrs`]), still escaped.
 pub fn attr_in<'a>(attrs: &'a str, key: &str) -> Option<&'a str> {
@@ -220,6 +219,7 @@ fn after_time(line: &[u8]) -> Option<&[u8]> {
     Some(&line[t2 + 1..])
 }
 
+/// Decodes one line, without its trailing newline.
 pub fn decode_line(line: &[u8]) -> Result<EntryLine<'_>, LineError> {
     std::str::from_utf8(line)
         .map_err(|_| LineError::NotUtf8)
