@@ -480,7 +480,7 @@ impl Client {
     pub fn request_each_line(
         &mut self,
         command: &str,
-        each: &mut dyn FnMut(String) -> io::Result<()>,
+        each: &mut EachLine,
     ) -> Result<Reply, ClientError> {
         let tag = self.new_tag();
         self.request_into(&tag, command, &mut Sink::each(each))
@@ -723,11 +723,16 @@ impl Client {
             .get_mut()
             .write_all(format!("/id {tag}{by} {command}\n").as_bytes())
             .map_err(io_err)?;
-        let mut next = || link.read_line(deadline, addr);
-        let first = next()?.ok_or_else(|| io_err(io::ErrorKind::UnexpectedEof.into()))?;
+        let first = link
+            .read_line(deadline, addr)?
+            .ok_or_else(|| io_err(io::ErrorKind::UnexpectedEof.into()))?;
         if first == format!("id {tag}") {
-            return read_reply(next, sink).map(Exchange::Reply);
+            if sink.each.is_some() {
+                return link.stream_reply(deadline, addr, sink).map(Exchange::Reply);
+            }
+            return read_reply(|| link.read_line(deadline, addr), sink).map(Exchange::Reply);
         }
+        let mut next = || link.read_line(deadline, addr);
         let expired = first.as_bytes() == crate::protocol::SESSION_EXPIRED.trim_ascii_end();
         if first.starts_with("err idle ") || first.starts_with("id ") || expired {
             // The server's notice before it closed an idle connection, or
@@ -793,21 +798,55 @@ impl TcpLink {
         deadline: Instant,
         addr: SocketAddr,
     ) -> Result<Option<String>, ClientError> {
+        self.with_line(deadline, addr, |line| Ok(line.to_string()))
+            .map(Some)
+    }
+
+    /// The rest of a reply of lines, each handed to `sink` as it lies in
+    /// the read buffer: no allocation per line, for histories of millions.
+    fn stream_reply(
+        &mut self,
+        deadline: Instant,
+        addr: SocketAddr,
+        sink: &mut Sink,
+    ) -> Result<Reply, ClientError> {
+        let first = self
+            .read_line(deadline, addr)?
+            .ok_or_else(|| ClientError::BadReply("empty reply".into()))?;
+        if !is_lines_reply(&first) {
+            return read_reply_from_first(first, &mut || self.read_line(deadline, addr), sink);
+        }
+        let mut seen = 0;
+        if !sink.offer(&first, &mut seen)? {
+            while !self.with_line(deadline, addr, |line| sink.offer(line, &mut seen))? {}
+        }
+        Ok(Reply::Lines(Vec::new()))
+    }
+
+    /// Calls `f` with the next line, without its ending; the end of the
+    /// stream is an error.
+    fn with_line<R>(
+        &mut self,
+        deadline: Instant,
+        addr: SocketAddr,
+        f: impl FnOnce(&str) -> Result<R, ClientError>,
+    ) -> Result<R, ClientError> {
         let io_err = |e| ClientError::Io(addr, Proto::Tcp, e);
         // A line already buffered needs no wait (and no system call to set
-        // one), and is taken with one SIMD search: a long history is
-        // hundreds of thousands of them, and std's line reader searches a
-        // word at a time.
+        // one), and is taken in place after one SIMD search: a long history
+        // is hundreds of thousands of them, and std's line reader searches
+        // a word at a time.
         if let Some(end) = memchr::memchr(b'\n', self.reader.buffer()) {
             let mut line = &self.reader.buffer()[..end];
             while let Some(rest) = line.strip_suffix(b"\r") {
                 line = rest;
             }
-            let line = std::str::from_utf8(line)
-                .map(str::to_string)
-                .map_err(|_| io_err(io::ErrorKind::InvalidData.into()));
+            let result = match simdutf8::basic::from_utf8(line) {
+                Ok(line) => f(line),
+                Err(_) => Err(io_err(io::ErrorKind::InvalidData.into())),
+            };
             self.reader.consume(end + 1);
-            return line.map(Some);
+            return result;
         }
         let left = deadline.saturating_duration_since(Instant::now());
         self.reader
@@ -822,11 +861,7 @@ impl TcpLink {
             // A line cut short by the end (no newline) is not a reply either.
             Ok(_) if !line.ends_with('\n') => Err(io_err(io::ErrorKind::UnexpectedEof.into())),
             Ok(0) => Err(io_err(io::ErrorKind::UnexpectedEof.into())),
-            Ok(_) => {
-                let len = line.trim_end_matches(['\n', '\r']).len();
-                line.truncate(len);
-                Ok(Some(line))
-            }
+            Ok(_) => f(line.trim_end_matches(['\n', '\r'])),
             Err(e) => Err(io_err(e)),
         }
     }
@@ -952,10 +987,13 @@ fn resolve(server: &str) -> Result<SocketAddr, ClientError> {
 }
 
 /// Reads one reply (after its tag line) from a source of lines.
+/// What takes the lines of a reply one at a time.
+pub type EachLine<'a> = dyn FnMut(&str) -> io::Result<()> + 'a;
+
 /// Where the lines of a reply of lines go: gathered into
 /// [`Reply::Lines`], or handed on one at a time.
 struct Sink<'a> {
-    each: Option<&'a mut dyn FnMut(String) -> io::Result<()>>,
+    each: Option<&'a mut EachLine<'a>>,
     /// Lines handed on so far, over every attempt: a reply sent again
     /// after a broken connection starts with them.
     handed: usize,
@@ -969,12 +1007,37 @@ impl<'a> Sink<'a> {
         }
     }
 
-    fn each(each: &'a mut dyn FnMut(String) -> io::Result<()>) -> Sink<'a> {
+    fn each(each: &'a mut EachLine<'a>) -> Sink<'a> {
         Sink {
             each: Some(each),
             handed: 0,
         }
     }
+
+    /// Hands on line `*seen + 1` of this attempt's reply, unless an earlier
+    /// attempt already did. Whether it was the end line instead.
+    fn offer(&mut self, line: &str, seen: &mut usize) -> Result<bool, ClientError> {
+        if line == "end" {
+            return Ok(true);
+        }
+        *seen += 1;
+        if *seen > self.handed
+            && let Some(each) = &mut self.each
+        {
+            each(line).map_err(ClientError::Output)?;
+            self.handed += 1;
+        }
+        Ok(false)
+    }
+}
+
+/// Whether a reply that starts with `first` is a reply of lines (entries,
+/// help, stats), as opposed to an ack, a refusal, `bye` or a cookie.
+fn is_lines_reply(first: &str) -> bool {
+    !(first.starts_with("ok ")
+        || first.starts_with("err ")
+        || first == "bye"
+        || first.starts_with("cookie "))
 }
 
 fn read_reply(
@@ -1016,21 +1079,23 @@ fn read_reply_from_first(
     let mut lines = Vec::new();
     let mut line = first;
     let mut seen = 0;
-    while line != "end" {
-        match &mut sink.each {
-            None => lines.push(line),
-            Some(each) => {
-                seen += 1;
-                if seen > sink.handed {
-                    each(line).map_err(ClientError::Output)?;
-                    sink.handed += 1;
-                }
+    loop {
+        if sink.each.is_some() {
+            if sink.offer(&line, &mut seen)? {
+                break;
             }
+        } else if line == "end" {
+            break;
+        } else {
+            lines.push(line);
         }
-        line = next()?
-            .ok_or_else(|| ClientError::BadReply("reply ended without its end line".into()))?;
+        line = next()?.ok_or_else(ended_early)?;
     }
     Ok(Reply::Lines(lines))
+}
+
+fn ended_early() -> ClientError {
+    ClientError::BadReply("reply ended without its end line".into())
 }
 
 /// What a follower hears besides entries.

@@ -708,7 +708,7 @@ fn print_entries(lines: &[String], display: &mut Display, json: bool) -> std::io
     let stdout = std::io::stdout();
     let mut printer = Printer::new(display, json, std::io::BufWriter::new(stdout.lock()));
     for line in lines {
-        printer.line(line.clone())?;
+        printer.line(line)?;
     }
     printer.finish()
 }
@@ -726,7 +726,7 @@ struct Printer<'d, W: Write> {
     /// The newest id among the lines released so far.
     newest: u64,
     /// The last line printed as it streamed in (ids ascend: the newest).
-    last: Option<String>,
+    last: String,
 }
 
 impl<'d, W: Write> Printer<'d, W> {
@@ -740,17 +740,18 @@ impl<'d, W: Write> Printer<'d, W> {
             held: Vec::new(),
             streaming: false,
             newest: 0,
-            last: None,
+            last: String::new(),
         }
     }
 
-    fn line(&mut self, line: String) -> std::io::Result<()> {
+    fn line(&mut self, line: &str) -> std::io::Result<()> {
         if self.streaming {
-            self.print(&line)?;
-            self.last = Some(line);
+            self.print(line)?;
+            self.last.clear();
+            self.last.push_str(line);
             return Ok(());
         }
-        self.held.push(line);
+        self.held.push(line.to_string());
         if self.held.len() >= Self::HELD {
             self.release()?;
             self.streaming = true;
@@ -789,7 +790,7 @@ impl<'d, W: Write> Printer<'d, W> {
     fn finish(mut self) -> std::io::Result<u64> {
         self.release()?;
         self.out.flush()?;
-        let last = diary::display::newest_id(self.last.iter()).unwrap_or(0);
+        let last = diary::display::newest_id(std::iter::once(&self.last)).unwrap_or(0);
         Ok(self.newest.max(last))
     }
 }
@@ -886,7 +887,7 @@ fn export(
             writeln!(out, "# Diary")?;
             begun = true;
         }
-        let Some(entry) = parse_entry(&line) else {
+        let Some(entry) = parse_entry(line) else {
             return Ok(());
         };
         let shown = display.time(&entry.time);
