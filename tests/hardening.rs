@@ -251,7 +251,7 @@ fn udp_writer(addr: SocketAddr) -> Vec<(u64, String)> {
 fn sigterm_during_a_write_burst_keeps_every_acknowledged_write_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("diary.log");
-    let mut daemon = Daemon::start(&file, &["--fsync", "always"]);
+    let daemon = Daemon::start(&file, &["--fsync", "always"]);
     let addr = daemon.addr;
     let mut writers: Vec<_> = (0..6)
         .map(|who| std::thread::spawn(move || tcp_writer(addr, who)))
@@ -260,20 +260,7 @@ fn sigterm_during_a_write_burst_keeps_every_acknowledged_write_and_exits_0() {
     wait_for("a burst of writes", Duration::from_secs(10), || {
         std::fs::metadata(&file).is_ok_and(|m| m.len() > 20_000)
     });
-    // SAFETY: signalling our own child.
-    assert_eq!(
-        unsafe { libc::kill(daemon.child.id() as i32, libc::SIGTERM) },
-        0
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = daemon.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "diaryd ignored SIGTERM");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    assert!(status.success(), "{status}: {}", daemon.stderr());
+    daemon.terminate();
 
     let acked: Vec<(u64, String)> = writers
         .into_iter()

@@ -213,20 +213,6 @@ fn restart_keeps_entries_and_ids() {
     assert_eq!(c.write("after restart"), 3);
 }
 
-/// Stops diaryd as a service manager does (SIGTERM) and returns what it
-/// logged.
-fn terminate(mut daemon: Daemon) -> String {
-    // SAFETY: signalling our own child.
-    assert_eq!(
-        unsafe { libc::kill(daemon.child.id() as i32, libc::SIGTERM) },
-        0
-    );
-    let status = daemon.child.wait().unwrap();
-    let stderr = daemon.stderr();
-    assert!(status.success(), "{status}: {stderr}");
-    stderr
-}
-
 #[test]
 fn a_clean_stop_saves_the_index_and_only_an_unchanged_diary_is_read_from_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -242,7 +228,7 @@ fn a_clean_stop_saves_the_index_and_only_an_unchanged_diary_is_read_from_it() {
     assert_eq!(c.write(CHINESE), 3);
     drop(c);
     assert!(!index.exists(), "saved only at a stop");
-    terminate(daemon);
+    daemon.terminate();
     assert!(index.exists(), "a clean stop saves the index");
 
     // Started again on the same file: read from the index, and whole.
@@ -267,7 +253,7 @@ fn a_clean_stop_saves_the_index_and_only_an_unchanged_diary_is_read_from_it() {
         stderr.contains("read the index saved at the last stop (3 entries)"),
         "{stderr}"
     );
-    let stderr = terminate(Daemon::try_start_at(&path, &addr, &[]).unwrap());
+    let stderr = Daemon::try_start_at(&path, &addr, &[]).unwrap().terminate();
     assert!(stderr.contains("not using the saved index"), "{stderr}");
     assert!(stderr.contains("the diary changed"), "{stderr}");
     let mut daemon = Daemon::try_start_at(&path, &addr, &[]).unwrap();

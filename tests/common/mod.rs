@@ -158,6 +158,27 @@ impl Daemon {
         Ok(Daemon { child, addr, key })
     }
 
+    /// Stops diaryd as a service manager does (SIGTERM), waits at most
+    /// 10 s for it to exit, asserts it exited 0, and returns what it logged.
+    pub fn terminate(mut self) -> String {
+        // SAFETY: signalling our own child.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) },
+            0
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "diaryd ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let stderr = self.stderr();
+        assert!(status.success(), "{status}: {stderr}");
+        stderr
+    }
+
     pub fn stderr(&mut self) -> String {
         let mut s = String::new();
         if let Some(mut e) = self.child.stderr.take() {
