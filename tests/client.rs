@@ -329,24 +329,31 @@ fn past_into_a_pipe_closed_early_exits_0() {
         c.write(&text);
     }
     for proto in ["tcp", "udp"] {
-        let mut child = diary_command(server.addr, &["--proto", proto, "past"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut first = String::new();
-        std::io::BufRead::read_line(&mut out, &mut first).unwrap();
-        assert!(first.contains(&text), "{first:?}");
-        drop(out);
-        let result = child.wait_with_output().unwrap();
-        assert!(
-            result.status.success(),
-            "{proto}: {} {}",
-            result.status,
-            String::from_utf8_lossy(&result.stderr)
-        );
+        let first = first_line_then_close(server.addr, &["--proto", proto, "past"]);
+        assert!(first.contains(&text), "{proto}: {first:?}");
     }
+}
+
+/// Runs `diary ARGS`, reads the first line it prints and closes the pipe,
+/// as `| head -1` does; asserts it then exits 0. The line read.
+fn first_line_then_close(server: SocketAddr, args: &[&str]) -> String {
+    let mut child = diary_command(server, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut out, &mut first).unwrap();
+    drop(out);
+    let result = child.wait_with_output().unwrap();
+    assert!(
+        result.status.success(),
+        "{args:?}: {} {}",
+        result.status,
+        String::from_utf8_lossy(&result.stderr)
+    );
+    first
 }
 
 /// A TCP relay that cuts its first connection once `cut_after` bytes have
@@ -421,20 +428,6 @@ fn a_long_past_streams_and_a_broken_connection_repeats_no_line() {
     );
 
     // The reader leaving early is still not an error.
-    let mut child = diary_command(daemon.addr, &["--proto", "tcp", "past"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    std::io::BufRead::read_line(&mut lines, &mut first).unwrap();
+    let first = first_line_then_close(daemon.addr, &["--proto", "tcp", "past"]);
     assert!(first.contains("day 1 "), "{first:?}");
-    drop(lines);
-    let result = child.wait_with_output().unwrap();
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
 }
