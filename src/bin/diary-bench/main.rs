@@ -325,6 +325,13 @@ fn spawn(name: &str, device: Option<&BenchDevice>) -> io::Result<Target> {
     }
 }
 
+/// The middle of `values` (the upper one of the two middles when even).
+pub fn median_of(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
 fn median(mut runs: Vec<Report>) -> Report {
     runs.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
     runs.swap_remove(runs.len() / 2)

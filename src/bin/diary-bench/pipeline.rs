@@ -71,14 +71,12 @@ pub fn run(
     for _ in 0..rounds.max(1) {
         rounds_ns.push(one_round(&input, batch, lines, sink)?);
     }
-    let mut sorted = rounds_ns.clone();
-    sorted.sort_by(f64::total_cmp);
     Ok(PipelineReport {
         lines,
         batch,
         size,
         sink,
-        ns_per_line: sorted[sorted.len() / 2],
+        ns_per_line: crate::median_of(&rounds_ns),
         rounds_ns,
     })
 }

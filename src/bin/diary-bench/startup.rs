@@ -7,6 +7,7 @@
 //! entries in three carry a request tag and an author, some text is
 //! Chinese. Runs alternate, so the three figures see the same machine.
 
+use crate::median_of;
 use crate::target::Target;
 use serde::Serialize;
 use std::io::{self, BufWriter, Write};
@@ -44,23 +45,17 @@ impl StartupReport {
             self.entries,
             self.file_bytes / 1_000_000,
             self.cat_ms.len(),
-            median(&self.cat_ms),
+            median_of(&self.cat_ms),
             runs(&self.cat_ms),
-            median(&self.scan_ms),
+            median_of(&self.scan_ms),
             runs(&self.scan_ms),
             self.scan_over_cat,
-            median(&self.saved_index_ms),
+            median_of(&self.saved_index_ms),
             runs(&self.saved_index_ms),
             self.saved_index_over_cat,
             self.index_bytes_per_entry,
         )
     }
-}
-
-fn median(runs: &[f64]) -> f64 {
-    let mut sorted = runs.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
 }
 
 /// Writes `entries` entries, one a second from 2026-01-01 (UTC).
@@ -131,13 +126,13 @@ pub fn run(entries: u64, rounds: usize) -> io::Result<StartupReport> {
         std::fs::write(&index, &saved)?;
         saved_index_ms.push(time_diaryd(&file)?);
     }
-    let cat = median(&cat_ms);
+    let cat = median_of(&cat_ms);
     Ok(StartupReport {
         entries,
         file_bytes,
         index_bytes_per_entry: saved.len() as f64 / entries.max(1) as f64,
-        scan_over_cat: median(&scan_ms) / cat,
-        saved_index_over_cat: median(&saved_index_ms) / cat,
+        scan_over_cat: median_of(&scan_ms) / cat,
+        saved_index_over_cat: median_of(&saved_index_ms) / cat,
         cat_ms,
         scan_ms,
         saved_index_ms,
