@@ -27,6 +27,10 @@ use crate::store::{CommitError, Store};
 use std::collections::VecDeque;
 use std::time::Instant;
 
+/// Site lists kept for reuse: one per batch in flight is enough (a flush
+/// and the batch behind it, with room to spare).
+const SPARE_SITE_LISTS: usize = 4;
+
 /// A batch written to the file, waiting for the flush that covers it.
 #[derive(Debug)]
 struct Written {
@@ -55,6 +59,10 @@ pub struct Shared {
     waiting: Vec<AckSite>,
     /// Batches written and not yet durable, oldest first.
     unsynced: VecDeque<Written>,
+    /// Emptied site lists of settled batches, for the next ones: a fresh
+    /// list per batch regrew from nothing, and writing a thousand sites
+    /// into memory not in the cache was 6% of the server under load.
+    spare_sites: Vec<Vec<AckSite>>,
     failed: Vec<FailedBatch>,
     commit_log: Throttle,
     sync_log: Throttle,
@@ -82,6 +90,7 @@ impl Shared {
             batch: 1,
             waiting: Vec::new(),
             unsynced: VecDeque::new(),
+            spare_sites: Vec::new(),
             failed: Vec::new(),
             commit_log: Throttle::default(),
             sync_log: Throttle::default(),
@@ -104,11 +113,12 @@ impl Shared {
                 self.batch += 1;
                 let last_id = self.store.len();
                 if last_id >= first_id {
+                    let sites = self.take_waiting();
                     self.unsynced.push_back(Written {
                         batch,
                         first_id,
                         last_id,
-                        sites: std::mem::take(&mut self.waiting),
+                        sites,
                     });
                 }
                 // Sites still waiting belong to writes a loss took before
@@ -174,8 +184,22 @@ impl Shared {
         }
         let durable = self.store.durable();
         while self.unsynced.front().is_some_and(|w| w.last_id <= durable) {
-            self.unsynced.pop_front();
+            let Some(written) = self.unsynced.pop_front() else {
+                break;
+            };
+            if self.spare_sites.len() < SPARE_SITE_LISTS {
+                let mut sites = written.sites;
+                sites.clear();
+                self.spare_sites.push(sites);
+            }
         }
+    }
+
+    /// The sites of the batch being built, leaving a spare list (or a new
+    /// one) for the next batch.
+    fn take_waiting(&mut self) -> Vec<AckSite> {
+        let next = self.spare_sites.pop().unwrap_or_default();
+        std::mem::replace(&mut self.waiting, next)
     }
 
     /// For policy `interval`: flushes the file if it is due.
@@ -290,6 +314,9 @@ impl Service for Shared {
         self.store.has_pending()
     }
 
+    // Inlined: built in the caller and read back here, the site stalled
+    // on store forwarding (5% of the server under load).
+    #[inline]
     fn await_commit(&mut self, site: AckSite, id: u64) -> Option<u64> {
         if id > self.store.len() {
             self.waiting.push(site);
