@@ -109,6 +109,12 @@ enum Cmd {
         /// Rounds, each on a fresh store; the median is reported.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// Time the floor instead of diaryd's code: only what any server
+        /// storing these entries must do per line (find the newline, check
+        /// the UTF-8 and control bytes, write `ID TAB TIME TAB TEXT`, index
+        /// it, write the `ok ID TIME` ack), with the same helpers.
+        #[arg(long)]
+        floor: bool,
     },
     /// Run the bare echo server (UDP and TCP on one port) until killed.
     Echo {
@@ -200,7 +206,8 @@ fn main() -> ExitCode {
             size,
             sink,
             rounds,
-        } => pipeline::run(lines, batch, size, sink, rounds)
+            floor,
+        } => pipeline::run(lines, batch, size, sink, rounds, floor)
             .map(|r| print(cli.json, &r, || r.describe())),
     };
     match result {

@@ -3,6 +3,10 @@
 //! code. It measures what diaryd adds per write on top of the kernel's
 //! socket work, steadily enough to judge a change to the hot path (the
 //! socket loads swing ±20% on a shared machine).
+//!
+//! `--floor` times the least any server storing the same entries must do
+//! per line, with the same byte-class helpers, so that the distance from
+//! diaryd's request path to what cannot be saved is a measurement too.
 
 use diary::disk::{Disk, SyncFn};
 use diary::framing::{Frame, LineFramer};
@@ -29,6 +33,8 @@ pub struct PipelineReport {
     pub batch: usize,
     pub size: usize,
     pub sink: Sink,
+    /// The floor (`--floor`) rather than diaryd's code.
+    pub floor: bool,
     /// Each round's cost per line, in order.
     pub rounds_ns: Vec<f64>,
     /// Their median.
@@ -39,8 +45,9 @@ impl PipelineReport {
     pub fn describe(&self) -> String {
         let rounds: Vec<String> = self.rounds_ns.iter().map(|r| format!("{r:.1}")).collect();
         format!(
-            "{} lines of {} bytes in batches of {}, stored to {:?}: {:.1} ns per line \
+            "{}{} lines of {} bytes in batches of {}, stored to {:?}: {:.1} ns per line \
              ({:.2} M lines/s; rounds: {})\n",
+            if self.floor { "floor: " } else { "" },
             self.lines,
             self.size,
             self.batch,
@@ -58,6 +65,7 @@ pub fn run(
     size: usize,
     sink: Sink,
     rounds: usize,
+    floor: bool,
 ) -> io::Result<PipelineReport> {
     let batch = batch.max(1);
     let mut input = Vec::with_capacity(batch * (size + 1));
@@ -69,13 +77,18 @@ pub fn run(
     }
     let mut rounds_ns = Vec::with_capacity(rounds);
     for _ in 0..rounds.max(1) {
-        rounds_ns.push(one_round(&input, batch, lines, sink)?);
+        rounds_ns.push(if floor {
+            floor_round(&input, batch, lines, sink)?
+        } else {
+            one_round(&input, batch, lines, sink)?
+        });
     }
     Ok(PipelineReport {
         lines,
         batch,
         size,
         sink,
+        floor,
         ns_per_line: crate::median_of(&rounds_ns),
         rounds_ns,
     })
@@ -162,4 +175,67 @@ fn one_round(input: &[u8], batch: usize, lines: u64, sink: Sink) -> io::Result<f
         )));
     }
     Ok(elapsed.as_nanos() as f64 / stored as f64)
+}
+
+/// The floor: per line, only the work no server storing these entries can
+/// skip, in one loop with nothing else (no requests, no commands, no
+/// tags, no acks held for a flush): the newline found, the UTF-8 and
+/// control bytes checked, `ID TAB TIME TAB TEXT` appended to the batch
+/// and indexed (offset and time, as diaryd's index), `ok ID TIME`
+/// appended to the replies and its place noted. Batches go where
+/// diaryd's would.
+fn floor_round(input: &[u8], batch: usize, lines: u64, sink: Sink) -> io::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let mut disk: Box<dyn io::Write> = match sink {
+        Sink::Null => Box::new(io::sink()),
+        Sink::File => Box::new(std::fs::File::create(dir.path().join("floor.diary"))?),
+    };
+    let time = diary::entry::format_timestamp(1_764_000_000_000);
+    let mut read = vec![0u8; input.len()];
+    let mut entries: Vec<u8> = Vec::new();
+    let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut index: Vec<(u64, i64)> = Vec::new();
+    let mut sites: Vec<usize> = Vec::new();
+    let mut written = 0u64;
+    let mut digits = itoa::Buffer::new();
+    let batches = lines.div_ceil(batch as u64);
+    let started = Instant::now();
+    for _ in 0..batches {
+        // What a socket read would do.
+        read.copy_from_slice(input);
+        let mut rest = &read[..];
+        while let Some(newline) = memchr::memchr(b'\n', rest) {
+            let line = &rest[..newline];
+            rest = &rest[newline + 1..];
+            let text = simdutf8::basic::from_utf8(line)
+                .map_err(|_| io::Error::other("a generated line is not UTF-8"))?;
+            if diary::ascii::has_control(line) || diary::ascii::needs_escape(line) {
+                return Err(io::Error::other("a generated line needs escaping"));
+            }
+            let id = digits.format(index.len() as u64 + 1);
+            index.push((written + entries.len() as u64, 1_764_000_000_000));
+            entries.extend_from_slice(id.as_bytes());
+            entries.push(b'\t');
+            entries.extend_from_slice(time.as_bytes());
+            entries.push(b'\t');
+            entries.extend_from_slice(text.as_bytes());
+            entries.push(b'\n');
+            sites.push(out.len());
+            out.extend_from_slice(b"ok ");
+            out.extend_from_slice(id.as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(time.as_bytes());
+            out.push(b'\n');
+        }
+        disk.write_all(&entries)?;
+        written += entries.len() as u64;
+        entries.clear();
+        out.clear();
+        sites.clear();
+    }
+    let elapsed = started.elapsed();
+    if index.len() as u64 != batches * batch as u64 {
+        return Err(io::Error::other("the floor lost lines"));
+    }
+    Ok(elapsed.as_nanos() as f64 / index.len() as f64)
 }
