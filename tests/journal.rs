@@ -585,3 +585,38 @@ fn an_export_holds_every_version_of_an_amended_entry() {
     assert_eq!(lines[0]["versions"][1]["author"], "bob");
     assert!(lines[1].get("versions").is_none());
 }
+
+#[test]
+fn an_export_keeps_the_order_around_amended_entries() {
+    let server = TestServer::start();
+    for text in ["before", "teh second", "between", "teh fourth", "after"] {
+        run_diary(server.addr, &["write", text], b"");
+    }
+    run_diary(server.addr, &["amend", "2", "the second"], b"");
+    run_diary(server.addr, &["amend", "4", "the fourth"], b"");
+    run_diary(server.addr, &["amend", "4", "the fourth!"], b"");
+    let o = run_diary(server.addr, &["export"], b"");
+    assert!(o.status.success(), "{o:?}");
+    let lines: Vec<serde_json::Value> = out(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let texts: Vec<&str> = lines.iter().map(|l| l["text"].as_str().unwrap()).collect();
+    assert_eq!(
+        texts,
+        ["before", "the second", "between", "the fourth!", "after"]
+    );
+    let ids: Vec<u64> = lines.iter().map(|l| l["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [1, 2, 3, 4, 5]);
+    let versions = |i: usize| -> Vec<&str> {
+        lines[i]["versions"]
+            .as_array()
+            .map(|v| v.iter().map(|v| v["text"].as_str().unwrap()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(versions(0), Vec::<&str>::new());
+    assert_eq!(versions(1), ["teh second", "the second"]);
+    assert_eq!(versions(2), Vec::<&str>::new());
+    assert_eq!(versions(3), ["teh fourth", "the fourth", "the fourth!"]);
+    assert_eq!(versions(4), Vec::<&str>::new());
+}
