@@ -1032,18 +1032,21 @@ fn write_exported(
 
 /// `diary tags`: every #tag and its count, most used first.
 fn tags(client: &mut Client) -> Outcome {
-    let lines = match client.request("/past grep #")? {
-        Reply::Lines(lines) => lines,
-        other => return refused(other),
-    };
+    // Counted as the entries stream in: only the counts are kept.
     let mut counts: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
-    for entry in lines.iter().filter_map(|l| parse_entry(l)) {
-        let mut seen: Vec<String> = diary::history::tags_in(&entry.text).collect();
-        seen.sort();
-        seen.dedup();
-        for tag in seen {
-            *counts.entry(tag).or_default() += 1;
+    let reply = client.request_each_line("/past grep #", &mut |line| {
+        if let Some(entry) = parse_entry(line) {
+            let mut seen: Vec<String> = diary::history::tags_in(&entry.text).collect();
+            seen.sort();
+            seen.dedup();
+            for tag in seen {
+                *counts.entry(tag).or_default() += 1;
+            }
         }
+        Ok(())
+    })?;
+    if !matches!(reply, Reply::Lines(_)) {
+        return refused(reply);
     }
     let mut counts: Vec<(String, u64)> = counts.into_iter().collect();
     counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
