@@ -112,7 +112,7 @@ enum Cmd {
         /// Time the floor instead of diaryd's code: only what any server
         /// storing these entries must do per line (find the newline, check
         /// the UTF-8 and control bytes, write `ID TAB TIME TAB TEXT`, index
-        /// it, write the `ok ID TIME` ack), with the same helpers.
+        /// it, write the `ok ID TIME` ack), with diaryd's own helpers.
         #[arg(long)]
         floor: bool,
     },

@@ -181,9 +181,9 @@ fn one_round(input: &[u8], batch: usize, lines: u64, sink: Sink) -> io::Result<f
 /// skip, in one loop with nothing else (no requests, no commands, no
 /// tags, no acks held for a flush): the newline found, the UTF-8 and
 /// control bytes checked, `ID TAB TIME TAB TEXT` appended to the batch
-/// and indexed (offset and time, as diaryd's index), `ok ID TIME`
-/// appended to the replies and its place noted. Batches go where
-/// diaryd's would.
+/// (escaping checked) and indexed (offset and time, as diaryd's index),
+/// `ok ID TIME` appended to the replies and its place noted, with
+/// diaryd's own formatting functions. Batches go where diaryd's would.
 fn floor_round(input: &[u8], batch: usize, lines: u64, sink: Sink) -> io::Result<f64> {
     let dir = tempfile::tempdir()?;
     let mut disk: Box<dyn io::Write> = match sink {
@@ -209,23 +209,15 @@ fn floor_round(input: &[u8], batch: usize, lines: u64, sink: Sink) -> io::Result
             rest = &rest[newline + 1..];
             let text = simdutf8::basic::from_utf8(line)
                 .map_err(|_| io::Error::other("a generated line is not UTF-8"))?;
-            if diary::ascii::has_control(line) || diary::ascii::needs_escape(line) {
-                return Err(io::Error::other("a generated line needs escaping"));
+            if diary::ascii::has_control(line) {
+                return Err(io::Error::other("a generated line has a control byte"));
             }
             let id = digits.format(index.len() as u64 + 1);
             index.push((written + entries.len() as u64, 1_764_000_000_000));
-            entries.extend_from_slice(id.as_bytes());
-            entries.push(b'\t');
-            entries.extend_from_slice(time.as_bytes());
-            entries.push(b'\t');
-            entries.extend_from_slice(text.as_bytes());
-            entries.push(b'\n');
+            // diaryd's own formatting: escaping checked, the text copied.
+            diary::entry::encode_line_digits(id, &time, text, "", &mut entries);
             sites.push(out.len());
-            out.extend_from_slice(b"ok ");
-            out.extend_from_slice(id.as_bytes());
-            out.push(b' ');
-            out.extend_from_slice(time.as_bytes());
-            out.push(b'\n');
+            diary::protocol::push_ack(&mut out, id, &time);
         }
         disk.write_all(&entries)?;
         written += entries.len() as u64;
