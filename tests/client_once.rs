@@ -210,11 +210,18 @@ fn interrupted_import_then_run_again(proto: &str) {
     assert!(stored_before < LINES, "the import really was cut short");
 
     let daemon = Daemon::try_start_at(&file, &addr.to_string(), &[]).unwrap();
+    // What the restart kept (a torn last line is cut) is found, not sent again.
+    let kept = entries_in(&file);
     let second = run(daemon.addr, &["--proto", proto, "write"], input.as_bytes());
     assert!(second.status.success(), "{}", stderr(&second));
     assert_eq!(
         String::from_utf8_lossy(&second.stdout).trim(),
-        format!("stored {LINES} entries (#1 to #{LINES})")
+        format!(
+            "stored {} entries (#{} to #{LINES})\n\
+             {kept} lines were stored by an earlier run of this import and not sent again",
+            LINES - kept,
+            kept + 1
+        )
     );
     let stored = texts(&file);
     assert_eq!(stored.len(), LINES, "each line once");
@@ -225,6 +232,13 @@ fn interrupted_import_then_run_again(proto: &str) {
     let third = run(daemon.addr, &["--proto", proto, "write"], input.as_bytes());
     assert!(third.status.success());
     assert_eq!(texts(&file).len(), LINES);
+    assert_eq!(
+        String::from_utf8_lossy(&third.stdout).trim(),
+        format!(
+            "stored 0 entries\n\
+             {LINES} lines were stored by an earlier run of this import and not sent again"
+        )
+    );
     println!("{proto}: {stored_before} lines stored before the crash, the rest by the second run");
 }
 
@@ -236,4 +250,44 @@ fn an_import_cut_by_a_crash_and_run_again_stores_each_line_once_udp() {
 #[test]
 fn an_import_cut_by_a_crash_and_run_again_stores_each_line_once_tcp() {
     interrupted_import_then_run_again("tcp");
+}
+
+/// The server remembers only its newest tagged writes (`--replay-memory`);
+/// an import bigger than that, run again, is found in the diary itself and
+/// stored nothing twice, even after other writes.
+#[test]
+fn an_import_bigger_than_the_retry_memory_is_stored_once_however_often_it_runs() {
+    const LINES: usize = 3000;
+    let limits = diary::limits::Limits {
+        replay_memory: 100,
+        ..diary::limits::Limits::default()
+    };
+    let server = TestServer::start_with(limits, diary::store::FsyncPolicy::Never);
+    let input: String = (1..=LINES).map(|i| format!("old line {i}\n")).collect();
+    let first = run(server.addr, &["write"], input.as_bytes());
+    assert!(first.status.success(), "{}", stderr(&first));
+    for text in ["a line of today", "old line 1"] {
+        let o = run(server.addr, &["write", text], b"");
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    for round in 0..2 {
+        let again = run(server.addr, &["write"], input.as_bytes());
+        assert!(again.status.success(), "round {round}: {}", stderr(&again));
+        assert_eq!(
+            String::from_utf8_lossy(&again.stdout).trim(),
+            format!(
+                "stored 0 entries\n\
+                 {LINES} lines were stored by an earlier run of this import and not sent again"
+            ),
+            "round {round}"
+        );
+    }
+    let stored = texts(&server.path);
+    assert_eq!(stored.len(), LINES + 2, "each line once");
+    assert_eq!(stored[0], "old line 1");
+    assert_eq!(
+        stored[LINES + 1],
+        "old line 1",
+        "the same text written by hand is its own entry"
+    );
 }

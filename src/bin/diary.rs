@@ -299,7 +299,7 @@ fn main() -> ExitCode {
                 eprintln!("diary: --tag is for one entry; an import makes a tag for each line");
                 return ExitCode::from(2);
             }
-            import(&client)
+            import(&mut client)
         }
         Some(Cmd::Write { text, tag, .. }) => write_one(&mut client, &text.join(" "), tag),
         Some(Cmd::Past {
@@ -333,7 +333,7 @@ fn main() -> ExitCode {
             };
             export(&mut client, &selection, format, display)
         }
-        Some(Cmd::Import { file }) => import_file(&client, &file),
+        Some(Cmd::Import { file }) => import_file(&mut client, &file),
         Some(Cmd::Follow {
             since,
             filter,
@@ -514,13 +514,19 @@ fn refused(reply: Reply) -> Outcome {
 /// Lines in flight during an import.
 const IMPORT_WINDOW: usize = 1024;
 
+/// An import of more lines than this is also checked against the whole
+/// diary for an earlier run of it ([`stored_earlier`]); a smaller one
+/// relies on the server's retry memory (the newest 100 000 tagged writes
+/// by default), which a rerun of a larger one can outgrow.
+const IMPORT_CHECK_LINES: usize = 1000;
+
 /// One entry per stdin line; empty lines are skipped, bad ones reported.
 ///
 /// Each line's tag is made from the input (a hash of its first 64 KiB) and
 /// the line's number and text, so running the same import again, after an
 /// interruption or not, stores each line once. It always goes over TCP,
 /// many lines in flight.
-fn import(client: &Client) -> Outcome {
+fn import(client: &mut Client) -> Outcome {
     let mut input = Vec::new();
     std::io::stdin().lock().read_to_end(&mut input)?;
     import_input(client, &input, "stdin", false)
@@ -530,7 +536,7 @@ fn import(client: &Client) -> Outcome {
 /// any with `time` and `text`, `author` optional) keep their times and
 /// authors; other files are read as one entry per line, as `diary write <
 /// FILE` reads them.
-fn import_file(client: &Client, path: &std::path::Path) -> Outcome {
+fn import_file(client: &mut Client, path: &std::path::Path) -> Outcome {
     let input = if path.as_os_str() == "-" {
         let mut input = Vec::new();
         std::io::stdin().lock().read_to_end(&mut input)?;
@@ -543,7 +549,7 @@ fn import_file(client: &Client, path: &std::path::Path) -> Outcome {
 
 /// The lines of an import as tagged requests, then sent. With `jsonl`
 /// allowed, input whose first line is a JSON object is read as an export.
-fn import_input(client: &Client, input: &[u8], name: &str, jsonl: bool) -> Outcome {
+fn import_input(client: &mut Client, input: &[u8], name: &str, jsonl: bool) -> Outcome {
     let head = blake3::hash(&input[..input.len().min(64 * 1024)]);
     let is_jsonl = jsonl
         && input
@@ -587,7 +593,106 @@ fn import_input(client: &Client, input: &[u8], name: &str, jsonl: bool) -> Outco
         entries.push((format!("i{}", &hasher.finalize().to_hex()[..24]), command));
         numbers.push(number);
     }
-    send_import(client, &entries, &numbers, failed, name)
+    let mut earlier = 0;
+    if entries.len() > IMPORT_CHECK_LINES {
+        let stored = stored_earlier(client, &entries)?;
+        if !stored.is_empty() {
+            earlier = stored.len();
+            let mut i = 0;
+            entries.retain(|_| {
+                i += 1;
+                !stored.contains(&(i - 1))
+            });
+            let mut i = 0;
+            numbers.retain(|_| {
+                i += 1;
+                !stored.contains(&(i - 1))
+            });
+        }
+    }
+    let outcome = send_import(client, &entries, &numbers, failed, name);
+    if earlier > 0 {
+        println!("{earlier} lines were stored by an earlier run of this import and not sent again");
+    }
+    outcome
+}
+
+/// The entries (by index) that an earlier run of this same import stored.
+/// The first entry holding the tag of one of its first lines (found by
+/// searching the diary for the line's words) marks where that run began;
+/// every tag of this import found from there on was stored by it. Lines
+/// stored and then deleted count as stored: a rerun does not bring them
+/// back.
+fn stored_earlier(
+    client: &mut Client,
+    entries: &[(String, String)],
+) -> Result<std::collections::HashSet<usize>, ClientError> {
+    let mut began: Option<u64> = None;
+    for (tag, command) in entries.iter().take(3) {
+        let Some(words) = search_words(command) else {
+            continue;
+        };
+        let reply =
+            client.request_each_line(&format!("/past versions grep {words}"), &mut |line| {
+                if let Some((id, Some(req))) = id_and_attr(line, "req")
+                    && req == tag.as_str()
+                {
+                    began = Some(began.map_or(id, |b| b.min(id)));
+                }
+                Ok(())
+            })?;
+        if !matches!(reply, Reply::Lines(_)) {
+            // (A server that cannot search: its retry memory is all there is.)
+            return Ok(Default::default());
+        }
+        if began.is_some() {
+            break;
+        }
+    }
+    let mut stored = std::collections::HashSet::new();
+    let Some(began) = began else {
+        return Ok(stored);
+    };
+    let index: std::collections::HashMap<&str, usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, (tag, _))| (tag.as_str(), i))
+        .collect();
+    let reply = client.request_each_line(
+        &format!("/past since {} versions", began - 1),
+        &mut |line| {
+            if let Some((_, Some(req))) = id_and_attr(line, "req")
+                && let Some(&i) = index.get(req)
+            {
+                stored.insert(i);
+            }
+            Ok(())
+        },
+    )?;
+    if !matches!(reply, Reply::Lines(_)) {
+        return Ok(Default::default());
+    }
+    Ok(stored)
+}
+
+/// Words that find the entry an import command stores: the longest run of
+/// its text without a tab or line break, trimmed, at most 64 bytes.
+fn search_words(command: &str) -> Option<String> {
+    let text = match command.strip_prefix("/write ") {
+        Some(text) => text.to_string(),
+        // `/import TIME AUTHOR TEXT`, TEXT escaped as in the file.
+        None => diary::entry::unescape(command.splitn(4, ' ').nth(3)?)?,
+    };
+    let longest = text
+        .split(['\t', '\n', '\r'])
+        .map(|run| run.trim_matches(' '))
+        .max_by_key(|run| run.len())?;
+    let mut end = longest.len().min(64);
+    while !longest.is_char_boundary(end) {
+        end -= 1;
+    }
+    let words = longest[..end].trim_end_matches(' ');
+    (!words.is_empty()).then(|| words.to_string())
 }
 
 /// One JSON line of an export as an `/import` request.
@@ -998,11 +1103,17 @@ fn export_jsonl(client: &mut Client, selection: &Selection) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-/// An entry line's id and the number in its attribute `key`, without
+/// An entry line's id and its attribute `key` (still escaped), without
 /// decoding its text; `None` for notes and other lines.
-fn id_and_number_attr(line: &str, key: &str) -> Option<(u64, Option<u64>)> {
+fn id_and_attr<'l>(line: &'l str, key: &str) -> Option<(u64, Option<&'l str>)> {
     let decoded = diary::entry::decode_line(line.as_bytes()).ok()?;
-    Some((decoded.id, decoded.attr(key).and_then(|v| v.parse().ok())))
+    Some((decoded.id, decoded.attr(key)))
+}
+
+/// An entry line's id and the number in its attribute `key`.
+fn id_and_number_attr(line: &str, key: &str) -> Option<(u64, Option<u64>)> {
+    let (id, value) = id_and_attr(line, key)?;
+    Some((id, value.and_then(|v| v.parse().ok())))
 }
 
 /// One JSON line for `entry`, with its `versions` when it was amended.
