@@ -218,7 +218,7 @@ fn interrupted_import_then_run_again(proto: &str) {
         String::from_utf8_lossy(&second.stdout).trim(),
         format!(
             "stored {} entries (#{} to #{LINES})\n\
-             {kept} lines were stored by an earlier run of this import and not sent again",
+             {kept} lines were stored by an earlier run of this import; not stored again",
             LINES - kept,
             kept + 1
         )
@@ -236,7 +236,7 @@ fn interrupted_import_then_run_again(proto: &str) {
         String::from_utf8_lossy(&third.stdout).trim(),
         format!(
             "stored 0 entries\n\
-             {LINES} lines were stored by an earlier run of this import and not sent again"
+             {LINES} lines were stored by an earlier run of this import; not stored again"
         )
     );
     println!("{proto}: {stored_before} lines stored before the crash, the rest by the second run");
@@ -277,7 +277,7 @@ fn an_import_bigger_than_the_retry_memory_is_stored_once_however_often_it_runs()
             String::from_utf8_lossy(&again.stdout).trim(),
             format!(
                 "stored 0 entries\n\
-                 {LINES} lines were stored by an earlier run of this import and not sent again"
+                 {LINES} lines were stored by an earlier run of this import; not stored again"
             ),
             "round {round}"
         );
@@ -290,4 +290,24 @@ fn an_import_bigger_than_the_retry_memory_is_stored_once_however_often_it_runs()
         "old line 1",
         "the same text written by hand is its own entry"
     );
+}
+
+/// A small import run again is answered from the server's retry memory;
+/// the client says so rather than reporting the old entries as stored.
+#[test]
+fn a_small_import_run_again_says_its_lines_were_stored_earlier() {
+    let server = TestServer::start();
+    let first = run(server.addr, &["write"], b"a\nb\n");
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert_eq!(
+        String::from_utf8_lossy(&first.stdout).trim(),
+        "stored 2 entries (#1 to #2)"
+    );
+    let again = run(server.addr, &["write"], b"a\nb\n");
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout).trim(),
+        "stored 0 entries\n2 lines were stored by an earlier run of this import; not stored again"
+    );
+    assert_eq!(texts(&server.path), ["a", "b"]);
 }

@@ -593,6 +593,9 @@ fn import_input(client: &mut Client, input: &[u8], name: &str, jsonl: bool) -> O
         entries.push((format!("i{}", &hasher.finalize().to_hex()[..24]), command));
         numbers.push(number);
     }
+    // Ids up to this one were there before: a line answered with one of
+    // them was stored by an earlier run (the retry memory knew its tag).
+    let before = newest_id(client)?;
     let mut earlier = 0;
     if entries.len() > IMPORT_CHECK_LINES {
         let stored = stored_earlier(client, &entries)?;
@@ -610,11 +613,26 @@ fn import_input(client: &mut Client, input: &[u8], name: &str, jsonl: bool) -> O
             });
         }
     }
-    let outcome = send_import(client, &entries, &numbers, failed, name);
-    if earlier > 0 {
-        println!("{earlier} lines were stored by an earlier run of this import and not sent again");
-    }
-    outcome
+    send_import(
+        client,
+        (&entries, &numbers),
+        (before, earlier),
+        failed,
+        name,
+    )
+}
+
+/// The newest entry's id (`entries` in `/stats`: ids run from 1); 0 when
+/// the server will not say (a device allowed only to write), so that
+/// every answered line counts as stored now, as it always did.
+fn newest_id(client: &mut Client) -> Result<u64, ClientError> {
+    Ok(match client.request("/stats")? {
+        Reply::Lines(lines) => lines
+            .iter()
+            .find_map(|l| l.strip_prefix("entries ")?.parse().ok())
+            .unwrap_or(0),
+        _ => 0,
+    })
 }
 
 /// The entries (by index) that an earlier run of this same import stored.
@@ -724,10 +742,14 @@ fn import_command(line: &[u8]) -> Result<String, String> {
 
 /// Sends an import's requests pipelined, reporting each refusal by its
 /// line of `source`.
+///
+/// Ids up to `before` existed when it began, and `earlier` lines were
+/// found stored by an earlier run and not sent: both are reported as
+/// stored earlier, not as stored now.
 fn send_import(
     client: &Client,
-    entries: &[(String, String)],
-    numbers: &[usize],
+    (entries, numbers): (&[(String, String)], &[usize]),
+    (before, mut earlier): (u64, usize),
     mut failed: u64,
     source: &str,
 ) -> Outcome {
@@ -735,6 +757,7 @@ fn send_import(
     let result =
         diary::client::write_pipelined(client.options(), entries, IMPORT_WINDOW, |i, reply| {
             match reply {
+                Reply::Stored { id, .. } if id <= before => earlier += 1,
                 Reply::Stored { id, .. } => {
                     stored += 1;
                     first.get_or_insert(id);
@@ -759,6 +782,11 @@ fn send_import(
     match first {
         Some(first) => println!("stored {stored} entries (#{first} to #{last})"),
         None => println!("stored 0 entries"),
+    }
+    match earlier {
+        0 => {}
+        1 => println!("1 line was stored by an earlier run of this import; not stored again"),
+        n => println!("{n} lines were stored by an earlier run of this import; not stored again"),
     }
     if let Err((done, e)) = result {
         let line = numbers.get(done).copied().unwrap_or(0);
