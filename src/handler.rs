@@ -174,7 +174,8 @@ fn run(
                 } => history::cursor(store, query).and_then(|mut c| {
                     // One byte over the limit is enough to know it does not fit.
                     let room = (limit + 1).saturating_sub(out.len() - start);
-                    history::fill(store, &mut c, out, room)?;
+                    // One datagram answers: the whole range is looked at now.
+                    history::fill(store, &mut c, out, room, u64::MAX)?;
                     Ok(Outcome::Replied)
                 }),
             };

@@ -2,8 +2,11 @@
 //! a cursor that streams them oldest first in bounded pieces, the newest
 //! that fit one datagram, and the committed entries a follower has not had.
 //!
-//! Every piece reads at most about `FILL_CHUNK` bytes of the file, so a
-//! reply costs memory and time in proportion to what it sends.
+//! Every piece reads at most about `FILL_CHUNK` bytes of the file at a
+//! time, so a reply costs memory in proportion to what it sends; a piece of
+//! a streamed reply also looks at no more than a given share of the file,
+//! so a search that matches rarely is spread over many turns of the loop
+//! instead of holding it for the whole file.
 
 use crate::entry;
 use crate::protocol::{self, PastQuery, Since};
@@ -341,16 +344,18 @@ fn first_selected(store: &Store, since: Option<Since>) -> u64 {
     }
 }
 
-/// Appends about `budget` more bytes of the reply (at least one entry);
+/// Appends about `budget` more bytes of the reply, looking at entries
+/// that take up at most about `scan` bytes of the file (at least one);
 /// once the cursor is used up, appends the end line and returns true.
 pub fn fill(
     store: &Store,
     cursor: &mut PastCursor,
     out: &mut Vec<u8>,
     budget: usize,
+    scan: u64,
 ) -> io::Result<bool> {
     let target = out.len() + budget;
-    let end = cursor.end;
+    let end = store.id_after_bytes(cursor.next, scan).min(cursor.end);
     if let Some(words) = cursor.filter.needle(store).map(str::to_owned)
         && cursor.next < end
     {
@@ -381,7 +386,7 @@ pub fn fill(
         })?;
         cursor.next = next;
     }
-    if cursor.next >= end {
+    if cursor.next >= cursor.end {
         protocol::push_end(out);
         return Ok(true);
     }
@@ -519,7 +524,7 @@ mod tests {
     fn select(store: &Store, query: PastQuery) -> Vec<String> {
         let mut cursor = cursor(store, &query).unwrap();
         let mut out = Vec::new();
-        while !fill(store, &mut cursor, &mut out, 4096).unwrap() {}
+        while !fill(store, &mut cursor, &mut out, 4096, u64::MAX).unwrap() {}
         out.split(|&b| b == b'\n')
             .filter(|l| !l.is_empty() && *l != b"end")
             .map(text_of)
@@ -608,13 +613,6 @@ mod tests {
         for needle in [
             "cat", "at", "猫", "2026", "req", "t1", "dog 1", "zzz", "n", "at c",
         ] {
-            let query = PastQuery {
-                grep: Some(needle),
-                ..PastQuery::default()
-            };
-            let mut cursor = cursor(&store, &query).unwrap();
-            let mut fast = Vec::new();
-            while !fill(&store, &mut cursor, &mut fast, 4096).unwrap() {}
             let mut slow = Vec::new();
             store
                 .for_each(1, store.len() + 1, 1 << 16, |_, line| {
@@ -625,7 +623,31 @@ mod tests {
                 })
                 .unwrap();
             protocol::push_end(&mut slow);
-            assert_eq!(fast, slow, "{needle:?}");
+            // By the words' bytes, and (ignoring case, which these lines
+            // do not have) line by line; looking at the whole file at once,
+            // or a line, or a few kilobytes per piece as a stream does.
+            for ignore_case in [false, true] {
+                for scan in [u64::MAX, 1, 3000] {
+                    let query = PastQuery {
+                        grep: Some(needle),
+                        ignore_case,
+                        ..PastQuery::default()
+                    };
+                    let mut cursor = cursor(&store, &query).unwrap();
+                    let mut fast = Vec::new();
+                    let mut pieces = 0;
+                    while !fill(&store, &mut cursor, &mut fast, 4096, scan).unwrap() {
+                        pieces += 1;
+                    }
+                    assert_eq!(
+                        fast, slow,
+                        "{needle:?} ignore_case {ignore_case} scan {scan}"
+                    );
+                    if scan == 1 {
+                        assert!(pieces >= 4999, "one line looked at per piece: {pieces}");
+                    }
+                }
+            }
         }
     }
 }

@@ -896,6 +896,19 @@ impl Store {
         self.offset_of(end) - self.offset_of(first)
     }
 
+    /// The first entry after `first` at least `bytes` further into the
+    /// file (the end of the committed entries if none is): where a scan
+    /// that may read only so much stops.
+    pub fn id_after_bytes(&self, first: u64, bytes: u64) -> u64 {
+        let end = self.len() + 1;
+        if first >= end {
+            return end;
+        }
+        let limit = self.offset_of(first).saturating_add(bytes);
+        let offsets = &self.index.offsets[first as usize..self.committed];
+        (first + 1 + offsets.partition_point(|&at| at < limit) as u64).min(end)
+    }
+
     /// Appends the bytes of the file from entry `first` up to entry `end`
     /// (end exclusive), other lines among them included.
     fn read_span(&self, first: u64, end: u64, out: &mut Vec<u8>) -> io::Result<()> {

@@ -35,6 +35,10 @@ const LISTEN_BACKLOG: i32 = 4096;
 
 /// Bytes a streamed reply adds per fill.
 const STREAM_FILL: usize = 128 * 1024;
+/// Most of the diary file a streamed reply looks at per turn of the loop
+/// (under a millisecond here): a search that matches rarely must not hold every
+/// other client for the whole file.
+const STREAM_SCAN: u64 = 1 << 20;
 
 /// A non-blocking TCP listener on `addr` with a deep accept queue.
 pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -527,7 +531,8 @@ impl TcpSide {
                 if conn.out.queued() > self.limits.max_output / 2 {
                     return;
                 }
-                match history::fill(service.store(), cursor, &mut conn.out.buf, STREAM_FILL) {
+                let store = service.store();
+                match history::fill(store, cursor, &mut conn.out.buf, STREAM_FILL, STREAM_SCAN) {
                     Ok(false) => {}
                     Ok(true) => conn.mode = Mode::Requests,
                     Err(e) => {
