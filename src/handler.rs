@@ -9,6 +9,12 @@ use crate::service::{Outcome, Transport};
 use crate::stats::Stats;
 use crate::store::{Appended, Record, Store};
 
+/// Most of the diary file a `/past` over UDP looks at: one datagram
+/// answers, so a search through more goes over TCP, streamed in pieces
+/// (a search that matches rarely would otherwise hold the loop for the
+/// whole file, for a datagram of a few bytes).
+const UDP_SCAN: u64 = 1 << 20;
+
 /// The `ok ID TIME` of a buffered entry, which waits for its batch.
 fn acked(out: &mut Vec<u8>, entry: Appended) -> Outcome {
     let ack_at = out.len();
@@ -174,8 +180,15 @@ fn run(
                 } => history::cursor(store, query).and_then(|mut c| {
                     // One byte over the limit is enough to know it does not fit.
                     let room = (limit + 1).saturating_sub(out.len() - start);
-                    // One datagram answers: the whole range is looked at now.
-                    history::fill(store, &mut c, out, room, u64::MAX)?;
+                    let done = history::fill(store, &mut c, out, room, UDP_SCAN)?;
+                    if let (false, Some(tag)) = (done, tag)
+                        && out.len() - start <= limit
+                    {
+                        // Too much to look through for one datagram: as
+                        // for a reply too big, the client asks over TCP.
+                        out.truncate(start);
+                        protocol::push_truncated(out, tag);
+                    }
                     Ok(Outcome::Replied)
                 }),
             };

@@ -400,3 +400,49 @@ fn a_read_behind_writes_in_the_same_batch_sees_them() {
     assert!(replies[0].starts_with("ok 4 "), "{replies:?}");
     assert!(replies[1].contains("\tfour\n"), "{replies:?}");
 }
+
+/// A search that has more of the file to look through than one datagram's
+/// share (1 MiB) is answered "truncated" over UDP, so the client asks over
+/// TCP, where the reply streams a piece per turn of the loop; over both,
+/// `diary` finds the same entries.
+#[test]
+fn a_search_through_a_big_diary_is_answered_over_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("diary.log");
+    {
+        let policy = diary::store::FsyncPolicy::Never;
+        let (mut store, _) = diary::store::Store::open(&path, policy).unwrap();
+        for i in 0..20_000 {
+            store.append(&format!("entry {i} of a long diary, nothing to see"), None);
+        }
+        store.append("a zebra passed", None);
+        store.commit().unwrap();
+    }
+    assert!(std::fs::metadata(&path).unwrap().len() > 1 << 20);
+    let server = TestServer::start_in(
+        dir,
+        path,
+        diary::limits::Limits::default(),
+        diary::store::FsyncPolicy::Never,
+    );
+    let reply = udp_raw(server.addr, b"/id z1 /past grep zebra");
+    assert_eq!(String::from_utf8_lossy(&reply), "id z1 truncated\n");
+    // The newest few are still looked for in one datagram.
+    let reply = udp_raw(server.addr, b"/id z2 /past since 20000 grep zebra");
+    assert!(
+        String::from_utf8_lossy(&reply).contains("a zebra passed"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    for proto in ["udp", "tcp"] {
+        let o = run_diary(
+            server.addr,
+            &["--proto", proto, "past", "--grep", "zebra"],
+            b"",
+        );
+        assert!(o.status.success(), "{proto}: {o:?}");
+        let shown = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(shown.lines().count(), 1, "{proto}: {shown}");
+        assert!(shown.contains("a zebra passed"), "{proto}: {shown}");
+    }
+}
