@@ -173,7 +173,8 @@ fn run(
                     limit, raw: true, ..
                 } => {
                     let room = limit.saturating_sub(out.len() - start);
-                    history::fit_newest(store, query, room, out).map(|()| Outcome::Replied)
+                    history::fit_newest(store, query, room, UDP_SCAN, out)
+                        .map(|()| Outcome::Replied)
                 }
                 Transport::Udp {
                     limit, raw: false, ..

@@ -422,15 +422,24 @@ pub fn fill_follow(
 
 /// The seed's `p` over raw UDP: the newest selected entries that fit in
 /// `room` bytes, oldest first, after a line saying how many were left out.
+/// Entries that must each be looked at are looked for only among the
+/// newest that take up `scan` bytes of the file; if the selection may go
+/// on further back, the first line says so instead.
 pub fn fit_newest(
     store: &Store,
     query: &PastQuery,
     room: usize,
+    scan: u64,
     out: &mut Vec<u8>,
 ) -> io::Result<()> {
     let end = end_selected(store, query);
-    let first = first_selected(store, query.since).min(end);
+    let all = first_selected(store, query.since).min(end);
     let filter = Filter::new(query);
+    let first = if filter.counts_by_index(store) {
+        all
+    } else {
+        store.id_before_bytes(end, scan).max(all)
+    };
     let wanted = query.last.unwrap_or(u64::MAX);
     let budget = room.saturating_sub(protocol::END.len() + NOTICE_ROOM);
     let mut shown: Vec<u8> = Vec::new();
@@ -464,7 +473,9 @@ pub fn fit_newest(
         selected = wanted.min(end - first);
     }
     let left_out = selected - ranges.len() as u64;
-    if left_out > 0 {
+    if first > all && selected < wanted {
+        protocol::push_searched_newest(out, end - first);
+    } else if left_out > 0 {
         protocol::push_left_out(out, left_out, selected);
     }
     for &(from, to) in ranges.iter().rev() {

@@ -739,6 +739,17 @@ pub fn push_left_out(out: &mut Vec<u8>, left_out: u64, selected: u64) {
     );
 }
 
+/// The first line of a plain UDP `/past` that looked through only the
+/// newest `looked` entries, when the selection may go on before them.
+pub fn push_searched_newest(out: &mut Vec<u8>, looked: u64) {
+    use std::io::Write;
+    let _ = writeln!(
+        out,
+        "# only the newest {looked} entries were searched for one datagram; \
+         send the same request over TCP to the same port to search them all"
+    );
+}
+
 /// A TCP line over the entry limit.
 pub fn push_line_too_long(out: &mut Vec<u8>, max_entry: usize) {
     push_error(

@@ -909,6 +909,19 @@ impl Store {
         (first + 1 + offsets.partition_point(|&at| at < limit) as u64).min(end)
     }
 
+    /// The first of the entries before `end` that take up at most `bytes`
+    /// of the file (at least one entry, if there is one): where a scan back
+    /// from `end` that may read only so much stops.
+    pub fn id_before_bytes(&self, end: u64, bytes: u64) -> u64 {
+        let end = end.min(self.len() + 1);
+        if end <= 1 {
+            return 1;
+        }
+        let limit = self.offset_of(end).saturating_sub(bytes);
+        let offsets = &self.index.offsets[..(end - 1) as usize];
+        (1 + offsets.partition_point(|&at| at < limit) as u64).min(end - 1)
+    }
+
     /// Appends the bytes of the file from entry `first` up to entry `end`
     /// (end exclusive), other lines among them included.
     fn read_span(&self, first: u64, end: u64, out: &mut Vec<u8>) -> io::Result<()> {

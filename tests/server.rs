@@ -434,6 +434,17 @@ fn a_search_through_a_big_diary_is_answered_over_tcp() {
         "{}",
         String::from_utf8_lossy(&reply)
     );
+    // A plain datagram gets what the newest 1 MiB holds, and is told so.
+    let reply = String::from_utf8(udp_raw(server.addr, b"/past grep zebra")).unwrap();
+    let lines: Vec<&str> = reply.lines().collect();
+    assert!(
+        lines[0].starts_with("# only the newest ") && lines[0].contains("over TCP"),
+        "{reply}"
+    );
+    assert!(
+        lines[1].ends_with("\ta zebra passed") && lines[2] == "end",
+        "{reply}"
+    );
     for proto in ["udp", "tcp"] {
         let o = run_diary(
             server.addr,
