@@ -36,8 +36,8 @@ const LISTEN_BACKLOG: i32 = 4096;
 /// Bytes a streamed reply adds per fill.
 const STREAM_FILL: usize = 128 * 1024;
 /// Most of the diary file a streamed reply looks at per turn of the loop
-/// (under a millisecond here): a search that matches rarely must not hold every
-/// other client for the whole file.
+/// (under a millisecond here): a search that matches rarely must not hold
+/// every other client for the whole file.
 const STREAM_SCAN: u64 = 1 << 20;
 
 /// A non-blocking TCP listener on `addr` with a deep accept queue.
