@@ -813,8 +813,8 @@ impl TcpLink {
         let first = self
             .read_line(deadline, addr)?
             .ok_or_else(|| ClientError::BadReply("empty reply".into()))?;
-        if !is_lines_reply(&first) {
-            return read_reply_from_first(first, &mut || self.read_line(deadline, addr), sink);
+        if let Some(reply) = one_line_reply(&first) {
+            return reply;
         }
         let mut seen = 0;
         if !sink.offer(&first, &mut seen)? {
@@ -868,10 +868,11 @@ impl TcpLink {
 }
 
 /// Sends many tagged requests (`/write TEXT`, `/import …`) over one TCP
-/// connection, keeping up to `window` in flight, each with its own tag; a connection that breaks is made again
-/// and the unanswered ones are sent again with the same tags, so each is
-/// stored once. `on_reply(i, reply)` hears each answer in order. Stops at
-/// the first error it cannot get past, with the index reached.
+/// connection, keeping up to `window` in flight, each with its own tag; a
+/// connection that breaks is made again and the unanswered ones are sent
+/// again with the same tags, so each is stored once. `on_reply(i, reply)`
+/// hears each answer in order. Stops at the first error it cannot get
+/// past, with the index reached.
 pub fn write_pipelined(
     opts: &Options,
     entries: &[(String, String)],
@@ -986,7 +987,6 @@ fn resolve(server: &str) -> Result<SocketAddr, ClientError> {
         .ok_or_else(|| ClientError::BadAddress(server.to_string(), io::ErrorKind::NotFound.into()))
 }
 
-/// Reads one reply (after its tag line) from a source of lines.
 /// What takes the lines of a reply one at a time.
 pub type EachLine<'a> = dyn FnMut(&str) -> io::Result<()> + 'a;
 
@@ -1031,15 +1031,7 @@ impl<'a> Sink<'a> {
     }
 }
 
-/// Whether a reply that starts with `first` is a reply of lines (entries,
-/// help, stats), as opposed to an ack, a refusal, `bye` or a cookie.
-fn is_lines_reply(first: &str) -> bool {
-    !(first.starts_with("ok ")
-        || first.starts_with("err ")
-        || first == "bye"
-        || first.starts_with("cookie "))
-}
-
+/// Reads one reply (after its tag line) from a source of lines.
 fn read_reply(
     mut next: impl FnMut() -> Result<Option<String>, ClientError>,
     sink: &mut Sink,
@@ -1053,28 +1045,8 @@ fn read_reply_from_first(
     next: &mut impl FnMut() -> Result<Option<String>, ClientError>,
     sink: &mut Sink,
 ) -> Result<Reply, ClientError> {
-    if let Some(rest) = first.strip_prefix("ok ") {
-        let (id, time) = rest.split_once(' ').unwrap_or((rest, ""));
-        let id = id
-            .parse()
-            .map_err(|_| ClientError::BadReply(first.clone()))?;
-        return Ok(Reply::Stored {
-            id,
-            time: time.to_string(),
-        });
-    }
-    if let Some(rest) = first.strip_prefix("err ") {
-        let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
-        return Ok(Reply::Refused {
-            code: code.to_string(),
-            message: message.to_string(),
-        });
-    }
-    if first == "bye" {
-        return Ok(Reply::Bye);
-    }
-    if let Some(cookie) = first.strip_prefix("cookie ") {
-        return Ok(Reply::Cookie(cookie.to_string()));
+    if let Some(reply) = one_line_reply(&first) {
+        return reply;
     }
     let mut lines = Vec::new();
     let mut line = first;
@@ -1092,6 +1064,34 @@ fn read_reply_from_first(
         line = next()?.ok_or_else(ended_early)?;
     }
     Ok(Reply::Lines(lines))
+}
+
+/// The reply a first line makes by itself (an ack, a refusal, `bye` or a
+/// cookie); `None` when it begins a reply of lines (entries, help, stats).
+fn one_line_reply(first: &str) -> Option<Result<Reply, ClientError>> {
+    if let Some(rest) = first.strip_prefix("ok ") {
+        let (id, time) = rest.split_once(' ').unwrap_or((rest, ""));
+        return Some(
+            id.parse()
+                .map(|id| Reply::Stored {
+                    id,
+                    time: time.to_string(),
+                })
+                .map_err(|_| ClientError::BadReply(first.to_string())),
+        );
+    }
+    if let Some(rest) = first.strip_prefix("err ") {
+        let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
+        return Some(Ok(Reply::Refused {
+            code: code.to_string(),
+            message: message.to_string(),
+        }));
+    }
+    if first == "bye" {
+        return Some(Ok(Reply::Bye));
+    }
+    let cookie = first.strip_prefix("cookie ")?;
+    Some(Ok(Reply::Cookie(cookie.to_string())))
 }
 
 fn ended_early() -> ClientError {
