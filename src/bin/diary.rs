@@ -696,10 +696,12 @@ fn stored_earlier(
 /// Words that find the entry an import command stores: the longest run of
 /// its text without a tab or line break, trimmed, at most 64 bytes.
 fn search_words(command: &str) -> Option<String> {
-    let text = match command.strip_prefix("/write ") {
-        Some(text) => text.to_string(),
-        // `/import TIME AUTHOR TEXT`, TEXT escaped as in the file.
-        None => diary::entry::unescape(command.splitn(4, ' ').nth(3)?)?,
+    // Read back with the server's own parser: `/import` text comes escaped.
+    let request = diary::protocol::parse(command.as_bytes(), usize::MAX);
+    let text = match request.command.ok()? {
+        diary::protocol::Command::Write(text) => std::borrow::Cow::Borrowed(text),
+        diary::protocol::Command::Import { text, .. } => text,
+        _ => return None,
     };
     let longest = text
         .split(['\t', '\n', '\r'])
