@@ -601,16 +601,13 @@ fn import_input(client: &mut Client, input: &[u8], name: &str, jsonl: bool) -> O
         let stored = stored_earlier(client, &entries)?;
         if !stored.is_empty() {
             earlier = stored.len();
-            let mut i = 0;
-            entries.retain(|_| {
-                i += 1;
-                !stored.contains(&(i - 1))
-            });
-            let mut i = 0;
-            numbers.retain(|_| {
-                i += 1;
-                !stored.contains(&(i - 1))
-            });
+            (entries, numbers) = entries
+                .into_iter()
+                .zip(numbers)
+                .enumerate()
+                .filter(|(i, _)| !stored.contains(i))
+                .map(|(_, pair)| pair)
+                .unzip();
         }
     }
     send_import(
@@ -1073,22 +1070,22 @@ fn export_jsonl(client: &mut Client, selection: &Selection) -> Outcome {
     let mut amended = std::collections::HashSet::new();
     let mut waiting: Option<std::io::BufWriter<std::fs::File>> = None;
     let reply = client.request_each_line(&selection.request(), &mut |line| {
-        let Some((id, edited)) = id_and_number_attr(line, "edited") else {
+        // Each line is decoded once: in full until it waits, then only
+        // for its id and whether it was amended.
+        if let Some(file) = &mut waiting {
+            if let Some((id, Some(_))) = id_and_number_attr(line, "edited") {
+                amended.insert(id);
+            }
+            return writeln!(file, "{line}");
+        }
+        let Some(entry) = parse_entry(line) else {
             return Ok(());
         };
-        if edited.is_some() {
-            amended.insert(id);
+        if entry.edited.is_none() {
+            return write_exported(&mut out, &entry, None);
         }
-        let file = match &mut waiting {
-            Some(file) => file,
-            None if edited.is_none() => {
-                return match parse_entry(line) {
-                    Some(entry) => write_exported(&mut out, &entry, None),
-                    None => Ok(()),
-                };
-            }
-            None => waiting.insert(std::io::BufWriter::new(tempfile::tempfile()?)),
-        };
+        amended.insert(entry.id);
+        let file = waiting.insert(std::io::BufWriter::new(tempfile::tempfile()?));
         writeln!(file, "{line}")
     })?;
     if !matches!(reply, Reply::Lines(_)) {
