@@ -102,8 +102,7 @@ fn serve(
                         if read_all(conn, &mut buf, &mut read_now) {
                             touched.push(key);
                         } else {
-                            let mut conn = conns.remove(key);
-                            let _ = poll.registry().deregister(&mut conn.stream);
+                            close(&mut conns, key, &poll);
                         }
                     }
                 }
@@ -111,8 +110,7 @@ fn serve(
                     if let Some(conn) = conns.get_mut(key)
                         && !echo(conn, &mut buf)
                     {
-                        let mut conn = conns.remove(key);
-                        let _ = poll.registry().deregister(&mut conn.stream);
+                        close(&mut conns, key, &poll);
                     }
                 }
             }
@@ -127,12 +125,17 @@ fn serve(
                 if let Some(conn) = conns.get_mut(key)
                     && conn.pending.flush_to(&mut conn.stream).is_err()
                 {
-                    let mut conn = conns.remove(key);
-                    let _ = poll.registry().deregister(&mut conn.stream);
+                    close(&mut conns, key, &poll);
                 }
             }
         }
     }
+}
+
+/// Lets go of a finished connection.
+fn close(conns: &mut Slab<Conn>, key: usize, poll: &Poll) {
+    let mut conn = conns.remove(key);
+    let _ = poll.registry().deregister(&mut conn.stream);
 }
 
 /// Appending mode: reads what the connection sent into its echo and into
