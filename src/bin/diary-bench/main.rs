@@ -45,12 +45,16 @@ enum Cmd {
     Compare {
         #[command(flatten)]
         load: LoadArgs,
-        /// diaryd's --fsync.
+        /// diaryd's --fsync; or a baseline's name, to measure it instead of
+        /// diaryd (`--fsync echo-append-always --baseline echo-append`: what
+        /// durability costs the least log server).
         #[arg(long, default_value = "never")]
         fsync: String,
         /// The baseline: the bare echo server (`echo`), the echo server that
         /// appends what it reads to a file, one write per batch
-        /// (`echo-append`: the floor of any log server), diaryd with
+        /// (`echo-append`: the floor of any log server), the same echoing a
+        /// batch only once it is flushed, as diaryd's group commit does
+        /// (`echo-append-always`: the floor of any durable one), diaryd with
         /// another --fsync (`always`, `interval`, `never`), or `plaintext`:
         /// the same diaryd (with an allow file) loaded in plaintext, against
         /// encrypted sessions (Noise) for the measured runs.
@@ -124,6 +128,11 @@ enum Cmd {
         /// echoing it: the floor of any log server.
         #[arg(long)]
         append: Option<std::path::PathBuf>,
+        /// With --append: echo a batch only once `fdatasync` of it has
+        /// returned (diaryd's syncer thread, the next batch written while
+        /// one flushes): the floor of any durable log server.
+        #[arg(long, requires = "append")]
+        sync: bool,
     },
 }
 
@@ -170,7 +179,11 @@ impl LoadArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Echo { listen, append } => run_echo(listen, append),
+        Cmd::Echo {
+            listen,
+            append,
+            sync,
+        } => run_echo(listen, append, sync),
         Cmd::Load { server, load } => {
             let load = load.load();
             load.run(server, &|| None).map(|report| {
@@ -227,17 +240,19 @@ fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {
     }
 }
 
-fn run_echo(listen: SocketAddr, append: Option<std::path::PathBuf>) -> io::Result<()> {
-    let file = match append {
-        Some(path) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?,
-        ),
-        None => None,
+fn run_echo(listen: SocketAddr, append: Option<std::path::PathBuf>, sync: bool) -> io::Result<()> {
+    let open = |path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
     };
-    let (addr, serve) = echo::bind(listen, file)?;
+    let sink = match append {
+        Some(path) if sync => echo::Sink::Durable(open(path)?),
+        Some(path) => echo::Sink::Append(open(path)?),
+        None => echo::Sink::None,
+    };
+    let (addr, serve) = echo::bind(listen, sink)?;
     println!("diary-bench echo: listening on {addr} (UDP and TCP)");
     io::stdout().flush()?;
     serve()
@@ -327,8 +342,19 @@ fn spawn(name: &str, device: Option<&BenchDevice>) -> io::Result<Target> {
     };
     match name {
         "echo" => Target::echo(),
-        "echo-append" => Target::echo_append(),
+        "echo-append" => Target::echo_append(false),
+        "echo-append-always" => Target::echo_append(true),
         fsync => Target::diaryd(fsync, &extra),
+    }
+}
+
+/// What [`spawn`] runs for `name`, as the report calls it.
+fn target_name(name: &str) -> String {
+    match name {
+        "echo" => "echo (bare mio loop)".to_string(),
+        "echo-append" => "echo + append (one write per batch)".to_string(),
+        "echo-append-always" => "echo + append + fdatasync per batch".to_string(),
+        fsync => format!("diaryd --fsync {fsync}"),
     }
 }
 
@@ -394,14 +420,12 @@ fn compare(
         diaryds.push(d);
     }
     let baseline_name = match baseline {
-        "echo" => "echo (bare mio loop)".to_string(),
-        "echo-append" => "echo + append (one write per batch)".to_string(),
         "plaintext" => format!("diaryd --fsync {fsync}, plaintext"),
-        fsync => format!("diaryd --fsync {fsync}"),
+        name => target_name(name),
     };
     let measured_name = match encrypting {
         true => format!("diaryd --fsync {fsync}, Noise"),
-        false => format!("diaryd --fsync {fsync}"),
+        false => target_name(fsync),
     };
     let (b, d) = (median(baselines), median(diaryds));
     let result = Comparison {

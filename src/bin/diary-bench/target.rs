@@ -54,13 +54,16 @@ impl Target {
     }
 
     /// The echo server appending what it reads to a file in a temporary
-    /// directory (removed on drop).
-    pub fn echo_append() -> io::Result<Target> {
+    /// directory (removed on drop); echoing only flushed batches if `sync`.
+    pub fn echo_append(sync: bool) -> io::Result<Target> {
         let dir = tempfile::tempdir()?;
         let mut command = Command::new(std::env::current_exe()?);
         command
             .args(["echo", "--listen", "127.0.0.1:0", "--append"])
             .arg(dir.path().join("echo.log"));
+        if sync {
+            command.arg("--sync");
+        }
         let mut target = Self::spawn(command)?;
         target._dir = Some(dir);
         Ok(target)
