@@ -53,6 +53,22 @@ fn editable(store: &Store, id: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Buffers entry `text` (tagged `tag`, by `author`) and puts its ack in
+/// `out`: a `Write` request, or a plain line the TCP side took straight
+/// here ([`crate::protocol::plain_write`]).
+pub fn write(
+    text: &str,
+    (tag, author): (Option<&str>, Option<&str>),
+    tcp: bool,
+    store: &mut Store,
+    stats: &mut Stats,
+    out: &mut Vec<u8>,
+) -> Outcome {
+    count_write(stats, tcp);
+    let entry = store.append_by(text, tag, author);
+    acked(out, entry)
+}
+
 /// Answers one request, appending the reply to `out`; a write is
 /// recorded as `author`'s.
 pub fn handle(
@@ -91,11 +107,7 @@ fn run(
 ) -> Outcome {
     let tcp = transport == Transport::Tcp;
     match command {
-        Command::Write(text) => {
-            count_write(stats, tcp);
-            let entry = store.append_by(text, tag, author);
-            acked(out, entry)
-        }
+        Command::Write(text) => write(text, (tag, author), tcp, store, stats, out),
         Command::Import {
             time,
             millis,

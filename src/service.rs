@@ -70,6 +70,10 @@ pub trait Service {
         peer: Option<&Peer>,
         out: &mut Vec<u8>,
     ) -> Outcome;
+    /// Answers a plain write ([`crate::protocol::plain_write`]) from a
+    /// plaintext TCP connection: what [`Service::answer`] does for it
+    /// (no envelope, no device, nothing to remember), without the dispatch.
+    fn write_plain(&mut self, text: &str, out: &mut Vec<u8>) -> Outcome;
     /// Writes the pending batch now, so that a read sees every write
     /// before it. Its acks are settled by the loop later in the iteration.
     fn commit(&mut self);

@@ -301,6 +301,11 @@ impl Service for Shared {
         outcome
     }
 
+    fn write_plain(&mut self, text: &str, out: &mut Vec<u8>) -> Outcome {
+        let who = (None, None);
+        handler::write(text, who, true, &mut self.store, &mut self.stats, out)
+    }
+
     fn commit(&mut self) {
         if !self.store.has_pending() {
             return;

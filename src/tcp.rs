@@ -52,6 +52,34 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(TcpListener::from_std(socket.into()))
 }
 
+/// Answers one request line of a TCP connection into `out`, and says
+/// whether it read the store (its reply then waits until what it read is
+/// durable). `peer`: the device of an encrypted session.
+pub fn answer_line(
+    line: &[u8],
+    peer: Option<&Peer>,
+    max_entry: usize,
+    service: &mut impl Service,
+    out: &mut Vec<u8>,
+) -> (Outcome, bool) {
+    // Without a device, a plain line is a write by nobody in particular:
+    // it needs none of the general dispatch, and bulk writes are mostly
+    // such lines.
+    if peer.is_none()
+        && let Some(text) = protocol::plain_write(line, max_entry)
+    {
+        return (service.write_plain(text, out), false);
+    }
+    let request = protocol::parse(line, max_entry);
+    let reads = protocol::reads_store(&request);
+    if service.has_pending() && reads {
+        // A read sees every write before it; a failure is settled with
+        // the iteration's other acks.
+        service.commit();
+    }
+    (service.answer(&request, Transport::Tcp, peer, out), reads)
+}
+
 /// Reads and drops what a follower sends; notices when its input ends
 /// (and says the follow goes on) or the connection breaks.
 fn drain_follower_input(conn: &mut Conn) {
@@ -458,19 +486,13 @@ impl TcpSide {
                 }
                 Frame::Line(range) => range.clone(),
             };
-            let request = protocol::parse(conn.framer.line(range), max_entry);
-            let reads = protocol::reads_store(&request);
-            if service.has_pending() && reads {
-                // A read sees every write before it; a failure is settled
-                // with the iteration's other acks.
-                service.commit();
-            }
             let start = conn.out.buf.len();
             let peer = match &conn.link {
                 Link::Secure(link) => link.peer(),
                 _ => None,
             };
-            let outcome = service.answer(&request, Transport::Tcp, peer, &mut conn.out.buf);
+            let line = conn.framer.line(range);
+            let (outcome, reads) = answer_line(line, peer, max_entry, service, &mut conn.out.buf);
             conn.framer.consume(&frame);
             // What it read may not be durable yet: it goes out no sooner.
             if reads

@@ -10,7 +10,7 @@
 
 use diary::disk::{Disk, SyncFn};
 use diary::framing::{Frame, LineFramer};
-use diary::service::{AckSite, Outcome, Service, Transport};
+use diary::service::{AckSite, Outcome, Service};
 use diary::shared::Shared;
 use diary::store::{FsyncPolicy, Store};
 use serde::Serialize;
@@ -147,12 +147,9 @@ fn one_round(input: &[u8], batch: usize, lines: u64, sink: Sink) -> io::Result<f
                 let Frame::Line(range) = frame.clone() else {
                     return Err(io::Error::other("a generated line was too long"));
                 };
-                let request = diary::protocol::parse(framer.line(range), max_entry);
-                if shared.has_pending() && diary::protocol::reads_store(&request) {
-                    return Err(io::Error::other("a generated line reads the store"));
-                }
-                if let Outcome::Wrote { id, ack_at } =
-                    shared.answer(&request, Transport::Tcp, None, &mut out)
+                let line = framer.line(range);
+                if let (Outcome::Wrote { id, ack_at }, _) =
+                    diary::tcp::answer_line(line, None, max_entry, &mut shared, &mut out)
                 {
                     let at = ack_at as u64;
                     shared.await_commit(AckSite::Tcp { key: 0, at }, id);
