@@ -17,6 +17,7 @@
 //! with what happened and what to do) and keeps serving reads, so no write
 //! is ever acknowledged into a file that is no longer the diary.
 
+mod id_digits;
 mod saved_index;
 mod watch;
 
@@ -288,7 +289,7 @@ pub struct Store {
     /// The ids of amendment and deletion lines.
     records: std::collections::HashSet<u64>,
     /// The last appended id in decimal, for its line and its ack.
-    id_text: itoa::Buffer,
+    id_text: id_digits::IdDigits,
     /// Attributes of the entry being appended.
     attrs: String,
     /// The time of the batch being built, read at its first append.
@@ -417,7 +418,7 @@ impl Store {
             cached_stamp: (i64::MIN, String::new()),
             edits: HashMap::new(),
             records: std::collections::HashSet::new(),
-            id_text: itoa::Buffer::new(),
+            id_text: id_digits::IdDigits::default(),
             attrs: String::new(),
             batch_clock: None,
             last_stamp,
@@ -606,7 +607,7 @@ impl Store {
             self.note_record(id, record);
         }
         let start = self.committed_len + self.pending.len() as u64;
-        let id_text = self.id_text.format(id);
+        let id_text = self.id_text.of(id);
         self.attrs.clear();
         if let Some(tag) = req {
             entry::push_req_attr(tag, &mut self.attrs);
