@@ -381,6 +381,49 @@ pub(crate) fn fast_timestamp(b: &[u8]) -> Option<i64> {
     Some(secs * 1000 + milli)
 }
 
+/// Times of stored lines read one after another (a startup scan): most
+/// share their minute and offset with the line before, so only the
+/// seconds and milliseconds are new. Parsing every time whole was a
+/// quarter of the scan's time.
+#[derive(Debug, Default)]
+pub(crate) struct TimeCache {
+    /// `YYYY-MM-DDTHH:MM` and `+HH:MM` of the last time parsed whole, and
+    /// that minute's start in milliseconds.
+    minute: Option<([u8; 16], [u8; 6], i64)>,
+}
+
+impl TimeCache {
+    /// What [`fast_timestamp`] says of `b`.
+    pub(crate) fn millis(&mut self, b: &[u8]) -> Option<i64> {
+        if let Some((minute, offset, start)) = &self.minute
+            && b.len() == 29
+            && b[..16] == minute[..]
+            && b[23..] == offset[..]
+            && b[16] == b':'
+            && b[19] == b'.'
+        {
+            let digit = |i: usize| b[i].wrapping_sub(b'0');
+            let (s1, s2) = (digit(17), digit(18));
+            let (m1, m2, m3) = (digit(20), digit(21), digit(22));
+            let second = i64::from(s1) * 10 + i64::from(s2);
+            if s1 <= 9 && s2 <= 9 && m1 <= 9 && m2 <= 9 && m3 <= 9 && second <= 60 {
+                let milli = i64::from(m1) * 100 + i64::from(m2) * 10 + i64::from(m3);
+                return Some(start + second * 1000 + milli);
+            }
+        }
+        let millis = fast_timestamp(b)?;
+        // Checked whole: the seconds and milliseconds are digits.
+        let num = |r: std::ops::Range<usize>| {
+            b[r].iter().fold(0i64, |v, &c| v * 10 + i64::from(c - b'0'))
+        };
+        let start = millis - num(17..19) * 1000 - num(20..23);
+        let minute = b[..16].try_into().expect("16 bytes");
+        let offset = b[23..].try_into().expect("6 bytes");
+        self.minute = Some((minute, offset, start));
+        Some(millis)
+    }
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -482,6 +525,33 @@ mod tests {
             assert_eq!(fast_timestamp(ts.as_bytes()), Some(chrono_ms), "{ts}");
         }
         assert_eq!(fast_timestamp(b"2023-02-29T00:00:00.000+00:00"), None);
+    }
+
+    proptest::proptest! {
+        /// The cache gives what parsing each time whole gives, for times
+        /// that share a minute or not, and for damaged ones.
+        #[test]
+        fn cached_times_agree_with_parsing_each_whole(
+            times in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec!["2026-11-26T14:00", "2026-11-26T14:01", "2024-02-29T23:59", "2023-02-29T00:00"]),
+                    0u32..62,
+                    0u32..1000,
+                    proptest::sample::select(vec!["+00:00", "-05:30", "+14:00"]),
+                    proptest::option::of((0usize..29, proptest::num::u8::ANY)),
+                ),
+                0..40,
+            ),
+        ) {
+            let mut cache = TimeCache::default();
+            for (minute, second, milli, offset, damage) in times {
+                let mut b = format!("{minute}:{second:02}.{milli:03}{offset}").into_bytes();
+                if let Some((at, byte)) = damage {
+                    b[at] = byte;
+                }
+                proptest::prop_assert_eq!(cache.millis(&b), fast_timestamp(&b), "{:?}", b);
+            }
+        }
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub(super) fn scan_prefix(file: &File, next_id: u64, scan: &mut Scan) -> Result<
     let mut filled = 0;
     // The file offset of `buf[0]`.
     let mut base = scan.len;
+    let mut times = entry::TimeCache::default();
     loop {
         if filled == buf.len() {
             // One line longer than the buffer: a hand edit, or damage.
@@ -47,7 +48,7 @@ pub(super) fn scan_prefix(file: &File, next_id: u64, scan: &mut Scan) -> Result<
             continue;
         };
         let whole = last + 1;
-        if !scan_block(&buf[..whole], base, next_id, scan)? {
+        if !scan_block(&buf[..whole], (base, next_id), &mut times, scan)? {
             return Ok(());
         }
         buf.copy_within(whole..filled, 0);
@@ -59,7 +60,12 @@ pub(super) fn scan_prefix(file: &File, next_id: u64, scan: &mut Scan) -> Result<
 /// Takes the lines of `block` (whole lines, starting at file offset
 /// `base`) into `scan` up to the first one the exact scan must judge.
 /// Whether it took them all.
-fn scan_block(block: &[u8], base: u64, next_id: u64, scan: &mut Scan) -> Result<bool, ScanError> {
+fn scan_block(
+    block: &[u8],
+    (base, next_id): (u64, u64),
+    times: &mut entry::TimeCache,
+    scan: &mut Scan,
+) -> Result<bool, ScanError> {
     let clean = simdutf8::basic::from_utf8(block).is_ok() && !has_special_byte(block);
     let mut start = 0;
     for end in memchr::memchr_iter(b'\n', block) {
@@ -70,7 +76,7 @@ fn scan_block(block: &[u8], base: u64, next_id: u64, scan: &mut Scan) -> Result<
                 return Ok(false);
             }
         } else {
-            let fields = match clean.then(|| clean_entry(body)).flatten() {
+            let fields = match clean.then(|| clean_entry(body, times)).flatten() {
                 Some(fields) => Some(fields),
                 None => entry::decode_line(body)
                     .ok()
@@ -109,7 +115,7 @@ fn has_special_byte(block: &[u8]) -> bool {
 /// no backslash) in the store's own shape: its id, time and whether it is
 /// an amendment or deletion. `None` when it is not in that shape, which
 /// does not make it wrong: the exact decoder decides.
-fn clean_entry(body: &[u8]) -> Option<(u64, i64, bool)> {
+fn clean_entry(body: &[u8], times: &mut entry::TimeCache) -> Option<(u64, i64, bool)> {
     if !matches!(body.first(), Some(b'1'..=b'9')) {
         return None;
     }
@@ -127,7 +133,7 @@ fn clean_entry(body: &[u8]) -> Option<(u64, i64, bool)> {
     if body.get(i) != Some(&b'\t') || body.get(i + 30) != Some(&b'\t') {
         return None;
     }
-    let millis = entry::fast_timestamp(&body[i + 1..i + 30])?;
+    let millis = times.millis(&body[i + 1..i + 30])?;
     let after_text = &body[i + 31..];
     let record = match memchr::memchr(b'\t', after_text) {
         None => false,
