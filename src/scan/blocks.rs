@@ -66,7 +66,7 @@ fn scan_block(
     times: &mut entry::TimeCache,
     scan: &mut Scan,
 ) -> Result<bool, ScanError> {
-    let clean = simdutf8::basic::from_utf8(block).is_ok() && !has_special_byte(block);
+    let clean = simdutf8::basic::from_utf8(block).is_ok() && !crate::ascii::has_special(block);
     let mut start = 0;
     for end in memchr::memchr_iter(b'\n', block) {
         let body = &block[start..end];
@@ -98,17 +98,6 @@ fn scan_block(
         start = end + 1;
     }
     Ok(true)
-}
-
-/// Whether `block` holds a byte that makes a line need a closer look than
-/// finding its tabs: a control byte other than tab and newline, or a
-/// backslash (an escape to check). Written so the compiler vectorizes it.
-fn has_special_byte(block: &[u8]) -> bool {
-    block.chunks(4096).any(|chunk| {
-        chunk.iter().fold(0u8, |seen, &b| {
-            seen | u8::from((b < 0x20 && b != b'\t' && b != b'\n') || b == b'\\')
-        }) != 0
-    })
 }
 
 /// An entry line of a clean block (valid UTF-8, no control byte but tabs,
