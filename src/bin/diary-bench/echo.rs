@@ -157,6 +157,8 @@ fn serve(
     let mut conns: Slab<Conn> = Slab::new();
     let mut buf = vec![0u8; 65_536];
     let mut batch = RecvBatch::default();
+    // Appending: a batch of datagrams as lines.
+    let mut lines: Vec<u8> = Vec::new();
     // Appending: what this iteration read, and who waits to be echoed
     // (with where its bytes of this iteration start).
     let mut read_now: Vec<u8> = Vec::new();
@@ -172,13 +174,12 @@ fn serve(
                     // take now is dropped, as a loaded server would.
                     while let Ok(n) = batch.recv(&udp) {
                         if let Some(file) = &mut append {
-                            read_now.clear();
+                            lines.clear();
                             for i in 0..n {
-                                read_now.extend_from_slice(batch.get(i).0);
-                                read_now.push(b'\n');
+                                lines.extend_from_slice(batch.get(i).0);
+                                lines.push(b'\n');
                             }
-                            file.write_all(&read_now)?;
-                            read_now.clear();
+                            file.write_all(&lines)?;
                         }
                         if let Some(flushes) = &mut flushes {
                             flushes.written += 1;
