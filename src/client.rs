@@ -282,8 +282,12 @@ pub fn parse_entry(line: &str) -> Option<Entry> {
         author: decoded.author().map(str::to_string),
         text: decoded.text(),
         edited: decoded.attr("edited").and_then(|v| v.parse().ok()),
-        amends: decoded.attr("amends").and_then(|v| v.parse().ok()),
-        deletes: decoded.attr("deletes").and_then(|v| v.parse().ok()),
+        amends: decoded
+            .attr(crate::entry::AMENDS)
+            .and_then(|v| v.parse().ok()),
+        deletes: decoded
+            .attr(crate::entry::DELETES)
+            .and_then(|v| v.parse().ok()),
     })
 }
 

@@ -125,7 +125,11 @@ impl Display {
             return Ok(false);
         };
         if !e.attrs.is_empty()
-            && (e.attr("edited").or(e.attr("amends")).or(e.attr("deletes"))).is_some()
+            && (e
+                .attr("edited")
+                .or(e.attr(entry::AMENDS))
+                .or(e.attr(entry::DELETES)))
+            .is_some()
         {
             // Rare: the general path says how it was changed.
             let parsed = crate::client::parse_entry(line).expect("decoded above");

@@ -184,6 +184,26 @@ pub fn push_by_attr(name: &str, attrs: &mut String) {
     attrs.push_str(name);
 }
 
+/// The attribute of an amendment (`amends=N`: its text replaces entry
+/// N's) and of a deletion (`deletes=N`: entry N is hidden).
+pub const AMENDS: &str = "amends";
+pub const DELETES: &str = "deletes";
+
+/// Whether attribute key `key` makes its line an amendment or a deletion:
+/// the one rule both scans and the store follow.
+pub fn is_record_key(key: &[u8]) -> bool {
+    key == AMENDS.as_bytes() || key == DELETES.as_bytes()
+}
+
+/// Whether `attrs` (each with its leading tab) make their line an
+/// amendment or a deletion.
+pub fn has_record_attr(attrs: &str) -> bool {
+    attrs.split('\t').skip(1).any(|a| {
+        a.split_once('=')
+            .is_some_and(|(key, _)| is_record_key(key.as_bytes()))
+    })
+}
+
 /// The value of attribute `key` among `attrs` (each with its leading
 /// tab, as in [`EntryLine::attrs`]), still escaped.
 pub fn attr_in<'a>(attrs: &'a str, key: &str) -> Option<&'a str> {

@@ -300,8 +300,7 @@ fn scan_lines(file: &File, next_id: u64, mode: Mode, mut scan: Scan) -> Result<S
 
 /// Whether an entry's attributes make it an amendment or a deletion.
 fn is_record(attrs: &str) -> bool {
-    // Most lines carry only a tag: a short memmem says no.
-    attrs.len() > 8 && (attrs.contains("\tamends=") || attrs.contains("\tdeletes="))
+    entry::has_record_attr(attrs)
 }
 
 /// A `#` line: the header, an identity line, or a comment.

@@ -214,9 +214,6 @@ pub enum Record {
 }
 
 impl Record {
-    pub const AMENDS: &str = "amends";
-    pub const DELETES: &str = "deletes";
-
     pub fn target(self) -> u64 {
         match self {
             Record::Amends(n) | Record::Deletes(n) => n,
@@ -225,18 +222,18 @@ impl Record {
 
     fn key(self) -> &'static str {
         match self {
-            Record::Amends(_) => Self::AMENDS,
-            Record::Deletes(_) => Self::DELETES,
+            Record::Amends(_) => entry::AMENDS,
+            Record::Deletes(_) => entry::DELETES,
         }
     }
 
     /// The record a stored line is, if it is one.
     pub fn of(line: &entry::EntryLine) -> Option<Record> {
         let number = |v: &str| v.parse().ok().filter(|&n| n > 0);
-        if let Some(n) = line.attr(Self::AMENDS).and_then(number) {
+        if let Some(n) = line.attr(entry::AMENDS).and_then(number) {
             return Some(Record::Amends(n));
         }
-        line.attr(Self::DELETES)
+        line.attr(entry::DELETES)
             .and_then(number)
             .map(Record::Deletes)
     }

@@ -141,7 +141,7 @@ fn clean_attrs(attrs: &[u8]) -> Option<bool> {
         if eq == 0 || attr[eq] != b'=' {
             return None;
         }
-        record |= matches!(&attr[..eq], b"amends" | b"deletes");
+        record |= entry::is_record_key(&attr[..eq]);
     }
     Some(record)
 }
