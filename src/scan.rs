@@ -268,7 +268,7 @@ fn scan_lines(file: &File, next_id: u64, mode: Mode, mut scan: Scan) -> Result<S
                         }));
                     }
                     scan.index.push(at, e.millis);
-                    if is_record(e.attrs) {
+                    if entry::has_record_attr(e.attrs) {
                         scan.records.push(e.id);
                     }
                 }
@@ -296,11 +296,6 @@ fn scan_lines(file: &File, next_id: u64, mode: Mode, mut scan: Scan) -> Result<S
         scan.cut = Some(cut);
     }
     Ok(scan)
-}
-
-/// Whether an entry's attributes make it an amendment or a deletion.
-fn is_record(attrs: &str) -> bool {
-    entry::has_record_attr(attrs)
 }
 
 /// A `#` line: the header, an identity line, or a comment.

@@ -10,7 +10,7 @@
 //! same id and time: a line it is unsure of goes through the exact
 //! decoder, and only one that decoder refuses stops the prefix.
 
-use super::{Scan, ScanError, is_record, read_meta};
+use super::{Scan, ScanError, read_meta};
 use crate::entry;
 use std::fs::File;
 use std::io;
@@ -80,7 +80,7 @@ fn scan_block(
                 Some(fields) => Some(fields),
                 None => entry::decode_line(body)
                     .ok()
-                    .map(|e| (e.id, e.millis, is_record(e.attrs))),
+                    .map(|e| (e.id, e.millis, entry::has_record_attr(e.attrs))),
             };
             let expected = next_id + scan.index.len() as u64;
             match fields {
