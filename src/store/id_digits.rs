@@ -25,7 +25,7 @@ impl Default for IdDigits {
 impl IdDigits {
     /// `id` in decimal.
     pub fn of(&mut self, id: u64) -> &str {
-        if id != self.id.wrapping_add(1) || !self.increment() {
+        if self.id.checked_add(1) != Some(id) || !self.increment() {
             let mut digits = itoa::Buffer::new();
             let digits = digits.format(id).as_bytes();
             self.start = self.buf.len() - digits.len();
