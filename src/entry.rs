@@ -43,7 +43,7 @@ impl<'a> EntryLine<'a> {
 
     /// Who wrote the entry: a device's name, or the name a client gave.
     pub fn author(&self) -> Option<&'a str> {
-        self.attr("by")
+        author_in(self.attrs)
     }
 }
 
@@ -198,10 +198,7 @@ pub fn is_record_key(key: &[u8]) -> bool {
 /// Whether `attrs` (each with its leading tab) make their line an
 /// amendment or a deletion.
 pub fn has_record_attr(attrs: &str) -> bool {
-    attrs.split('\t').skip(1).any(|a| {
-        a.split_once('=')
-            .is_some_and(|(key, _)| is_record_key(key.as_bytes()))
-    })
+    attr_in(attrs, AMENDS).is_some() || attr_in(attrs, DELETES).is_some()
 }
 
 /// The value of attribute `key` among `attrs` (each with its leading
@@ -211,6 +208,11 @@ pub fn attr_in<'a>(attrs: &'a str, key: &str) -> Option<&'a str> {
         .split('\t')
         .skip(1)
         .find_map(|a| a.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// The author among `attrs` (`by=NAME`), as [`EntryLine::author`] reads it.
+pub fn author_in(attrs: &str) -> Option<&str> {
+    attr_in(attrs, "by")
 }
 
 /// The escaped text and the attributes of an entry line the store holds,
@@ -421,27 +423,26 @@ impl TimeCache {
             && b[23..] == offset[..]
             && b[16] == b':'
             && b[19] == b'.'
+            && let Some(within) = within_minute(b)
         {
-            let digit = |i: usize| b[i].wrapping_sub(b'0');
-            let (s1, s2) = (digit(17), digit(18));
-            let (m1, m2, m3) = (digit(20), digit(21), digit(22));
-            let second = i64::from(s1) * 10 + i64::from(s2);
-            if s1 <= 9 && s2 <= 9 && m1 <= 9 && m2 <= 9 && m3 <= 9 && second <= 60 {
-                let milli = i64::from(m1) * 100 + i64::from(m2) * 10 + i64::from(m3);
-                return Some(start + second * 1000 + milli);
-            }
+            return Some(start + within);
         }
         let millis = fast_timestamp(b)?;
-        // Checked whole: the seconds and milliseconds are digits.
-        let num = |r: std::ops::Range<usize>| {
-            b[r].iter().fold(0i64, |v, &c| v * 10 + i64::from(c - b'0'))
-        };
-        let start = millis - num(17..19) * 1000 - num(20..23);
+        let start = millis - within_minute(b).expect("checked whole");
         let minute = b[..16].try_into().expect("16 bytes");
         let offset = b[23..].try_into().expect("6 bytes");
         self.minute = Some((minute, offset, start));
         Some(millis)
     }
+}
+
+/// The milliseconds since its minute of a 29-byte time (`SS.mmm`, at most
+/// a leap second's 60), when they are digits in range.
+fn within_minute(b: &[u8]) -> Option<i64> {
+    let digit = |i: usize| Some(i64::from(b[i].wrapping_sub(b'0'))).filter(|&d| d <= 9);
+    let second = digit(17)? * 10 + digit(18)?;
+    let milli = digit(20)? * 100 + digit(21)? * 10 + digit(22)?;
+    (second <= 60).then_some(second * 1000 + milli)
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -525,7 +526,7 @@ mod tests {
             let e = decode_line(line.as_bytes()).unwrap();
             let (text, attrs) = stored_text_and_attrs(line.as_bytes()).unwrap();
             assert_eq!((text, attrs), (e.escaped_text, e.attrs), "{line}");
-            assert_eq!(attr_in(attrs, "by"), e.author());
+            assert_eq!(author_in(attrs), e.author());
             assert_eq!(stored_text(line.as_bytes()), Some(text.as_bytes()));
         }
         assert_eq!(stored_text_and_attrs(b"no tabs"), None);

@@ -228,7 +228,7 @@ fn text_matches(text: &TextMatch, line: &[u8]) -> bool {
     let Some((escaped_text, attrs)) = entry::stored_text_and_attrs(line) else {
         return false;
     };
-    let author = entry::attr_in(attrs, "by");
+    let author = entry::author_in(attrs);
     if memchr::memchr(b'\\', escaped_text.as_bytes()).is_some() {
         entry::unescape(escaped_text).is_some_and(|t| text.matches(&t, author))
     } else {
