@@ -991,22 +991,15 @@ fn export(
     format: ExportFormat,
     mut display: Display,
 ) -> Outcome {
-    if format == ExportFormat::Jsonl {
-        return export_jsonl(client, selection);
+    match format {
+        ExportFormat::Jsonl => return export_jsonl(client, selection),
+        // Text is what `diary past` prints.
+        ExportFormat::Txt => return past(client, selection, display, false),
+        ExportFormat::Md => {}
     }
-    // Text and Markdown are written as the entries stream in.
+    // Markdown is written as the entries stream in.
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    if format == ExportFormat::Txt {
-        let mut printer = Printer::new(&mut display, false, out);
-        return match client.request_each_line(&selection.request(), &mut |l| printer.line(l))? {
-            Reply::Lines(_) => {
-                printer.finish()?;
-                Ok(ExitCode::SUCCESS)
-            }
-            other => refused(other),
-        };
-    }
     let mut day = String::new();
     let mut begun = false;
     let reply = client.request_each_line(&selection.request(), &mut |line| {
@@ -1103,7 +1096,7 @@ fn export_jsonl(client: &mut Client, selection: &Selection) -> Outcome {
         &format!("/past since {} versions", first - 1),
         &mut |line| {
             // Most lines are not versions of these: only those are decoded in full.
-            let Some((id, amends)) = id_and_number_attr(line, "amends") else {
+            let Some((id, amends)) = id_and_number_attr(line, diary::entry::AMENDS) else {
                 return Ok(());
             };
             let target = amends.unwrap_or(id);
