@@ -183,10 +183,7 @@ impl Shared {
             self.batch += 1;
         }
         let durable = self.store.durable();
-        while self.unsynced.front().is_some_and(|w| w.last_id <= durable) {
-            let Some(written) = self.unsynced.pop_front() else {
-                break;
-            };
+        while let Some(written) = self.unsynced.pop_front_if(|w| w.last_id <= durable) {
             if self.spare_sites.len() < SPARE_SITE_LISTS {
                 let mut sites = written.sites;
                 sites.clear();
