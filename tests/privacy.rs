@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::netns::Link;
 use common::skip;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -12,117 +13,8 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-/// Two namespaces joined by a veth pair: the server's at `.1`, the
-/// client's at `.2`. Both are deleted on drop.
-struct Link {
-    server_ns: String,
-    client_ns: String,
-    server_ip: String,
-    client_ip: String,
-    server_dev: String,
-}
-
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-impl Link {
-    fn new() -> Option<Link> {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let tag = format!("{}x{n}", std::process::id() % 100_000);
-        let link = Link {
-            server_ns: format!("dsrv{tag}"),
-            client_ns: format!("dcli{tag}"),
-            server_ip: format!("10.78.{n}.1"),
-            client_ip: format!("10.78.{n}.2"),
-            server_dev: format!("vs{tag}"),
-        };
-        let client_dev = format!("vc{tag}");
-        let setup = || -> Result<(), String> {
-            ip(&["netns", "add", &link.server_ns])?;
-            ip(&["netns", "add", &link.client_ns])?;
-            ip(&[
-                "link",
-                "add",
-                &link.server_dev,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &client_dev,
-            ])?;
-            ip(&["link", "set", &link.server_dev, "netns", &link.server_ns])?;
-            ip(&["link", "set", &client_dev, "netns", &link.client_ns])?;
-            for (ns, dev, addr) in [
-                (&link.server_ns, &link.server_dev, &link.server_ip),
-                (&link.client_ns, &client_dev, &link.client_ip),
-            ] {
-                ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
-                ip(&["-n", ns, "link", "set", dev, "up"])?;
-                ip(&["-n", ns, "link", "set", "lo", "up"])?;
-            }
-            Ok(())
-        };
-        match setup() {
-            Ok(()) => Some(link),
-            Err(why) => {
-                skip(&format!(
-                    "no test network namespaces (needs root and iproute2): {why}"
-                ));
-                None
-            }
-        }
-    }
-
-    /// `program args…` run inside namespace `ns`.
-    fn command(ns: &str, program: &str) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", ns, program]);
-        command
-    }
-
-    /// Runs `f` on a thread that has entered the client's namespace.
-    fn in_client_ns<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{}", self.client_ns);
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).unwrap();
-            // SAFETY: a plain syscall on a file we hold; only this thread moves.
-            assert_eq!(
-                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-                0,
-                "setns: {}",
-                std::io::Error::last_os_error()
-            );
-            f()
-        })
-        .join()
-        .unwrap()
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        let _ = ip(&["netns", "del", &self.server_ns]);
-        let _ = ip(&["netns", "del", &self.client_ns]);
-    }
-}
 
 /// `diaryd` in the server's namespace, killed on drop.
 struct Server {
@@ -590,6 +482,10 @@ struct Capture {
 
 impl Capture {
     fn start(link: &Link, file: PathBuf) -> Option<Capture> {
+        if !common::have_tool("tcpdump") {
+            skip("no tcpdump on PATH (apt-get install tcpdump)");
+            return None;
+        }
         // Its messages go to a file: a closed pipe would kill it mid-capture.
         let log = file.with_extension("log");
         let child = Link::command(&link.server_ns, "tcpdump")

@@ -11,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub mod netns;
+
 /// A server running in a thread of the test; stopped and joined on drop.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -325,7 +327,12 @@ pub fn figure(stats: &[(String, u64)], name: &str) -> u64 {
 
 /// A seed-style exchange: one datagram out, one reply read with a 1024-byte buffer.
 pub fn udp_raw(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let here = if addr.is_ipv4() {
+        "127.0.0.1:0"
+    } else {
+        "[::1]:0"
+    };
+    let socket = UdpSocket::bind(here).unwrap();
     socket
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
@@ -406,6 +413,19 @@ impl LineFeed {
         }
         lines
     }
+}
+
+/// Whether `program` is on `PATH`: a test that needs a tool asks this
+/// before it starts one, rather than learning of its absence by a time-out
+/// (`ip netns exec tcpdump` spawns fine and only then fails to exec).
+pub fn have_tool(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(program))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
 }
 
 /// A test that cannot run here (it needs root, a network namespace, more
