@@ -6,6 +6,10 @@
 //! cost worth batching away. The `unsafe` below is the FFI only: pointers
 //! into buffers this module owns or borrows for the call, rebuilt before
 //! every call and read back only as far as the kernel's counts say.
+//!
+//! It also tells, for each datagram, whether it came in over the loopback
+//! interface ([`RecvBatch::via_loopback`]): an address alone proves
+//! nothing, since another machine can send from a forged `::ffff:127.0.0.1`.
 
 use mio::net::UdpSocket;
 use std::io;
@@ -15,6 +19,45 @@ use std::net::SocketAddr;
 pub const BATCH: usize = 64;
 /// Room for the largest UDP payload.
 const SLOT: usize = 65_536;
+/// Room for one datagram's control messages: its `IP_PKTINFO` or
+/// `IPV6_PKTINFO` (40 bytes at most), in `u64`s for the header's alignment.
+#[cfg(target_os = "linux")]
+const CONTROL_WORDS: usize = 8;
+/// The loopback interface's index in every network namespace
+/// (`LOOPBACK_IFINDEX` in the kernel's `net_namespace.h`).
+#[cfg(target_os = "linux")]
+const LOOPBACK_IFINDEX: i32 = 1;
+
+/// Asks the kernel to say which interface each datagram came in on, so
+/// that [`RecvBatch::via_loopback`] can tell. Call once on a bound socket.
+pub fn report_arrival(socket: &UdpSocket) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let (level, name) = match socket.local_addr()? {
+            SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_PKTINFO),
+            // On a dual-stack socket this reports IPv4 datagrams too.
+            SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO),
+        };
+        let on: libc::c_int = 1;
+        // SAFETY: a plain setsockopt with a pointer to a live c_int of the size given.
+        let r = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                level,
+                name,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = socket;
+    Ok(())
+}
 
 /// Buffers to receive up to [`BATCH`] datagrams with one call.
 #[derive(Default)]
@@ -22,10 +65,13 @@ pub struct RecvBatch {
     /// `BATCH` slots of `SLOT` bytes, allocated at the first receive (an
     /// untouched page costs no memory, so this is mostly address space).
     buf: Vec<u8>,
-    /// Slot, length and source of each datagram of the last receive.
-    received: Vec<(usize, usize, SocketAddr)>,
+    /// Slot, length, source, and whether it came via loopback, of each
+    /// datagram of the last receive.
+    received: Vec<(usize, usize, SocketAddr, bool)>,
     #[cfg(target_os = "linux")]
     names: Vec<socket2::SockAddrStorage>,
+    #[cfg(target_os = "linux")]
+    controls: Vec<[u64; CONTROL_WORDS]>,
 }
 
 impl RecvBatch {
@@ -44,8 +90,16 @@ impl RecvBatch {
 
     /// The `i`th datagram of the last [`RecvBatch::recv`], with its source.
     pub fn get(&self, i: usize) -> (&[u8], SocketAddr) {
-        let (slot, len, from) = self.received[i];
+        let (slot, len, from, _) = self.received[i];
         (&self.buf[slot * SLOT..slot * SLOT + len], from)
+    }
+
+    /// Whether the `i`th datagram came in over the loopback interface;
+    /// false unless [`report_arrival`] was called. (Linux delivers an IPv6
+    /// datagram from a forged v4-mapped loopback source on any interface.)
+    /// Where the kernel does not say, only a plain IPv4 or IPv6 source counts.
+    pub fn via_loopback(&self, i: usize) -> bool {
+        self.received[i].3
     }
 
     #[cfg(target_os = "linux")]
@@ -54,6 +108,7 @@ impl RecvBatch {
         use std::os::fd::AsRawFd;
         if self.names.is_empty() {
             self.names = (0..BATCH).map(|_| SockAddrStorage::zeroed()).collect();
+            self.controls = vec![[0; CONTROL_WORDS]; BATCH];
         }
         // SAFETY: all-zero is a valid value of these plain C structs.
         let mut iovecs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
@@ -63,13 +118,15 @@ impl RecvBatch {
             let name_len = self.names[i].size_of();
             let name = (&mut self.names[i] as *mut SockAddrStorage).cast();
             aim(header, iovec, (slot.cast(), SLOT), (name, name_len));
+            header.msg_hdr.msg_control = self.controls[i].as_mut_ptr().cast();
+            header.msg_hdr.msg_controllen = std::mem::size_of::<[u64; CONTROL_WORDS]>();
         }
         // Through try_io, as mio asks of I/O on a registered socket's fd, so
         // that a WouldBlock re-arms readiness where mio needs it.
         let n = socket.try_io(|| {
-            // SAFETY: every header points at one live slot of SLOT bytes and
-            // one live address buffer of the size it states; none moves or
-            // is read during the call.
+            // SAFETY: every header points at one live slot of SLOT bytes, one
+            // live address buffer and one live control buffer of the sizes
+            // it states; none moves or is read during the call.
             let n = unsafe {
                 libc::recvmmsg(
                     socket.as_raw_fd(),
@@ -90,7 +147,9 @@ impl RecvBatch {
             // SAFETY: the kernel wrote a socket address of this length into it.
             let name = unsafe { SockAddr::new(storage, header.msg_hdr.msg_namelen) };
             if let Some(from) = name.as_socket() {
-                self.received.push((i, header.msg_len as usize, from));
+                let via_lo = arrival_ifindex(&header.msg_hdr) == Some(LOOPBACK_IFINDEX);
+                self.received
+                    .push((i, header.msg_len as usize, from, via_lo));
             }
         }
         Ok(())
@@ -101,7 +160,10 @@ impl RecvBatch {
         for slot in 0..BATCH {
             let buf = &mut self.buf[slot * SLOT..(slot + 1) * SLOT];
             match socket.recv_from(buf) {
-                Ok((len, from)) => self.received.push((slot, len, from)),
+                Ok((len, from)) => {
+                    let plain_form = from.ip().to_canonical() == from.ip();
+                    self.received.push((slot, len, from, plain_form))
+                }
                 Err(e) if slot > 0 && e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             }
@@ -164,6 +226,39 @@ pub fn send<'a>(
             None => Ok(0),
         }
     }
+}
+
+/// The interface a received datagram came in on, from its `IP_PKTINFO`
+/// or `IPV6_PKTINFO` control message; `None` without one.
+#[cfg(target_os = "linux")]
+fn arrival_ifindex(header: &libc::msghdr) -> Option<i32> {
+    // SAFETY: the header's control buffer is ours, and the kernel set
+    // msg_controllen to what it wrote there; the CMSG macros stay inside
+    // it, and each payload is read unaligned at the length its header gives.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(header);
+        while !cmsg.is_null() {
+            let data = libc::CMSG_DATA(cmsg);
+            let len = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
+            match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
+                (libc::IPPROTO_IP, libc::IP_PKTINFO)
+                    if len >= std::mem::size_of::<libc::in_pktinfo>() =>
+                {
+                    let info: libc::in_pktinfo = std::ptr::read_unaligned(data.cast());
+                    return Some(info.ipi_ifindex);
+                }
+                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO)
+                    if len >= std::mem::size_of::<libc::in6_pktinfo>() =>
+                {
+                    let info: libc::in6_pktinfo = std::ptr::read_unaligned(data.cast());
+                    return i32::try_from(info.ipi6_ifindex).ok();
+                }
+                _ => {}
+            }
+            cmsg = libc::CMSG_NXTHDR(header, cmsg);
+        }
+    }
+    None
 }
 
 /// Points one header at one buffer, through its iovec, and one address.

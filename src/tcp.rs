@@ -11,7 +11,7 @@
 
 use crate::follow::{Fed, Follower};
 use crate::framing::{Frame, LineFramer, OutBuf};
-use crate::gatekeeper::{Peer, PlaintextRule, SharedGate};
+use crate::gatekeeper::{self, Peer, PlaintextRule, SharedGate};
 use crate::history::{self, PastCursor};
 use crate::limits::Limits;
 use crate::logging::{self, Throttle};
@@ -129,6 +129,8 @@ enum Link {
 struct Conn {
     stream: TcpStream,
     from: SocketAddr,
+    /// Both ends are loopback addresses: the client is on this machine.
+    local: bool,
     link: Link,
     framer: LineFramer,
     out: OutBuf,
@@ -152,9 +154,16 @@ struct Conn {
 
 impl Conn {
     fn new(stream: TcpStream, from: SocketAddr, max_line: usize) -> Conn {
+        // Both ends on loopback: the handshake proved the peer got our
+        // SYN-ACK at a loopback address, which never leaves this machine.
+        let local = gatekeeper::is_loopback(from.ip())
+            && stream
+                .local_addr()
+                .is_ok_and(|ours| gatekeeper::is_loopback(ours.ip()));
         Conn {
             stream,
             from,
+            local,
             link: Link::Undecided,
             framer: LineFramer::new(max_line),
             out: OutBuf::default(),
@@ -398,7 +407,7 @@ impl TcpSide {
                 Ok(_) if noise_wire::is_encrypted(first[0]) => {
                     conn.link = Link::Secure(Box::default());
                 }
-                Ok(_) if self.plaintext.allows(conn.from.ip()) => {
+                Ok(_) if self.plaintext.allows(conn.local) => {
                     conn.link = Link::Plain;
                 }
                 Ok(_) => {

@@ -9,7 +9,7 @@
 
 use crate::cookie::{Cookie, CookieJar};
 use crate::datagrams::{self, RecvBatch};
-use crate::gatekeeper::{PlaintextRule, SharedGate};
+use crate::gatekeeper::{self, PlaintextRule, SharedGate};
 use crate::limits::Limits;
 use crate::noise_wire::{self, Datagram, Refusal};
 use crate::protocol::{self, Command, Envelope, Oversize};
@@ -43,6 +43,15 @@ pub fn request_bytes(datagram: &[u8]) -> &[u8] {
     } else {
         d
     }
+}
+
+/// Where a datagram came from.
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    addr: SocketAddr,
+    /// Sent from this machine: a loopback source that came in over the
+    /// loopback interface.
+    local: bool,
 }
 
 /// A reply waiting for the socket.
@@ -100,6 +109,7 @@ impl UdpSide {
     }
 
     pub fn register(&mut self, registry: &Registry) -> io::Result<()> {
+        datagrams::report_arrival(&self.socket)?;
         registry.register(&mut self.socket, self.token, Interest::READABLE)
     }
 
@@ -125,9 +135,10 @@ impl UdpSide {
                 Ok(n) => {
                     read += n.max(1);
                     for i in 0..n {
-                        let (datagram, from) = batch.get(i);
-                        self.sources.saw(from, now);
-                        self.answer(datagram, from, service);
+                        let (datagram, addr) = batch.get(i);
+                        self.sources.saw(addr, now);
+                        let local = batch.via_loopback(i) && gatekeeper::is_loopback(addr.ip());
+                        self.answer(datagram, Source { addr, local }, service);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -142,13 +153,13 @@ impl UdpSide {
         service.stats().udp_sources = self.sources.len() as u64;
     }
 
-    fn answer(&mut self, datagram: &[u8], from: SocketAddr, service: &mut impl Service) {
+    fn answer(&mut self, datagram: &[u8], from: Source, service: &mut impl Service) {
         if datagram
             .first()
             .is_some_and(|&b| noise_wire::is_encrypted(b))
         {
-            self.answer_encrypted(datagram, from, service);
-        } else if self.plaintext.allows(from.ip()) {
+            self.answer_encrypted(datagram, from.addr, service);
+        } else if self.plaintext.allows(from.local) {
             self.answer_request(request_bytes(datagram), datagram.len(), from, None, service);
         } else {
             // Nothing else: no history, nothing stored, and within 3x.
@@ -156,7 +167,7 @@ impl UdpSide {
             if protocol::AUTH_REQUIRED.len() <= AMPLIFICATION * datagram.len() {
                 let mut reply = self.spare.pop().unwrap_or_default();
                 reply.extend_from_slice(protocol::AUTH_REQUIRED);
-                self.push(from, reply, 0, 0, service);
+                self.push(from.addr, reply, 0, 0, service);
             }
         }
     }
@@ -189,6 +200,11 @@ impl UdpSide {
                 );
                 if let Some(opened) = opened {
                     let request = request_bytes(&plain);
+                    // The session proves the source, wherever it came from.
+                    let from = Source {
+                        addr: from,
+                        local: false,
+                    };
                     self.answer_request(request, datagram.len(), from, Some(opened), service);
                 }
                 self.plain = plain;
@@ -235,7 +251,7 @@ impl UdpSide {
         &mut self,
         request: &[u8],
         size: usize,
-        from: SocketAddr,
+        from: Source,
         session: Option<Opened>,
         service: &mut impl Service,
     ) {
@@ -255,7 +271,7 @@ impl UdpSide {
             service.commit();
         }
         let cookie = match request.command {
-            Ok(Command::Cookie) => self.cookies.issue(from.ip(), Instant::now()),
+            Ok(Command::Cookie) => self.cookies.issue(from.addr.ip(), Instant::now()),
             _ => Cookie::default(),
         };
         let transport = Transport::Udp {
@@ -297,20 +313,15 @@ impl UdpSide {
             _ => None,
         };
         let index = session.map_or(0, |s| s.index);
-        self.push(from, reply, hold.unwrap_or(0), index, service);
+        self.push(from.addr, reply, hold.unwrap_or(0), index, service);
     }
 
     /// How big the reply to a datagram of `size` bytes from `from` may be:
     /// 1024 bytes to a raw request, the envelope's `max=` or the default
     /// to a tagged one; and to a source that has not proven its address
-    /// (loopback, or a valid cookie), at most [`AMPLIFICATION`] times the
-    /// request. `from` is `None` for a source a session proved.
-    fn reply_limit(
-        &self,
-        envelope: Option<&Envelope>,
-        size: usize,
-        from: Option<SocketAddr>,
-    ) -> usize {
+    /// (this machine, or a valid cookie), at most [`AMPLIFICATION`] times
+    /// the request. `from` is `None` for a source a session proved.
+    fn reply_limit(&self, envelope: Option<&Envelope>, size: usize, from: Option<Source>) -> usize {
         let limit = match envelope {
             None => RAW_REPLY_LIMIT,
             Some(e) => e
@@ -321,11 +332,10 @@ impl UdpSide {
         let Some(from) = from else {
             return limit;
         };
-        let ip = from.ip();
-        let proven = (self.limits.loopback_exempt && ip.is_loopback())
+        let proven = (self.limits.loopback_exempt && from.local)
             || envelope
                 .and_then(|e| e.cookie)
-                .is_some_and(|c| self.cookies.check(ip, c, Instant::now()));
+                .is_some_and(|c| self.cookies.check(from.addr.ip(), c, Instant::now()));
         if proven {
             limit
         } else {

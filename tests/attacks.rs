@@ -1,0 +1,130 @@
+//! Attacks from another machine, each reproduced as that machine would
+//! send it: `diaryd` in one network namespace, the attacker in another,
+//! joined by a veth pair, with a raw sender that forges any source
+//! address. The tests need root (CI runs as root and fails them rather
+//! than skip them). docs/SECURITY.md lists what each one shows.
+
+mod common;
+
+use common::netns::{self, Link};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// `diaryd` listening on every address of the server's namespace, IPv4
+/// and IPv6 on one dual-stack socket, with keys required (an allow file
+/// with no device in it): plaintext is for this machine only.
+fn keyed_server(link: &Link, dir: &Path) -> (common::Daemon, PathBuf) {
+    let allow = dir.join("allow");
+    std::fs::write(&allow, "# no devices\n").unwrap();
+    let file = dir.join("d.log");
+    let mut command = Link::command(&link.server_ns, env!("CARGO_BIN_EXE_diaryd"));
+    command
+        .args(["--listen", "[::]:0", "--fsync", "never", "--allow"])
+        .arg(&allow)
+        .arg("--file")
+        .arg(&file);
+    (common::Daemon::spawn(command).unwrap(), file)
+}
+
+/// The server's `/stats`, asked from its own machine.
+fn stats_inside(link: &Link, port: u16) -> Vec<(String, u64)> {
+    let local = SocketAddr::from(([127, 0, 0, 1], port));
+    link.in_server_ns(move || common::stats(local))
+}
+
+fn at(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse::<IpAddr>().unwrap(), port)
+}
+
+/// Issue 26, 1: a datagram from a forged loopback source, v4-mapped
+/// (`::ffff:127.0.0.1`, which Linux delivers from any interface) or plain
+/// IPv4 (delivered where `route_localnet` is on), is plaintext from
+/// another machine: refused, nothing stored. The same over TCP cannot
+/// even connect. A real client on the server's machine is still served.
+#[test]
+fn a_forged_loopback_source_is_not_trusted() {
+    let Some(link) = Link::new() else {
+        return;
+    };
+    // The plain IPv4 form reaches the socket only with these on.
+    for key in ["route_localnet", "accept_local"] {
+        for dev in ["all", &link.server_dev] {
+            let key = format!("net.ipv4.conf.{dev}.{key}");
+            netns::sysctl(&link.server_ns, &key, "1");
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (server, file) = keyed_server(&link, dir.path());
+    let port = server.addr.port();
+    let to6 = at(&link.server_ip6, port);
+    let to4 = at(&link.server_ip, port);
+    let forged = [
+        netns::udp_packet(
+            at("::ffff:127.0.0.1", 40_001),
+            to6,
+            b"/write forged v4-mapped\n",
+        ),
+        netns::udp_packet(at("127.0.0.1", 40_002), to4, b"/write forged plain v4\n"),
+        // Both ends loopback, yet it came in on the link.
+        netns::udp_packet(
+            at("127.0.0.1", 40_005),
+            at("127.0.0.1", port),
+            b"/write forged to loopback\n",
+        ),
+        // The same, honest about its source: the control.
+        netns::udp_packet(
+            at(&link.client_ip6, 40_003),
+            to6,
+            b"/write honest outsider\n",
+        ),
+    ];
+    for packet in forged {
+        link.send_raw(packet);
+    }
+    // Every one reached the socket and was refused as plaintext.
+    common::wait_for("four refusals", Duration::from_secs(5), || {
+        common::figure(&stats_inside(&link, port), "plaintext_refused") >= 4
+    });
+    // TCP from a forged loopback source: the SYN-ACK goes to this
+    // machine's loopback, so a blind guess of the rest stores nothing.
+    let from = at("::ffff:127.0.0.1", 40_004);
+    link.send_raw(netns::tcp_packet(from, to6, 0x02, (1000, 0), b""));
+    link.send_raw(netns::tcp_packet(from, to6, 0x10, (1001, 1), b""));
+    link.send_raw(netns::tcp_packet(
+        from,
+        to6,
+        0x18,
+        (1001, 1),
+        b"/write forged over tcp\n",
+    ));
+    // On the server's own machine plaintext is served, on both forms.
+    link.in_server_ns(move || {
+        for local in [at("127.0.0.1", port), at("::1", port)] {
+            let mut c = common::Tcp::connect(local);
+            c.send("/write from this machine");
+            assert!(c.line().starts_with("ok "));
+            let reply = common::udp_raw(local, b"/write from this machine over udp\n");
+            assert!(
+                reply.starts_with(b"ok "),
+                "{:?}",
+                String::from_utf8_lossy(&reply)
+            );
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let texts: Vec<String> = common::file_entries(&file)
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "from this machine",
+            "from this machine over udp",
+            "from this machine",
+            "from this machine over udp",
+        ]
+    );
+    drop(server);
+}
