@@ -812,6 +812,22 @@ pub fn commit_failed_line(error: &dyn fmt::Display) -> Vec<u8> {
     line
 }
 
+/// The reply to a retry of write `id` while the file at the diary's path
+/// is not the diary diaryd wrote it into (`why`): "stored" would not be
+/// true of the file there, so the client is told to send it again later.
+pub fn stored_elsewhere_line(id: u64, why: &dyn fmt::Display) -> Vec<u8> {
+    let mut line = Vec::new();
+    push_error(
+        &mut line,
+        ErrorCode::Io,
+        &format_args!(
+            "this write was stored as #{id} in the file diaryd wrote, but {why}; send it \
+             again once the diary is back"
+        ),
+    );
+    line
+}
+
 /// A reply that could not read the diary.
 pub fn push_read_error(out: &mut Vec<u8>, error: &dyn fmt::Display) {
     push_error(

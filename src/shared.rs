@@ -274,6 +274,11 @@ impl Service for Shared {
         };
         if let Some(seen) = self.replay.get(tag) {
             protocol::push_tag(out, tag);
+            if let Some(lost) = self.store.lost() {
+                let why = self.store.describe(lost);
+                out.extend_from_slice(&protocol::stored_elsewhere_line(seen.id, &why));
+                return Outcome::Replied;
+            }
             let ack_at = out.len();
             let mut digits = itoa::Buffer::new();
             protocol::push_ack(out, digits.format(seen.id), seen.timestamp);

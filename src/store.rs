@@ -13,7 +13,8 @@
 //! path still names the file it holds
 //! and that the file is the size it wrote. Lines a person appended are
 //! indexed if they are entries; a copy of this diary saved over it (an
-//! editor's save) is re-opened; anything else refuses writes (`err io`,
+//! editor's save) is re-opened, with what it lacks of the acknowledged
+//! entries appended back first; anything else refuses writes (`err io`,
 //! with what happened and what to do) and keeps serving reads, so no write
 //! is ever acknowledged into a file that is no longer the diary.
 
@@ -294,6 +295,8 @@ pub struct Store {
     /// The time given to the last batch.
     last_stamp: i64,
     lost: Option<Lost>,
+    /// The last file seen at the path and refused, while it stays as it was.
+    refused: Option<watch::Refused>,
     /// Policy `always` with a syncer: flushes run off the loop's thread.
     syncer: Option<Syncer>,
     waker: Option<std::sync::Arc<mio::Waker>>,
@@ -420,6 +423,7 @@ impl Store {
             batch_clock: None,
             last_stamp,
             lost: None,
+            refused: None,
             syncer: None,
             waker: None,
             durable: (0, 0, 0),

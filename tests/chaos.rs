@@ -11,6 +11,10 @@
 //!   or the unflushed batch torn by a hole of NUL bytes. A new server must
 //!   start on it by itself.
 //!
+//! - editor saves: while the writers write, an operator saves older
+//!   copies of the diary over it, as an editor, `sed -i` and a sync tool
+//!   restoring a copy do; what the copies lack is appended back.
+//!
 //! Short by default (CI). Longer: DIARY_CHAOS_ROUNDS=110 cargo test --test chaos
 
 mod common;
@@ -198,6 +202,65 @@ fn kill_9_loop_loses_nothing_and_doubles_nothing() {
     drop(daemon);
     let total = check_exactly_once(&file, &acked);
     println!("{kills} kills, {total} writes acknowledged, each stored exactly once");
+    assert!(total > 0);
+}
+
+/// An operator at work on the diary while writers write: an editor that
+/// reads the file, pauses, and saves its copy (with a comment edited); a
+/// real `sed -i`; a sync tool that puts back the copy it took a moment
+/// ago. Every acknowledged write is in the file once, under its id.
+#[test]
+fn editor_saves_restores_and_sed_while_writers_write_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("diary.log");
+    let daemon = Daemon::start(&file, &[]);
+    let mut notes = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap();
+    writeln!(notes, "# operator notes").unwrap();
+    drop(notes);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(daemon.addr, &stop);
+    let save_over = |contents: &[u8]| {
+        let copy = dir.path().join(".diary.log.swp");
+        std::fs::write(&copy, contents).unwrap();
+        std::fs::rename(&copy, &file).unwrap();
+    };
+    let actions = rounds(6);
+    for round in 0..actions {
+        let pause = Duration::from_millis(20 + (round as u64 * 29) % 60);
+        match round % 3 {
+            0 => {
+                let copy = std::fs::read_to_string(&file).unwrap();
+                std::thread::sleep(pause);
+                save_over(
+                    copy.replace("# operator notes", "# operator notes+")
+                        .as_bytes(),
+                );
+            }
+            1 => {
+                let status = std::process::Command::new("sed")
+                    .args(["-i", "s/^# operator notes.*/&!/"])
+                    .arg(&file)
+                    .status()
+                    .expect("sed runs");
+                assert!(status.success());
+            }
+            _ => {
+                let taken = std::fs::read(&file).unwrap();
+                std::thread::sleep(pause);
+                save_over(&taken);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(80));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::SeqCst);
+    let acked: Vec<Acked> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    drop(daemon);
+    let total = check_exactly_once(&file, &acked);
+    println!("{actions} saves over the diary, {total} writes acknowledged, each stored once");
     assert!(total > 0);
 }
 

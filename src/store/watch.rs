@@ -1,18 +1,22 @@
 //! diaryd owns its file while it runs: before every batch and its commit
 //! (and once a second when idle) the store looks at what the path names.
 //! Lines a person appended are indexed if they are entries; an editor's save
-//! of the same diary is re-opened; anything else refuses writes ([`Lost`])
-//! and keeps serving reads, so no write is acknowledged into a file that is
-//! no longer the diary. Writes not yet flushed into a file that went away
-//! are given up, for their acks to say so.
+//! of the same diary is re-opened, with any acknowledged entries the saved
+//! copy lacks appended back to it first; anything else refuses writes
+//! ([`Lost`]) and keeps serving reads, so no write is acknowledged into a
+//! file that is no longer the diary, and no acknowledged entry is lost to
+//! an older copy. Writes not yet flushed into a file that went away are
+//! given up, for their acks to say so.
 
-use super::{Store, open_locked};
+use super::{FileId, Store, open_locked};
 use crate::disk::Disk;
+use crate::entry;
 use crate::scan::{self, Mode, Scan, ScanError};
 use crate::syncer::Syncer;
-use std::fs::File;
-use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::PathBuf;
 
 /// Why writes are refused: the file at the path is not the diary diaryd
 /// holds, or not as it left it.
@@ -26,6 +30,36 @@ pub enum Lost {
     Truncated { len: u64, expected: u64 },
     /// A line added to the file is not an entry that can follow.
     BadLine { line: u64, reason: String },
+    /// A copy of this diary was saved over it whose entries from `first`
+    /// on are not the ones diaryd acknowledged under those ids (lines
+    /// added to the copy by hand while diaryd wrote others): both cannot
+    /// keep the ids. diaryd's own file was copied whole to `kept`.
+    Conflict { first: u64, kept: PathBuf },
+}
+
+/// A file seen at the path and refused: not looked at again while it
+/// stays the same (a whole scan each second would be wasted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Refused {
+    /// The file, its length and its modification time.
+    seen: (FileId, u64, (i64, i64)),
+    lost: Lost,
+}
+
+/// How a copy saved over the diary stands to the entries diaryd holds.
+#[derive(Debug, PartialEq, Eq)]
+enum Comparison {
+    /// Every entry diaryd holds is in it, under its id; `edited` of them
+    /// were changed by hand.
+    Holds { edited: Vec<u64> },
+    /// It ends before entry `first_missing`, which diaryd holds and
+    /// acknowledged (an older copy); `edited` as above.
+    Lacks {
+        first_missing: u64,
+        edited: Vec<u64>,
+    },
+    /// Its entry `first` and those after are other entries than diaryd's.
+    Differs { first: u64 },
 }
 
 impl Store {
@@ -92,8 +126,20 @@ impl Store {
             Err(e) => return Err(Lost::Replaced(format!("cannot look at it: {e}"))),
         };
         if (meta.dev(), meta.ino()) != self.held {
+            let seen = (
+                (meta.dev(), meta.ino()),
+                meta.len(),
+                (meta.mtime(), meta.mtime_nsec()),
+            );
+            if let Some(refused) = self.refused.as_ref().filter(|r| r.seen == seen) {
+                return Err(refused.lost.clone());
+            }
             self.drop_unsynced_of_old_file();
-            return self.adopt().map(|()| true);
+            return self.adopt().map(|()| true).map_err(|lost| {
+                let lost_again = lost.clone();
+                self.refused = Some(Refused { seen, lost });
+                lost_again
+            });
         }
         let len = meta.len();
         if len < self.committed_len {
@@ -152,7 +198,9 @@ impl Store {
 
     /// Re-opens the path, which names another file now: an editor's save
     /// or `sed -i` replaced the diary. Only a whole, valid copy of this
-    /// same diary is taken.
+    /// same diary is taken, and only once it holds every entry diaryd
+    /// acknowledged: those an older copy lacks are appended back to it,
+    /// with their ids, times, text and tags, before anything else.
     fn adopt(&mut self) -> Result<(), Lost> {
         let file = open_locked(&self.path).map_err(|e| {
             Lost::Replaced(match e {
@@ -161,7 +209,7 @@ impl Store {
             })
         })?;
         let meta = file.metadata().map_err(|e| Lost::Replaced(e.to_string()))?;
-        let scan: Scan = scan::scan(&file, scan::From::START, Mode::Strict)
+        let mut scan: Scan = scan::scan(&file, scan::From::START, Mode::Strict)
             .map_err(|e| Lost::Replaced(format!("it is not a whole diary ({e})")))?;
         if scan.identity.as_deref() != Some(self.identity.as_str()) {
             return Err(Lost::Replaced(match scan.identity {
@@ -169,11 +217,47 @@ impl Store {
                 None => "it has no diary id, so it is not this diary".into(),
             }));
         }
-        log::warn!(
-            "{} was replaced by an edited copy of this diary ({} entries); writing to the new file",
-            self.path.display(),
-            scan.index.len()
-        );
+        let unreadable = |e: io::Error| Lost::Replaced(format!("cannot read it: {e}"));
+        let comparison = self.compare(&file, &scan).map_err(unreadable)?;
+        let copy_entries = scan.index.len();
+        let edited = match comparison {
+            Comparison::Holds { edited } => edited,
+            Comparison::Lacks {
+                first_missing,
+                edited,
+            } => {
+                self.restore(&file, &mut scan, first_missing)
+                    .map_err(|e| Lost::Replaced(format!("cannot append to it: {e}")))?;
+                log::warn!(
+                    "{} was replaced by an older copy of this diary ({copy_entries} entries), \
+                     without entries {first_missing} to {} that diaryd had acknowledged \
+                     since it was read; they were appended back to it, with their ids, \
+                     times and text{}",
+                    self.path.display(),
+                    self.committed,
+                    edited_note(&edited)
+                );
+                edited
+            }
+            Comparison::Differs { first } => {
+                let kept = self.keep_conflict().map_err(|e| {
+                    Lost::Replaced(format!(
+                        "its entries from {first} on differ from the ones diaryd \
+                         acknowledged, and diaryd could not keep its own copy aside: {e}"
+                    ))
+                })?;
+                return Err(Lost::Conflict { first, kept });
+            }
+        };
+        if scan.index.len() == copy_entries {
+            log::warn!(
+                "{} was replaced by an edited copy of this diary ({} entries); writing to \
+                 the new file{}",
+                self.path.display(),
+                scan.index.len(),
+                edited_note(&edited)
+            );
+        }
         if let Some(waker) = self.waker.clone() {
             let handle = file
                 .sync_handle()
@@ -189,7 +273,143 @@ impl Store {
         self.index = scan.index;
         self.unsynced_since = None;
         self.durable = self.written();
+        self.refused = None;
+        // The copy's amendments and deletions are the ones that count now.
+        self.edits.clear();
+        self.records.clear();
+        self.note_records(&scan.records)
+            .map_err(|e| Lost::Replaced(format!("cannot read it: {e}")))?;
         Ok(())
+    }
+
+    /// Compares a copy saved over the diary (`file`, scanned as `copy`)
+    /// with the entries diaryd holds, by id. An entry whose time or text
+    /// is as diaryd wrote it is the same entry (a hand edit changes one of
+    /// them); one that differs in both, with none the same after it, is
+    /// another entry: lines added to the copy while diaryd wrote others.
+    fn compare(&self, file: &File, copy: &Scan) -> io::Result<Comparison> {
+        let ours = self.committed;
+        let both = ours.min(copy.index.len());
+        let copy_line = |i: usize| -> io::Result<Vec<u8>> { line_at(file, copy.index.offsets[i]) };
+        let mut first_other = both;
+        for i in (0..both).rev() {
+            if self.index.millis[i] == copy.index.millis[i] {
+                break;
+            }
+            let mine = self.read_line(i as u64 + 1)?;
+            let theirs = copy_line(i)?;
+            if text_of(&mine) == text_of(&theirs) {
+                break;
+            }
+            first_other = i;
+        }
+        if first_other < both {
+            return Ok(Comparison::Differs {
+                first: first_other as u64 + 1,
+            });
+        }
+        let edited = self.edited_in(file, copy, both)?;
+        Ok(if copy.index.len() >= ours {
+            Comparison::Holds { edited }
+        } else {
+            Comparison::Lacks {
+                first_missing: both as u64 + 1,
+                edited,
+            }
+        })
+    }
+
+    /// The ids among the first `count` entries whose line in the copy is
+    /// not the line diaryd wrote. Read a span at a time, both files side by
+    /// side, line by line only where a span differs.
+    fn edited_in(&self, file: &File, copy: &Scan, count: usize) -> io::Result<Vec<u64>> {
+        const SPAN: u64 = 1 << 20;
+        let copy_offset = |i: usize| copy.index.offsets.get(i).copied().unwrap_or(copy.len);
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        let mut edited = Vec::new();
+        let mut first = 1;
+        while first <= count as u64 {
+            let end = self.id_after_bytes(first, SPAN).min(count as u64 + 1);
+            ours.clear();
+            self.read_span(first, end, &mut ours)?;
+            let (from, to) = (
+                copy_offset(first as usize - 1),
+                copy_offset(end as usize - 1),
+            );
+            theirs.resize((to - from) as usize, 0);
+            file.read_exact_at(&mut theirs, from)?;
+            if ours != theirs {
+                let base = self.offset_of(first);
+                for id in first..end {
+                    let mine = self.line_in(&ours, base, id)?;
+                    let at = (copy_offset(id as usize - 1) - from) as usize;
+                    let line = theirs[at..]
+                        .split(|&b| b == b'\n')
+                        .next()
+                        .unwrap_or_default();
+                    if mine.strip_suffix(b"\n").unwrap_or(mine) != line {
+                        edited.push(id);
+                    }
+                }
+            }
+            first = end;
+        }
+        Ok(edited)
+    }
+
+    /// Appends to `file` (an older copy, scanned as `copy`) the lines of
+    /// the file diaryd holds from entry `first` to its end, flushes them,
+    /// and indexes them into `copy`. Comments among them go along.
+    fn restore(&self, file: &File, copy: &mut Scan, first: u64) -> io::Result<()> {
+        let from = self.offset_of(first);
+        let mut missing = vec![0; (self.committed_len - from) as usize];
+        self.disk.read_at(&mut missing, from)?;
+        let mut out = file;
+        out.write_all(&missing)?;
+        file.sync_data()?;
+        let after = scan::From {
+            offset: copy.len,
+            line: copy.lines,
+            next_id: copy.index.len() as u64 + 1,
+        };
+        let added = scan::scan(file, after, Mode::Strict).map_err(|e| match e {
+            ScanError::Io(e) => e,
+            ScanError::Bad(bad) => io::Error::other(bad.to_string()),
+        })?;
+        for i in 0..added.index.len() {
+            copy.index
+                .push(added.index.offsets[i], added.index.millis[i]);
+        }
+        copy.records.extend(&added.records);
+        copy.len = added.len;
+        copy.lines = added.lines;
+        Ok(())
+    }
+
+    /// Copies the whole file diaryd holds to `FILE.conflict-TIME` (mode
+    /// 0600, flushed), for a person to merge; its path.
+    fn keep_conflict(&self) -> io::Result<PathBuf> {
+        let stamp = chrono::Local::now().format("%Y%m%dT%H%M%S");
+        let mut name = self.path.clone().into_os_string();
+        name.push(format!(".conflict-{stamp}"));
+        let kept = PathBuf::from(name);
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&kept)?;
+        const CHUNK: u64 = 1 << 20;
+        let mut buf = Vec::new();
+        let mut at = 0;
+        while at < self.committed_len {
+            let len = CHUNK.min(self.committed_len - at);
+            buf.resize(len as usize, 0);
+            self.disk.read_at(&mut buf, at)?;
+            out.write_all(&buf)?;
+            at += len;
+        }
+        out.sync_all()?;
+        Ok(kept)
     }
 
     /// What happened to the file and what to do, for the log and `err io`.
@@ -213,6 +433,17 @@ impl Store {
                 "{p} was cut to {len} bytes while diaryd ran (it wrote {expected}); {keep}. \
                  Restore it from a backup, or restart diaryd to accept it as it is"
             ),
+            Lost::Conflict { first, kept } => format!(
+                "{p} was replaced by a copy of this diary whose entries from {first} on are \
+                 not the ones diaryd acknowledged under those ids ({first} to {n}): lines \
+                 were added to the copy while diaryd wrote others, and both cannot keep the \
+                 ids. diaryd's own file is kept whole in {kept}; {keep}. Put it back \
+                 (mv {qk} {qp}) and write the copy's new lines again with `diary write`, or \
+                 restart diaryd to take the new file as it is",
+                kept = kept.display(),
+                qk = super::shell_quote(kept),
+                qp = super::shell_quote(&self.path),
+            ),
             Lost::BadLine { line, reason } => format!(
                 "{p}:{line}: a line added while diaryd ran is not an entry that can follow: \
                  {reason}; {keep}. Remove that line (write it with `diary write` instead), \
@@ -220,4 +451,50 @@ impl Store {
             ),
         }
     }
+}
+
+/// The line that starts at `offset` in `file`, without its newline.
+fn line_at(file: &File, offset: u64) -> io::Result<Vec<u8>> {
+    let mut line = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut at = offset;
+    loop {
+        let n = FileExt::read_at(file, &mut buf, at)?;
+        if n == 0 {
+            return Ok(line);
+        }
+        if let Some(end) = memchr::memchr(b'\n', &buf[..n]) {
+            line.extend_from_slice(&buf[..end]);
+            return Ok(line);
+        }
+        line.extend_from_slice(&buf[..n]);
+        at += n as u64;
+    }
+}
+
+/// An entry line's text, as stored (escaped); the whole line if it is not
+/// one (it then matches only itself).
+fn text_of(line: &[u8]) -> &[u8] {
+    match entry::decode_line(line) {
+        Ok(e) => e.escaped_text.as_bytes(),
+        Err(_) => line,
+    }
+}
+
+/// ", keeping the hand edits of entries 2, 7" for the log, or "".
+fn edited_note(edited: &[u64]) -> String {
+    const SHOWN: usize = 10;
+    if edited.is_empty() {
+        return String::new();
+    }
+    let ids: Vec<String> = edited.iter().take(SHOWN).map(u64::to_string).collect();
+    let more = if edited.len() > SHOWN {
+        format!(" and {} more", edited.len() - SHOWN)
+    } else {
+        String::new()
+    };
+    format!(
+        "; entries {}{more} were edited by hand in the copy, and are kept as edited",
+        ids.join(", ")
+    )
 }
