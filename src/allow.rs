@@ -116,7 +116,11 @@ impl AllowList {
     }
 
     /// Reads an allow file; an error names `file:line` and the reason.
+    /// A file that others may write (or that sits in a directory others
+    /// may write without the sticky bit) is refused: whoever can change it
+    /// can let their own key in.
     pub fn load(path: &Path) -> Result<AllowList, String> {
+        check_not_writable_by_others(path)?;
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read allow file {}: {e}", path.display()))?;
         AllowList::parse(&text, &path.display().to_string())
@@ -158,6 +162,41 @@ impl AllowList {
         }
         Ok(AllowList { devices })
     }
+}
+
+/// Refuses an allow file that users other than its owner may change.
+fn check_not_writable_by_others(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    const STICKY: u32 = 0o1000;
+    let mode = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode())
+            .map_err(|e| format!("cannot read allow file {}: {e}", path.display()))
+    };
+    let file_mode = mode(path)?;
+    if file_mode & 0o022 != 0 {
+        return Err(format!(
+            "allow file {p} may be written by others (mode {m:o}), who could add their own \
+             key to it; run: chmod go-w {p}",
+            p = path.display(),
+            m = file_mode & 0o777
+        ));
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let dir_mode = mode(dir)?;
+    if dir_mode & 0o002 != 0 && dir_mode & STICKY == 0 {
+        return Err(format!(
+            "allow file {p} is in {d}, which anyone may write (mode {m:o}), so anyone could \
+             replace it; keep it in a directory only you may write",
+            p = path.display(),
+            d = dir.display(),
+            m = dir_mode & 0o777
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

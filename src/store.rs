@@ -150,6 +150,10 @@ pub struct Recovery {
     /// The index came from `FILE.index`, saved at the last clean stop,
     /// instead of a scan of the file.
     pub from_saved_index: bool,
+    /// The file's permission bits, when users other than its owner may
+    /// read or write it (a diary begun by hand, or before diaryd made them
+    /// private).
+    pub open_to_others: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -162,6 +166,17 @@ pub struct RecoveryCut {
 }
 
 impl Recovery {
+    /// What to tell the owner of a diary others may read, if they may.
+    pub fn exposure_warning(&self, path: &Path) -> Option<String> {
+        let mode = self.open_to_others?;
+        Some(format!(
+            "{p} may be read by users other than you (mode {mode:o}), and it holds your \
+             diary in plain text; run: chmod 600 {q}",
+            p = path.display(),
+            q = shell_quote(path),
+        ))
+    }
+
     /// What to tell the person who owns the file, if anything was cut.
     pub fn warning(&self, path: &Path) -> Option<String> {
         let cut = self.cut.as_ref()?;
@@ -361,6 +376,7 @@ impl Store {
         };
         let mut recovery = Recovery {
             from_saved_index,
+            open_to_others: Some(meta.mode() & 0o777).filter(|m| m & 0o077 != 0),
             ..Recovery::default()
         };
         if let Some(cut) = scan.cut.take() {
@@ -1103,13 +1119,19 @@ fn wall_clock() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The mode of the files diaryd creates: the diary, its side files.
+const PRIVATE: u32 = 0o600;
+
 /// Opens the diary for reading and appending, created if missing, and
 /// takes its lock. `Err(None)`: another process holds the lock.
 fn open_locked(path: &Path) -> Result<File, Option<io::Error>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Only you may read a new diary, whatever the umask (as with the key).
     let file = OpenOptions::new()
         .read(true)
         .append(true)
         .create(true)
+        .mode(PRIVATE)
         .open(path)
         .map_err(Some)?;
     match file.try_lock() {
@@ -1122,7 +1144,7 @@ fn open_locked(path: &Path) -> Result<File, Option<io::Error>> {
 /// Copies `len` bytes from `at` to the side file `PATH.torn`, ending them
 /// with a newline, before they are cut off the diary.
 fn set_aside(file: &File, path: &Path, at: u64, len: u64) -> Result<PathBuf, OpenError> {
-    use std::os::unix::fs::FileExt;
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
     let mut fragment = vec![0; len as usize];
     file.read_exact_at(&mut fragment, at)
         .map_err(|e| OpenError::Io(path.to_path_buf(), e))?;
@@ -1135,6 +1157,7 @@ fn set_aside(file: &File, path: &Path, at: u64, len: u64) -> Result<PathBuf, Ope
     let mut out = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(PRIVATE)
         .open(&side)
         .map_err(|e| OpenError::Io(side.clone(), e))?;
     out.write_all(&fragment)

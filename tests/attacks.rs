@@ -1,8 +1,9 @@
 //! Attacks from another machine, each reproduced as that machine would
 //! send it: `diaryd` in one network namespace, the attacker in another,
 //! joined by a veth pair, with a raw sender that forges any source
-//! address. The tests need root (CI runs as root and fails them rather
-//! than skip them). docs/SECURITY.md lists what each one shows.
+//! address. Those need root (CI runs as root and fails them rather than
+//! skip them); the ones about files run anywhere. docs/SECURITY.md lists
+//! what each one shows.
 
 mod common;
 
@@ -127,4 +128,79 @@ fn a_forged_loopback_source_is_not_trusted() {
         ]
     );
     drop(server);
+}
+
+/// `diaryd` started by `sh` with umask `mask`, on `file`, with `extra` args.
+fn start_with_umask(mask: &str, file: &Path, extra: &[&str]) -> Result<common::Daemon, String> {
+    let mut command = std::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("umask {mask} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_diaryd"))
+        .args(["--listen", "127.0.0.1:0", "--file"])
+        .arg(file)
+        .args(extra);
+    common::Daemon::spawn(command)
+}
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Issue 26, 7: the diary and every file diaryd makes beside it are
+/// private at any umask; one others may read is named at start.
+#[test]
+fn the_diary_and_its_side_files_are_private_at_any_umask() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("diary.log");
+    let daemon = start_with_umask("000", &file, &[]).unwrap();
+    let mut c = common::Tcp::connect(daemon.addr);
+    assert_eq!(c.write("private"), 1);
+    drop(c);
+    daemon.terminate();
+    let index = dir.path().join("diary.log.index");
+    let key = dir.path().join("diary.log.key");
+    for path in [&file, &index, &key] {
+        assert_eq!(mode_of(path), 0o600, "{}", path.display());
+    }
+    // A torn last line is kept aside in a private file too; a diary that
+    // others may read is named, with the command that makes it private.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"2\t2026-01-01T00:00"))
+        .unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let daemon = start_with_umask("000", &file, &[]).unwrap();
+    let log = daemon.terminate();
+    assert_eq!(mode_of(&dir.path().join("diary.log.torn")), 0o600);
+    assert!(
+        log.contains("may be read by users other than you (mode 644)") && log.contains("chmod 600"),
+        "{log}"
+    );
+}
+
+/// Issue 26, 7: an allow file that others may write is refused at start,
+/// and so is one in a directory anyone may write.
+#[test]
+fn an_allow_file_others_may_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("diary.log");
+    let allow = dir.path().join("allow");
+    std::fs::write(&allow, "# no devices yet\n").unwrap();
+    std::fs::set_permissions(&allow, std::fs::Permissions::from_mode(0o664)).unwrap();
+    let allow_arg = ["--allow", allow.to_str().unwrap()];
+    let refused = start_with_umask("022", &file, &allow_arg).err().unwrap();
+    assert!(
+        refused.contains("may be written by others (mode 664)") && refused.contains("chmod go-w"),
+        "{refused}"
+    );
+    std::fs::set_permissions(&allow, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let refused = start_with_umask("022", &file, &allow_arg).err().unwrap();
+    assert!(refused.contains("which anyone may write"), "{refused}");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    start_with_umask("022", &file, &allow_arg).expect("starts with a private allow file");
 }

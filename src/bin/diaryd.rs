@@ -167,6 +167,9 @@ fn main() -> ExitCode {
     if let Some(warning) = recovery.warning(&args.file) {
         log::warn!("{warning}");
     }
+    if let Some(warning) = recovery.exposure_warning(&args.file) {
+        log::warn!("{warning}");
+    }
     if recovery.identity_added {
         log::info!(
             "{} was begun by an earlier diaryd; it now has the diary id {} \
