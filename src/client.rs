@@ -1,13 +1,21 @@
 //! The client side of the protocol: tagged requests over UDP (with retries,
 //! backoff and a TCP fallback for replies that do not fit a datagram) or
 //! over one TCP connection, and parsing of replies and entry lines.
+//!
+//! `client/` holds its configuration, its errors, its encrypted sessions
+//! and the dates people type. It may import `secure`, `protocol` and
+//! `wire`: no server, store or side code, so the `diary` binary links none.
 
-use crate::entry;
-use crate::keys::PublicKey;
-use crate::secure_client::{
-    self, Credentials, FromServer, Pin, SecureStream, Security, UdpSession,
-};
-use std::fmt;
+mod config;
+pub mod dates;
+mod errors;
+pub mod secure;
+
+pub use config::{DEFAULT_SERVER, Options, Proto, SecureMode, Security};
+pub use errors::{ClientError, KeyChange, Pin};
+
+use crate::client::secure::{Credentials, FromServer, SecureStream, UdpSession};
+use crate::wire::entry;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
 use std::time::{Duration, Instant};
@@ -20,70 +28,6 @@ const MIN_WAIT: Duration = Duration::from_millis(25);
 const MAX_WAIT: Duration = Duration::from_secs(1);
 /// Requests larger than this go over TCP whatever the transport.
 const MAX_UDP_REQUEST: usize = 60_000;
-
-/// Which transport requests use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Proto {
-    /// Datagrams, retried on loss, with TCP for replies too big for one.
-    Udp,
-    /// One TCP connection.
-    Tcp,
-}
-
-impl Proto {
-    /// The names the command line takes.
-    pub const NAMES: [&'static str; 2] = ["udp", "tcp"];
-}
-
-impl std::str::FromStr for Proto {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Proto, String> {
-        match s {
-            "udp" => Ok(Proto::Udp),
-            "tcp" => Ok(Proto::Tcp),
-            _ => Err(format!("{s:?} is not a transport; use udp or tcp")),
-        }
-    }
-}
-
-impl fmt::Display for Proto {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Proto::Udp => "UDP",
-            Proto::Tcp => "TCP",
-        })
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// `HOST:PORT` of the server.
-    pub server: String,
-    pub proto: Proto,
-    /// How long one request may take, retries included.
-    pub timeout: Duration,
-    /// UDP retries after the first attempt.
-    pub retries: u32,
-    /// Largest UDP reply this client accepts (`max=` in the envelope).
-    pub max_reply: usize,
-    /// Keys, and whether to use them.
-    pub security: Security,
-    /// Who writes (`by=` in the envelope), for servers that cannot tell
-    /// from a device key; `None`: not said.
-    pub name: Option<String>,
-}
-
-impl Options {
-    /// ` by=NAME`, or nothing.
-    fn by(&self) -> String {
-        self.name
-            .as_deref()
-            .filter(|n| entry::is_author_name(n))
-            .map(|n| format!(" by={n}"))
-            .unwrap_or_default()
-    }
-}
 
 /// This machine's name, if it has one without spaces.
 pub fn hostname() -> Option<String> {
@@ -98,20 +42,6 @@ pub fn default_name() -> Option<String> {
     let user = std::env::var("USER").ok().filter(|u| !u.is_empty())?;
     let name = format!("{user}@{}", hostname()?);
     entry::is_author_name(&name).then_some(name)
-}
-
-impl Default for Options {
-    fn default() -> Options {
-        Options {
-            server: "127.0.0.1:8888".into(),
-            proto: Proto::Udp,
-            timeout: Duration::from_secs(5),
-            retries: 8,
-            max_reply: 1232,
-            security: Security::default(),
-            name: None,
-        }
-    }
 }
 
 /// A server's answer to one request.
@@ -130,128 +60,6 @@ pub enum Reply {
     },
     /// A UDP address cookie (the reply to `/cookie`).
     Cookie(String),
-}
-
-#[derive(Debug)]
-pub enum ClientError {
-    /// No reply within the timeout.
-    NoAnswer {
-        server: SocketAddr,
-        proto: Proto,
-        waited: Duration,
-        attempts: u32,
-    },
-    /// The server's address does not resolve.
-    BadAddress(String, io::Error),
-    Io(SocketAddr, Proto, io::Error),
-    BadReply(String),
-    /// What answered is not diaryd (the seed's server, say): the request is
-    /// not repeated.
-    NotDiary {
-        server: SocketAddr,
-        got: String,
-    },
-    /// The server refused this device, or wants keys from it.
-    Auth(String),
-    /// The server's key is not the one pinned: refused, as ssh refuses.
-    ServerKeyChanged(Box<KeyChange>),
-    /// The device's key, or the pins, cannot be used.
-    Key(String),
-    /// Another process of this device handshook a moment later than this
-    /// one's first message was made: made again, it goes through.
-    StaleHandshake(SocketAddr),
-    /// The lines of a reply could not be handed on (our own output failed:
-    /// a full disk, or a reader that has all it wanted).
-    Output(io::Error),
-}
-
-/// A server key that differs from the pinned one.
-#[derive(Debug)]
-pub struct KeyChange {
-    pub server: String,
-    pub pinned: PublicKey,
-    pub offered: PublicKey,
-    pub pin: Pin,
-}
-
-impl fmt::Display for ClientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientError::NoAnswer {
-                server,
-                proto,
-                waited,
-                attempts,
-            } => write!(
-                f,
-                "no answer from {server} over {proto} after {:.1} s ({attempts} attempts); \
-                 is diaryd running there? Start it with `diaryd`, or point --server \
-                 (or DIARY_SERVER) at it",
-                waited.as_secs_f64()
-            ),
-            ClientError::BadAddress(addr, e) => {
-                write!(
-                    f,
-                    "cannot resolve server address {addr:?}: {e}; use HOST:PORT"
-                )
-            }
-            ClientError::Io(server, proto, e) => write!(
-                f,
-                "cannot talk to {server} over {proto}: {e}; is diaryd running there?"
-            ),
-            ClientError::BadReply(why) => write!(f, "unexpected reply from the server: {why}"),
-            ClientError::NotDiary { server, got } => write!(
-                f,
-                "{server} answered {got:?}, which is not the diary protocol: is it diaryd? \
-                 Nothing was sent again"
-            ),
-            ClientError::Auth(why) => f.write_str(why),
-            ClientError::ServerKeyChanged(change) => {
-                let KeyChange {
-                    server,
-                    pinned,
-                    offered,
-                    pin,
-                } = &**change;
-                let source = match pin {
-                    Pin::Given => "--server-key (or DIARY_SERVER_KEY)".to_string(),
-                    Pin::File(file, line) => format!("{}:{line}", file.display()),
-                };
-                write!(
-                    f,
-                    "THE SERVER KEY OF {server} HAS CHANGED. It now offers {offered}, but \
-                     {source} pins {pinned}. Someone may be intercepting your diary, or the \
-                     server's key was replaced. Nothing was sent. If you replaced it yourself, \
-                     edit {source}"
-                )
-            }
-            ClientError::Key(why) => f.write_str(why),
-            ClientError::StaleHandshake(addr) => write!(
-                f,
-                "{addr} had just seen a newer handshake from this device (another diary \
-                 running with the same key); try again"
-            ),
-            ClientError::Output(e) => write!(f, "cannot write the reply out: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for ClientError {}
-
-impl ClientError {
-    /// Trying again cannot help: the server is not diaryd, or it refused
-    /// this device, or the keys are wrong.
-    pub fn is_final(&self) -> bool {
-        matches!(
-            self,
-            ClientError::NotDiary { .. }
-                | ClientError::BadReply(_)
-                | ClientError::Auth(_)
-                | ClientError::ServerKeyChanged(_)
-                | ClientError::Key(_)
-                | ClientError::Output(_)
-        )
-    }
 }
 
 /// An entry as the client shows it.
@@ -283,10 +91,10 @@ pub fn parse_entry(line: &str) -> Option<Entry> {
         text: decoded.text(),
         edited: decoded.attr("edited").and_then(|v| v.parse().ok()),
         amends: decoded
-            .attr(crate::entry::AMENDS)
+            .attr(crate::wire::entry::AMENDS)
             .and_then(|v| v.parse().ok()),
         deletes: decoded
-            .attr(crate::entry::DELETES)
+            .attr(crate::wire::entry::DELETES)
             .and_then(|v| v.parse().ok()),
     })
 }
@@ -426,7 +234,7 @@ impl Client {
         getrandom::fill(&mut random)
             .map_err(|e| ClientError::BadAddress(opts.server.clone(), io::Error::other(e)))?;
         let tag_base: String = random.iter().map(|b| format!("{b:02x}")).collect();
-        let creds = secure_client::credentials(&opts, addr)?;
+        let creds = secure::credentials(&opts, addr)?;
         Ok(Client {
             opts,
             addr,
@@ -541,7 +349,7 @@ impl Client {
         let addr = self.addr;
         let io_err = |e| ClientError::Io(addr, Proto::Udp, e);
         if self.udp.is_none() {
-            self.udp = Some(secure_client::udp_socket(addr).map_err(io_err)?);
+            self.udp = Some(secure::udp_socket(addr).map_err(io_err)?);
         }
         let by = self.opts.by();
         let message = match &self.cookie {
@@ -609,7 +417,7 @@ impl Client {
                     (Some(creds), Some(session)) => match session.open(&self.buf[..n]) {
                         FromServer::Plain(plain) => String::from_utf8_lossy(&plain).into_owned(),
                         FromServer::Ignored => continue,
-                        FromServer::Refused(Some(crate::noise_wire::Refusal::NoSession)) => {
+                        FromServer::Refused(Some(crate::secure::noise::Refusal::NoSession)) => {
                             // Expired, or the server restarted: a new
                             // session, and the same tagged request again.
                             self.udp_session = None;
@@ -617,7 +425,7 @@ impl Client {
                             break;
                         }
                         FromServer::Refused(why) => {
-                            return Err(secure_client::refusal_error(why, &self.opts, addr, creds));
+                            return Err(secure::refusal_error(why, &self.opts, addr, creds));
                         }
                     },
                     _ => String::from_utf8_lossy(&self.buf[..n]).into_owned(),
@@ -884,7 +692,7 @@ pub fn write_pipelined(
     mut on_reply: impl FnMut(usize, Reply),
 ) -> Result<(), (usize, ClientError)> {
     let addr = resolve(&opts.server).map_err(|e| (0, e))?;
-    let creds = secure_client::credentials(opts, addr).map_err(|e| (0, e))?;
+    let creds = secure::credentials(opts, addr).map_err(|e| (0, e))?;
     let window = window.max(1);
     let mut done = 0;
     let mut pause = Duration::from_millis(50);
@@ -1122,13 +930,13 @@ pub enum FollowEvent {
 /// connection cannot be made, or the server refuses the request.
 pub fn follow(
     opts: &Options,
-    since: Option<crate::dates::Point>,
+    since: Option<crate::client::dates::Point>,
     mut on_entry: impl FnMut(&Entry) -> bool,
     mut on_event: impl FnMut(&FollowEvent),
 ) -> Result<(), ClientError> {
     let addr = resolve(&opts.server)?;
-    let creds = secure_client::credentials(opts, addr)?;
-    use crate::dates::Point;
+    let creds = secure::credentials(opts, addr)?;
+    use crate::client::dates::Point;
     let mut after = match since {
         Some(Point::AfterId(id)) => Some(id),
         _ => None,

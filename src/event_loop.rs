@@ -11,9 +11,9 @@
 //! and the diary they share ([`Shared`]) each own their state; this file
 //! only calls them in order.
 
-use crate::gatekeeper::{Gatekeeper, SharedGate};
-use crate::service::{AckSite, Service};
-use crate::shared::Shared;
+use crate::server::access::gatekeeper::{Gatekeeper, SharedGate};
+use crate::server::service::{AckSite, Service};
+use crate::server::state::Shared;
 use crate::store::Store;
 use crate::tcp::{self, TcpSide};
 use crate::udp::UdpSide;
@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-pub use crate::limits::Limits;
+pub use crate::server::limits::Limits;
 
 const UDP: Token = Token(usize::MAX - 1);
 const LISTENER: Token = Token(usize::MAX - 2);

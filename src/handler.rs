@@ -3,10 +3,10 @@
 //! command). It knows no sockets; the transport says only how big a reply
 //! may be ([`Transport`]), and fits the reply to its datagram itself.
 
-use crate::history;
 use crate::protocol::{self, BYE, Command, Request, Since};
-use crate::service::{Outcome, Transport};
-use crate::stats::Stats;
+use crate::server::history;
+use crate::server::service::{Outcome, Transport};
+use crate::server::stats::Stats;
 use crate::store::{Appended, Record, Store};
 
 /// Most of the diary file a `/past` over UDP looks at: one datagram
@@ -144,7 +144,7 @@ fn run(
             Outcome::Quit
         }
         Command::Stats => {
-            protocol::push_stats(out, stats, store.len(), store.bytes());
+            protocol::push_figures(out, stats.figures(store.len(), store.bytes()));
             Outcome::Replied
         }
         Command::Cookie => {

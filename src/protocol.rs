@@ -7,6 +7,7 @@
 //! docs/PROTOCOL.md is the user-facing grammar; keep the two in step (a
 //! test checks that it lists every error code).
 
+use crate::wire::matching;
 use std::fmt;
 
 /// Longest request tag the official client may use.
@@ -80,35 +81,6 @@ pub struct PastQuery<'a> {
     /// Every version: amendment and deletion lines as they are, entries
     /// with their first text.
     pub versions: bool,
-}
-
-/// The largest compiled regular expression a `/past regex` may build.
-pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
-
-/// Compiles a `/past regex` pattern within [`REGEX_SIZE_LIMIT`].
-pub fn compile_regex(pattern: &str, ignore_case: bool) -> Result<regex::Regex, String> {
-    regex::RegexBuilder::new(pattern)
-        .case_insensitive(ignore_case)
-        .size_limit(REGEX_SIZE_LIMIT)
-        .dfa_size_limit(REGEX_SIZE_LIMIT)
-        .build()
-        .map_err(|e| match e {
-            regex::Error::CompiledTooBig(limit) => {
-                format!("the regex is too big (over {limit} bytes compiled)")
-            }
-            // The error's own lines point at the fault; one line is sent.
-            e => format!("bad regex: {}", e.to_string().replace('\n', " ")),
-        })
-}
-
-/// Whether `word` may follow `#` as a tag: letters of any script, digits,
-/// `_` and `-`.
-pub fn is_tag_word(word: &str) -> bool {
-    !word.is_empty() && word.chars().all(is_tag_char)
-}
-
-pub fn is_tag_char(c: char) -> bool {
-    c.is_alphanumeric() || c == '_' || c == '-'
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -308,7 +280,7 @@ fn split_envelope(raw: &[u8]) -> Result<(Option<Envelope<'_>>, &[u8]), RequestEr
         } else if let Some(name) = word.strip_prefix(b"by=") {
             let name = std::str::from_utf8(name)
                 .ok()
-                .filter(|n| crate::entry::is_author_name(n))
+                .filter(|n| crate::wire::entry::is_author_name(n))
                 .ok_or_else(|| {
                     bad("by= takes a name of 1 to 64 bytes without spaces or backslashes")
                 })?;
@@ -340,7 +312,7 @@ pub fn check_text(raw: &[u8]) -> Result<&str, RequestError> {
             at: e.valid_up_to(),
         })
     })?;
-    if !crate::ascii::has_control(raw) {
+    if !crate::wire::ascii::has_control(raw) {
         return Ok(text);
     }
     if let Some(at) = raw
@@ -427,17 +399,17 @@ fn parse_import(args: &str, max_entry: usize) -> Result<Command<'_>, RequestErro
     let (Some(time), Some(author), Some(text)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(usage("three fields are needed".into()));
     };
-    let millis = crate::entry::parse_timestamp(time)
+    let millis = crate::wire::entry::parse_timestamp(time)
         .filter(|_| !time.contains([' ', '\t']))
         .ok_or_else(|| usage(format!("{time:?} is not an RFC 3339 time with an offset")))?;
     let author = match author {
         "-" => None,
-        name if crate::entry::is_author_name(name) => Some(name),
+        name if crate::wire::entry::is_author_name(name) => Some(name),
         name => return Err(usage(format!("{name:?} is not an author's name"))),
     };
     let text = match text.contains('\\') {
         false => std::borrow::Cow::Borrowed(text),
-        true => crate::entry::unescape(text)
+        true => crate::wire::entry::unescape(text)
             .map(std::borrow::Cow::Owned)
             .ok_or_else(|| usage("the text has an unknown backslash escape".into()))?,
     };
@@ -492,7 +464,7 @@ fn parse_past(args: &str) -> Result<PastQuery<'_>, RequestError> {
                 if after.is_empty() {
                     return Err(usage("regex needs a pattern".into()));
                 }
-                compile_regex(after, query.ignore_case).map_err(usage)?;
+                matching::compile_regex(after, query.ignore_case).map_err(usage)?;
                 query.regex = Some(after);
                 break;
             }
@@ -505,7 +477,7 @@ fn parse_past(args: &str) -> Result<PastQuery<'_>, RequestError> {
                 rest = after;
             }
             "from" => {
-                if !crate::entry::is_author_name(value) {
+                if !crate::wire::entry::is_author_name(value) {
                     return Err(usage(format!("{value:?} is not an author's name")));
                 }
                 query.from = Some(value);
@@ -513,7 +485,7 @@ fn parse_past(args: &str) -> Result<PastQuery<'_>, RequestError> {
             }
             "tag" => {
                 let tag = value.strip_prefix('#').unwrap_or(value);
-                if !is_tag_word(tag) {
+                if !matching::is_tag_word(tag) {
                     return Err(usage(format!(
                         "{value:?} is not a tag (letters, digits, _ and -)"
                     )));
@@ -579,7 +551,7 @@ pub fn parse_since(s: &str) -> Result<Since, String> {
             .map(Since::Id)
             .map_err(|_| format!("{s:?} is too large for an id"));
     }
-    if let Some(ms) = crate::entry::parse_timestamp(s) {
+    if let Some(ms) = crate::wire::entry::parse_timestamp(s) {
         return Ok(Since::Time(ms));
     }
     let local = NaiveDate::parse_from_str(s, "%Y-%m-%d")
@@ -837,40 +809,14 @@ pub fn push_read_error(out: &mut Vec<u8>, error: &dyn fmt::Display) {
     );
 }
 
-/// The reply to `/stats`.
-pub fn push_stats(out: &mut Vec<u8>, s: &crate::stats::Stats, entries: u64, bytes: u64) {
-    use std::io::Write;
-    let _ = write!(
-        out,
-        "uptime_seconds {}\nentries {}\nbytes {}\ntcp_clients {}\nudp_clients_last_minute {}\n\
-         followers {}\ndropped_followers {}\nfollower_queue_peak_bytes {}\n\
-         udp_writes {}\ntcp_writes {}\nudp_reads {}\ntcp_reads {}\nfailed_commits {}\n\
-         udp_dropped_replies {}\n",
-        s.started.elapsed().as_secs(),
-        entries,
-        bytes,
-        s.tcp_clients,
-        s.udp_sources,
-        s.followers,
-        s.dropped_followers,
-        s.follower_queue_peak,
-        s.udp_writes,
-        s.tcp_writes,
-        s.udp_reads,
-        s.tcp_reads,
-        s.failed_commits,
-        s.dropped_replies,
-    );
-    let _ = write!(
-        out,
-        "auth_failures {}\nplaintext_refused {}\n",
-        s.auth_failures, s.plaintext_refused
-    );
-    if s.insecure_open {
-        out.extend_from_slice(b"insecure_open 1\n");
-    }
-    for (device, sessions) in &s.device_sessions {
-        let _ = writeln!(out, "sessions {device} {sessions}");
+/// The reply to `/stats`: one `NAME VALUE` line per figure, then `end`.
+pub fn push_figures<N: AsRef<str>>(out: &mut Vec<u8>, figures: impl IntoIterator<Item = (N, u64)>) {
+    let mut digits = itoa::Buffer::new();
+    for (name, value) in figures {
+        out.extend_from_slice(name.as_ref().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(digits.format(value).as_bytes());
+        out.push(b'\n');
     }
     push_end(out);
 }

@@ -17,17 +17,23 @@
 //! entries appended back first; anything else refuses writes (`err io`,
 //! with what happened and what to do) and keeps serving reads, so no write
 //! is ever acknowledged into a file that is no longer the diary.
+//!
+//! `store/` holds the scan, the syncer thread, the disk seam, the watch and
+//! the saved index. It may import `wire` only: no sockets, no protocol.
 
+pub mod disk;
 mod id_digits;
 mod saved_index;
+pub mod scan;
+pub mod syncer;
 mod watch;
 
 pub use watch::Lost;
 
-use crate::disk::Disk;
-use crate::entry;
-use crate::scan::{self, CutReason, Index, Mode, ScanError};
-use crate::syncer::Syncer;
+use crate::store::disk::Disk;
+use crate::store::scan::{CutReason, Index, Mode, ScanError};
+use crate::store::syncer::Syncer;
+use crate::wire::entry;
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::{File, OpenOptions};

@@ -8,19 +8,27 @@
 //! loop's commit of the same iteration, and no connection leaves the slab
 //! before the iteration's end ([`TcpSide::reap`]), so neither a patched ack
 //! nor a stale event can reach the wrong client.
+//!
+//! `tcp/` holds its line framing, its followers and its encrypted links.
+//! It may import `server`, `handler`, `store`, `secure`, `protocol` and
+//! `wire`; never `udp`, `event_loop` or `client`.
 
-use crate::follow::{Fed, Follower};
-use crate::framing::{Frame, LineFramer, OutBuf};
-use crate::gatekeeper::{self, Peer, PlaintextRule, SharedGate};
-use crate::history::{self, PastCursor};
-use crate::limits::Limits;
-use crate::logging::{self, Throttle};
-use crate::noise_wire;
+pub(crate) mod follow;
+pub mod framing;
+pub mod secure;
+
 use crate::protocol::{self, IdleClose};
-use crate::secure_tcp::{SecureLink, Step};
-use crate::service::{AckSite, Outcome, Service, Transport};
-use crate::stats::Stats;
+use crate::secure::noise;
+use crate::server::access::gatekeeper::{self, Peer, PlaintextRule, SharedGate};
+use crate::server::history::{self, PastCursor};
+use crate::server::limits::Limits;
+use crate::server::logging::{self, Throttle};
+use crate::server::service::{AckSite, Outcome, Service, Transport};
+use crate::server::stats::Stats;
 use crate::store::Store;
+use crate::tcp::follow::{Fed, Follower};
+use crate::tcp::framing::{Frame, LineFramer, OutBuf};
+use crate::tcp::secure::{SecureLink, Step};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
@@ -404,7 +412,7 @@ impl TcpSide {
                     conn.closing = true;
                     return false;
                 }
-                Ok(_) if noise_wire::is_encrypted(first[0]) => {
+                Ok(_) if noise::is_encrypted(first[0]) => {
                     conn.link = Link::Secure(Box::default());
                 }
                 Ok(_) if self.plaintext.allows(conn.local) => {

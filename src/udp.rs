@@ -6,16 +6,23 @@
 //! Replies are queued, never sent, before the loop's commit of the same
 //! iteration; an ack of a failed batch is replaced in the queue
 //! ([`UdpSide::patch_ack`]).
+//!
+//! `udp/` holds its batches of datagrams and its encrypted sessions. It may
+//! import `server`, `handler`, `store`, `secure`, `protocol` and `wire`;
+//! never `tcp`, `event_loop` or `client`.
 
-use crate::cookie::{Cookie, CookieJar};
-use crate::datagrams::{self, RecvBatch};
-use crate::gatekeeper::{self, PlaintextRule, SharedGate};
-use crate::limits::Limits;
-use crate::noise_wire::{self, Datagram, Refusal};
+pub mod datagrams;
+pub mod sessions;
+
 use crate::protocol::{self, Command, Envelope, Oversize};
-use crate::service::{AckSite, Outcome, Service, Transport};
-use crate::stats::Stats;
-use crate::udp_sessions::{Opened, UdpSessions};
+use crate::secure::noise::{self, Datagram, Refusal};
+use crate::server::access::gatekeeper::{self, PlaintextRule, SharedGate};
+use crate::server::cookie::{Cookie, CookieJar};
+use crate::server::limits::{AMPLIFICATION, Limits};
+use crate::server::service::{AckSite, Outcome, Service, Transport};
+use crate::server::stats::Stats;
+use crate::udp::datagrams::RecvBatch;
+use crate::udp::sessions::{Opened, UdpSessions};
 use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
 use std::collections::{HashMap, VecDeque};
@@ -29,9 +36,6 @@ pub const RAW_REPLY_LIMIT: usize = 1024;
 /// Smallest and largest reply size a client may ask for with `max=`.
 pub const MIN_REPLY_LIMIT: usize = 512;
 pub const MAX_REPLY_LIMIT: usize = 65_507;
-/// A reply to an unproven source outside loopback is at most this many
-/// times its request (QUIC's anti-amplification rule).
-pub const AMPLIFICATION: usize = 3;
 /// Datagrams read per iteration before the loop turns to other work.
 const BUDGET: usize = 1024;
 
@@ -154,10 +158,7 @@ impl UdpSide {
     }
 
     fn answer(&mut self, datagram: &[u8], from: Source, service: &mut impl Service) {
-        if datagram
-            .first()
-            .is_some_and(|&b| noise_wire::is_encrypted(b))
-        {
+        if datagram.first().is_some_and(|&b| noise::is_encrypted(b)) {
             self.answer_encrypted(datagram, from.addr, service);
         } else if self.plaintext.allows(from.local) {
             self.answer_request(request_bytes(datagram), datagram.len(), from, None, service);
@@ -175,9 +176,9 @@ impl UdpSide {
     /// Handshakes, key requests and sealed requests.
     fn answer_encrypted(&mut self, datagram: &[u8], from: SocketAddr, service: &mut impl Service) {
         let mut out = self.spare.pop().unwrap_or_default();
-        match noise_wire::parse_datagram(datagram) {
+        match noise::parse_datagram(datagram) {
             Some(Datagram::KeyRequest) => {
-                noise_wire::push_key(&mut out, &self.gate.lock().public_key());
+                noise::push_key(&mut out, &self.gate.lock().public_key());
             }
             Some(Datagram::Init { sender, noise }) => {
                 let mut gate = self.gate.lock();
@@ -259,8 +260,7 @@ impl UdpSide {
         let limit = match &session {
             // The session proves the source; the seal takes its share.
             Some(_) => {
-                self.reply_limit(request.envelope.as_ref(), size, None)
-                    - noise_wire::UDP_DATA_OVERHEAD
+                self.reply_limit(request.envelope.as_ref(), size, None) - noise::UDP_DATA_OVERHEAD
             }
             None => self.reply_limit(request.envelope.as_ref(), size, Some(from)),
         };
@@ -443,7 +443,7 @@ impl UdpSide {
                 Some(addr) => queued.to = addr,
                 None => {
                     sealed.clear();
-                    noise_wire::push_refused(&mut sealed, queued.session, Refusal::NoSession, 64);
+                    noise::push_refused(&mut sealed, queued.session, Refusal::NoSession, 64);
                 }
             }
             std::mem::swap(&mut queued.reply, &mut sealed);

@@ -20,8 +20,8 @@
 mod common;
 
 use common::*;
-use diary::disk::Disk;
 use diary::event_loop::{Limits, Server};
+use diary::store::disk::Disk;
 use diary::store::{FsyncPolicy, Store};
 use std::collections::HashMap;
 use std::fs::File;
@@ -301,7 +301,7 @@ impl Disk for FlakyDisk {
         flaky_sync(&self.file, &self.power)
     }
 
-    fn sync_handle(&self) -> io::Result<diary::disk::SyncFn> {
+    fn sync_handle(&self) -> io::Result<diary::store::disk::SyncFn> {
         let (file, power) = (self.file.try_clone()?, self.power.clone());
         Ok(Box::new(move || flaky_sync(&file, &power)))
     }

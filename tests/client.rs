@@ -402,8 +402,8 @@ fn a_long_past_streams_and_a_broken_connection_repeats_no_line() {
     let mut file = Vec::new();
     let n = 6000u64;
     for id in 1..=n {
-        let stamp = diary::entry::format_timestamp_utc(1_767_225_600_000 + id as i64 * 1000);
-        diary::entry::encode_line(id, &stamp, &format!("day {id} 今天"), &mut file);
+        let stamp = diary::wire::entry::format_timestamp_utc(1_767_225_600_000 + id as i64 * 1000);
+        diary::wire::entry::encode_line(id, &stamp, &format!("day {id} 今天"), &mut file);
     }
     std::fs::write(&path, file).unwrap();
     let daemon = Daemon::start(&path, &[]);

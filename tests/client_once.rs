@@ -258,9 +258,9 @@ fn an_import_cut_by_a_crash_and_run_again_stores_each_line_once_tcp() {
 #[test]
 fn an_import_bigger_than_the_retry_memory_is_stored_once_however_often_it_runs() {
     const LINES: usize = 3000;
-    let limits = diary::limits::Limits {
+    let limits = diary::server::limits::Limits {
         replay_memory: 100,
-        ..diary::limits::Limits::default()
+        ..diary::server::limits::Limits::default()
     };
     let server = TestServer::start_with(limits, diary::store::FsyncPolicy::Never);
     let input: String = (1..=LINES).map(|i| format!("old line {i}\n")).collect();

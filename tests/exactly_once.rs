@@ -46,7 +46,11 @@ fn past_texts(addr: SocketAddr) -> Vec<String> {
     c.send("/past");
     c.until_end()
         .iter()
-        .map(|l| diary::entry::decode_line(l.as_bytes()).unwrap().text())
+        .map(|l| {
+            diary::wire::entry::decode_line(l.as_bytes())
+                .unwrap()
+                .text()
+        })
         .collect()
 }
 
@@ -311,7 +315,7 @@ fn a_clock_that_jumped_ahead_is_not_carried_forever() {
     let daemon = Daemon::start(&file, &[]);
     let reply = udp(daemon.addr, "now");
     let time = reply.trim_end().split(' ').nth(2).unwrap();
-    let millis = diary::entry::parse_timestamp(time).unwrap();
+    let millis = diary::wire::entry::parse_timestamp(time).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -64,7 +64,7 @@ fn three_followers_see_every_entry_once_in_order() {
             line.clear();
             f.read_line(&mut line).unwrap();
             assert_eq!(entry_id(&line), expected);
-            let text = diary::entry::decode_line(line.trim_end().as_bytes())
+            let text = diary::wire::entry::decode_line(line.trim_end().as_bytes())
                 .unwrap()
                 .text();
             assert_eq!(text, stored[expected as usize - 1].1);

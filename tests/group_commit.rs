@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use diary::disk::{Disk, SyncFn};
 use diary::event_loop::{Limits, Server};
+use diary::store::disk::{Disk, SyncFn};
 use diary::store::{FsyncPolicy, Store};
 use std::fs::File;
 use std::io::{self, Write};

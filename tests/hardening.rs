@@ -174,7 +174,7 @@ fn two_thousand_idle_connections_are_shed_while_fresh_clients_are_served() {
     const IDLE: usize = 2000;
     // Both ends of every connection live in this process.
     let want = 2 * IDLE as u64 + 1024;
-    match diary::open_files::raise_to_hard_limit() {
+    match diary::server::open_files::raise_to_hard_limit() {
         Ok(allowed) if allowed >= want => {}
         Ok(allowed) => {
             return skip(&format!(

@@ -3,11 +3,11 @@
 //! request parser nor the TCP line framer can be made to panic or to hand on
 //! something other than the lines that were sent.
 
-use diary::entry::{
+use diary::protocol::{self, Command};
+use diary::tcp::framing::{Frame, LineFramer};
+use diary::wire::entry::{
     self, decode_line, encode_line, encode_line_digits, format_timestamp, parse_timestamp,
 };
-use diary::framing::{Frame, LineFramer};
-use diary::protocol::{self, Command};
 use proptest::prelude::*;
 
 /// Text biased towards what the encoding has to get right: escapes,

@@ -48,7 +48,7 @@ fn tcp_write_p_h_e_and_byte_exact_chinese() {
     c.send("p");
     let past = c.until_end();
     assert_eq!(past.len(), 2);
-    let first = diary::entry::decode_line(past[0].as_bytes()).unwrap();
+    let first = diary::wire::entry::decode_line(past[0].as_bytes()).unwrap();
     assert_eq!(first.text().as_bytes(), CHINESE.as_bytes());
     assert!(past[1].ends_with("\tcrlf 行"));
     c.send("h");
@@ -422,7 +422,7 @@ fn a_search_through_a_big_diary_is_answered_over_tcp() {
     let server = TestServer::start_in(
         dir,
         path,
-        diary::limits::Limits::default(),
+        diary::server::limits::Limits::default(),
         diary::store::FsyncPolicy::Never,
     );
     let reply = udp_raw(server.addr, b"/id z1 /past grep zebra");

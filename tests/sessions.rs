@@ -5,10 +5,10 @@
 //! is stored once.
 
 use diary::client::{self, Client, FollowEvent, Options, Proto, Reply};
+use diary::client::{SecureMode, Security};
 use diary::event_loop::{Limits, Server, StopHandle};
-use diary::gatekeeper::{AccessConfig, Gatekeeper};
-use diary::keys::{self, PublicKey};
-use diary::secure_client::{SecureMode, Security};
+use diary::secure::keys::{self, PublicKey};
+use diary::server::access::gatekeeper::{AccessConfig, Gatekeeper};
 use diary::store::{FsyncPolicy, Store};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -121,7 +121,7 @@ fn expired_sessions_are_renewed_without_losing_or_doubling_a_write() {
     std::thread::spawn(move || {
         let _ = client::follow(
             &follow_opts,
-            Some(diary::dates::Point::AfterId(0)),
+            Some(diary::client::dates::Point::AfterId(0)),
             |entry| tx.send(entry.text.clone()).is_ok(),
             |event| {
                 if matches!(event, FollowEvent::Reconnecting(_)) {

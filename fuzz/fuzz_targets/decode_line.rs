@@ -5,10 +5,10 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(line) = diary::entry::decode_line(data) {
+    if let Ok(line) = diary::wire::entry::decode_line(data) {
         let mut again = Vec::new();
         let id = line.id.to_string();
-        diary::entry::encode_line_digits(&id, line.timestamp, &line.text(), line.attrs, &mut again);
+        diary::wire::entry::encode_line_digits(&id, line.timestamp, &line.text(), line.attrs, &mut again);
         assert_eq!(&again[..again.len() - 1], data);
     }
 });

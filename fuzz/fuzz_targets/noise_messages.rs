@@ -4,12 +4,12 @@
 //! open once and never again; and the replay window must agree with a set.
 #![no_main]
 
-use diary::gatekeeper::{AccessConfig, Gatekeeper};
-use diary::keys::KeyPair;
-use diary::noise_wire::{self, Datagram, ReplayWindow};
-use diary::secure_tcp::{SecureLink, Step};
-use diary::stats::Stats;
-use diary::udp_sessions::UdpSessions;
+use diary::server::access::gatekeeper::{AccessConfig, Gatekeeper};
+use diary::secure::keys::KeyPair;
+use diary::secure::noise::{self, Datagram, ReplayWindow};
+use diary::tcp::secure::{SecureLink, Step};
+use diary::server::stats::Stats;
+use diary::udp::sessions::UdpSessions;
 use libfuzzer_sys::fuzz_target;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
 
     // Any datagram: parsed, and if it is a first message or a data
     // message, answered as the server would.
-    match noise_wire::parse_datagram(data) {
+    match noise::parse_datagram(data) {
         Some(Datagram::Init { sender, noise }) => {
             sessions.handshake(&mut gate, sender, noise, from, &mut out, &mut stats);
             // Nobody without the device's private key gets a session.
@@ -63,35 +63,35 @@ fuzz_target!(|data: &[u8]| {
         }
         _ => {}
     }
-    let _ = noise_wire::parse_frame(data);
+    let _ = noise::parse_frame(data);
 
     // A real session, then the input as a tampered data message for it.
     out.clear();
-    let mut initiator = noise_wire::initiator(&keys().device, &keys().server.public);
+    let mut initiator = noise::initiator(&keys().device, &keys().server.public);
     let mut first = [0u8; 256];
-    let n = initiator.write_message(&noise_wire::stamp_now(), &mut first).unwrap();
+    let n = initiator.write_message(&noise::stamp_now(), &mut first).unwrap();
     sessions.handshake(&mut gate, 1, &first[..n], from, &mut out, &mut stats);
-    let Some(Datagram::Reply { sender: index, noise, .. }) = noise_wire::parse_datagram(&out) else {
+    let Some(Datagram::Reply { sender: index, noise, .. }) = noise::parse_datagram(&out) else {
         panic!("the real device gets a reply");
     };
     initiator.read_message(noise, &mut [0u8; 64]).unwrap();
     let client = initiator.into_stateless_transport_mode().unwrap();
     let mut sealed = Vec::new();
-    noise_wire::seal_datagram(&client, index, 5, b"/id t1 p", &mut sealed).unwrap();
+    noise::seal_datagram(&client, index, 5, b"/id t1 p", &mut sealed).unwrap();
     let mut tampered = sealed.clone();
     for (i, b) in data.iter().enumerate() {
-        let at = noise_wire::UDP_DATA_HEADER + i % (tampered.len() - noise_wire::UDP_DATA_HEADER);
+        let at = noise::UDP_DATA_HEADER + i % (tampered.len() - noise::UDP_DATA_HEADER);
         tampered[at] ^= b;
     }
     let mut refusal = Vec::new();
     let changed = tampered != sealed;
-    if let Some(Datagram::Data { receiver, nonce, sealed: body }) = noise_wire::parse_datagram(&tampered) {
+    if let Some(Datagram::Data { receiver, nonce, sealed: body }) = noise::parse_datagram(&tampered) {
         let opened = sessions.open((receiver, nonce, body), from, &mut plain, &mut refusal, &mut stats);
         assert_eq!(opened.is_some(), !changed, "only the untouched message opens");
     }
     if changed {
         // The real one still opens once, and its replay does not.
-        let Some(Datagram::Data { receiver, nonce, sealed: body }) = noise_wire::parse_datagram(&sealed) else { unreachable!() };
+        let Some(Datagram::Data { receiver, nonce, sealed: body }) = noise::parse_datagram(&sealed) else { unreachable!() };
         assert!(sessions.open((receiver, nonce, body), from, &mut plain, &mut refusal, &mut stats).is_some());
         assert_eq!(plain, b"/id t1 p");
         assert!(sessions.open((receiver, nonce, body), from, &mut plain, &mut refusal, &mut stats).is_none());

@@ -4,7 +4,7 @@
 #![no_main]
 
 use diary::protocol::{self, Command};
-use diary::framing::{Frame, LineFramer};
+use diary::tcp::framing::{Frame, LineFramer};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -31,8 +31,8 @@ fn check_request(raw: &[u8]) {
         assert!(!text.is_empty() && text.len() <= 100);
         assert!(!text.bytes().any(|b| b == 0 || b == b'\r'));
         let mut line = Vec::new();
-        diary::entry::encode_line(1, "2026-11-25T06:00:00.000+00:00", text, &mut line);
-        let decoded = diary::entry::decode_line(&line[..line.len() - 1]).unwrap();
+        diary::wire::entry::encode_line(1, "2026-11-25T06:00:00.000+00:00", text, &mut line);
+        let decoded = diary::wire::entry::decode_line(&line[..line.len() - 1]).unwrap();
         assert_eq!(decoded.text(), text);
     }
 }

@@ -4,7 +4,7 @@
 use clap::Parser;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use diary::event_loop::{Limits, Server};
-use diary::gatekeeper::{AccessConfig, Gatekeeper};
+use diary::server::access::gatekeeper::{AccessConfig, Gatekeeper};
 use diary::store::{FsyncPolicy, Store};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -100,7 +100,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    diary::logging::init(log::LevelFilter::Info);
+    diary::server::logging::init(log::LevelFilter::Info);
     if !args.listen.ip().is_loopback() && args.allow.is_none() && !args.insecure_open {
         log::error!(
             "refusing to listen on {} without --allow: anyone who reaches it could read and \
@@ -116,7 +116,7 @@ fn main() -> ExitCode {
         path.push(".key");
         PathBuf::from(path)
     });
-    let (key, made) = match diary::keys::load_or_create(&key_path) {
+    let (key, made) = match diary::secure::keys::load_or_create(&key_path) {
         Ok(key) => key,
         Err(e) => {
             log::error!("{e}");
@@ -237,7 +237,7 @@ fn main() -> ExitCode {
 /// Lifts the open-file limit and says so if it is still below what the
 /// connection limit needs.
 fn raise_open_files_limit(max_connections: usize) {
-    let Ok(allowed) = diary::open_files::raise_to_hard_limit() else {
+    let Ok(allowed) = diary::server::open_files::raise_to_hard_limit() else {
         return;
     };
     let wanted = max_connections as u64 + 64;

@@ -18,7 +18,7 @@
 //! a CRC-32 of everything before it (a check against damage, computed at
 //! memory speed: the file is 16 bytes per entry).
 
-use crate::scan::{self, Index, Scan};
+use crate::store::scan::{self, Index, Scan};
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -282,7 +282,7 @@ fn check_samples(file: &File, index: &Index, len: u64) -> Result<(), String> {
         file.read_exact_at(&mut line, start)
             .map_err(|e| format!("cannot read the diary: {e}"))?;
         let body = line.split(|&b| b == b'\n').next().unwrap_or_default();
-        let agrees = crate::entry::decode_line(body)
+        let agrees = crate::wire::entry::decode_line(body)
             .is_ok_and(|e| e.id == i as u64 + 1 && e.millis == index.millis[i]);
         if !agrees {
             return Err(format!("entry {} is not where it says", i + 1));
@@ -294,7 +294,7 @@ fn check_samples(file: &File, index: &Index, len: u64) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scan::Mode;
+    use crate::store::scan::Mode;
     use crate::store::{FsyncPolicy, Record, Store};
     use std::os::unix::fs::FileExt;
 

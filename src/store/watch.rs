@@ -9,10 +9,10 @@
 //! given up, for their acks to say so.
 
 use super::{FileId, Store, open_locked};
-use crate::disk::Disk;
-use crate::entry;
-use crate::scan::{self, Mode, Scan, ScanError};
-use crate::syncer::Syncer;
+use crate::store::disk::Disk;
+use crate::store::scan::{self, Mode, Scan, ScanError};
+use crate::store::syncer::Syncer;
+use crate::wire::entry;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};

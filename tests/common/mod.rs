@@ -350,7 +350,7 @@ pub fn file_entries(path: &Path) -> Vec<(u64, String)> {
         .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty() && l[0] != b'#')
         .map(|l| {
-            let line = diary::entry::decode_line(l).unwrap();
+            let line = diary::wire::entry::decode_line(l).unwrap();
             (line.id, line.text())
         })
         .collect()

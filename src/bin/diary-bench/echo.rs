@@ -10,9 +10,9 @@
 //! flushed by diaryd's own syncer thread, the next batch is written while
 //! it flushes, and echoes wait for the flush that covers them.
 
-use diary::datagrams::{self, RecvBatch};
-use diary::framing::OutBuf;
-use diary::syncer::Syncer;
+use diary::store::syncer::Syncer;
+use diary::tcp::framing::OutBuf;
+use diary::udp::datagrams::{self, RecvBatch};
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;

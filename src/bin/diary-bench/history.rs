@@ -54,9 +54,9 @@ fn write_diary(path: &Path, entries: u64) -> io::Result<()> {
     let start = 1_767_225_600_000i64;
     for id in 1..=entries {
         line.clear();
-        let stamp = diary::entry::format_timestamp(start + id as i64 * 1000);
+        let stamp = diary::wire::entry::format_timestamp(start + id as i64 * 1000);
         let text = format!("entry {id}: a day like any other, 日记 with some words in it");
-        diary::entry::encode_line(id, &stamp, &text, &mut line);
+        diary::wire::entry::encode_line(id, &stamp, &text, &mut line);
         out.write_all(&line)?;
     }
     out.flush()

@@ -7,9 +7,9 @@
 //! server the same bytes come back, so the same code measures both.
 
 use diary::client::Options;
-use diary::framing::OutBuf;
-use diary::noise_wire::{self, DATA};
-use diary::secure_client::{Credentials, Opened, SecureStream, UdpSession};
+use diary::client::secure::{Credentials, Opened, SecureStream, UdpSession};
+use diary::secure::noise::{self, DATA};
+use diary::tcp::framing::OutBuf;
 use hdrhistogram::Histogram;
 use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
@@ -369,7 +369,7 @@ impl Load {
                 match &mut client.session {
                     Some(session) => {
                         if !lines.is_empty() {
-                            noise_wire::seal_frame(session, &lines, &mut client.out.buf)
+                            noise::seal_frame(session, &lines, &mut client.out.buf)
                                 .map_err(io::Error::other)?;
                         }
                         client.lines = lines;
@@ -488,7 +488,7 @@ fn tcp_receive(
         };
         client.rx.extend_from_slice(&buf[..n]);
         let mut used = 0;
-        while let Ok(Some((frame, len))) = noise_wire::parse_frame(&client.rx[used..]) {
+        while let Ok(Some((frame, len))) = noise::parse_frame(&client.rx[used..]) {
             if frame.kind != DATA {
                 return Err(io::Error::other("not a data frame"));
             }

@@ -10,7 +10,8 @@ mod startup;
 mod target;
 
 use clap::{Args, Parser, Subcommand};
-use diary::secure_client::{Credentials, Pin};
+use diary::client::Pin;
+use diary::client::secure::Credentials;
 use load::{Load, Proto, Report};
 use serde::Serialize;
 use std::io::{self, BufRead, BufReader, Write};
@@ -312,13 +313,13 @@ impl Round {
 /// A device key and the allow file that lets it in, for encrypted runs.
 struct BenchDevice {
     dir: tempfile::TempDir,
-    key: diary::keys::KeyPair,
+    key: diary::secure::keys::KeyPair,
 }
 
 impl BenchDevice {
     fn new() -> io::Result<BenchDevice> {
         let dir = tempfile::tempdir()?;
-        let key = diary::keys::KeyPair::generate();
+        let key = diary::secure::keys::KeyPair::generate();
         std::fs::write(
             dir.path().join("allow"),
             format!("{} bench all\n", key.public),
@@ -492,7 +493,7 @@ fn tcp_clients(addr: SocketAddr) -> io::Result<u64> {
 fn idle(connections: usize, json: bool) -> io::Result<()> {
     // The connections' descriptors are this process's too; a low limit
     // shows up as a connect error below.
-    let _ = diary::open_files::raise_to_hard_limit();
+    let _ = diary::server::open_files::raise_to_hard_limit();
     // Room for the idle ones and the connection asking for /stats.
     let max = (connections + 16).to_string();
     let target = Target::diaryd("never", &["--max-connections", &max])?;

@@ -8,11 +8,11 @@
 //! per line, with the same byte-class helpers, so that the distance from
 //! diaryd's request path to what cannot be saved is a measurement too.
 
-use diary::disk::{Disk, SyncFn};
-use diary::framing::{Frame, LineFramer};
-use diary::service::{AckSite, Outcome, Service};
-use diary::shared::Shared;
+use diary::server::service::{AckSite, Outcome, Service};
+use diary::server::state::Shared;
+use diary::store::disk::{Disk, SyncFn};
 use diary::store::{FsyncPolicy, Store};
+use diary::tcp::framing::{Frame, LineFramer};
 use serde::Serialize;
 use std::io;
 use std::time::Instant;
@@ -187,7 +187,7 @@ fn floor_round(input: &[u8], batch: usize, lines: u64, sink: Sink) -> io::Result
         Sink::Null => Box::new(io::sink()),
         Sink::File => Box::new(std::fs::File::create(dir.path().join("floor.diary"))?),
     };
-    let time = diary::entry::format_timestamp(1_764_000_000_000);
+    let time = diary::wire::entry::format_timestamp(1_764_000_000_000);
     let mut read = vec![0u8; input.len()];
     let mut entries: Vec<u8> = Vec::new();
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
@@ -206,13 +206,13 @@ fn floor_round(input: &[u8], batch: usize, lines: u64, sink: Sink) -> io::Result
             rest = &rest[newline + 1..];
             let text = simdutf8::basic::from_utf8(line)
                 .map_err(|_| io::Error::other("a generated line is not UTF-8"))?;
-            if diary::ascii::has_control(line) {
+            if diary::wire::ascii::has_control(line) {
                 return Err(io::Error::other("a generated line has a control byte"));
             }
             let id = digits.format(index.len() as u64 + 1);
             index.push((written + entries.len() as u64, 1_764_000_000_000));
             // diaryd's own formatting: escaping checked, the text copied.
-            diary::entry::encode_line_digits(id, &time, text, "", &mut entries);
+            diary::wire::entry::encode_line_digits(id, &time, text, "", &mut entries);
             sites.push(out.len());
             diary::protocol::push_ack(&mut out, id, &time);
         }

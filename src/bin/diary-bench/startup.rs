@@ -69,7 +69,7 @@ fn write_diary(path: &Path, entries: u64) -> io::Result<()> {
     let mut line = Vec::new();
     for id in 1..=entries {
         line.clear();
-        let stamp = diary::entry::format_timestamp_utc(start + id as i64 * 1000);
+        let stamp = diary::wire::entry::format_timestamp_utc(start + id as i64 * 1000);
         let text = match id % 4 {
             0 => "今天下雨了，我在家写日记。",
             1 => "went for a walk by the river, tea after",
@@ -78,10 +78,10 @@ fn write_diary(path: &Path, entries: u64) -> io::Result<()> {
         };
         let mut attrs = String::new();
         if id % 3 != 0 {
-            diary::entry::push_req_attr(&format!("{id:016x}-1"), &mut attrs);
-            diary::entry::push_by_attr("me@laptop", &mut attrs);
+            diary::wire::entry::push_req_attr(&format!("{id:016x}-1"), &mut attrs);
+            diary::wire::entry::push_by_attr("me@laptop", &mut attrs);
         }
-        diary::entry::encode_line_digits(&id.to_string(), &stamp, text, &attrs, &mut line);
+        diary::wire::entry::encode_line_digits(&id.to_string(), &stamp, text, &attrs, &mut line);
         out.write_all(&line)?;
     }
     out.flush()

@@ -14,7 +14,7 @@ pub struct Target {
     /// How long from spawn to its "listening on" line.
     pub startup: Duration,
     /// diaryd's public key (its second line).
-    pub server_key: Option<diary::keys::PublicKey>,
+    pub server_key: Option<diary::secure::keys::PublicKey>,
     /// Where a spawned diaryd keeps its diary (removed on drop).
     _dir: Option<tempfile::TempDir>,
 }

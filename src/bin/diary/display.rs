@@ -7,9 +7,9 @@
 //! thousands of lines, so a time is converted once per minute of the
 //! diary, not once per entry.
 
-use crate::client::Entry;
-use crate::entry;
 use chrono::{DateTime, Local, Utc};
+use diary::client::Entry;
+use diary::wire::entry;
 use std::io::{self, Write};
 
 /// The zone times are shown in.
@@ -132,7 +132,7 @@ impl Display {
             .is_some()
         {
             // Rare: the general path says how it was changed.
-            let parsed = crate::client::parse_entry(line).expect("decoded above");
+            let parsed = diary::client::parse_entry(line).expect("decoded above");
             writeln!(out, "{}", self.entry(&parsed))?;
             return Ok(true);
         }
@@ -177,7 +177,7 @@ pub fn newest_id<'a>(lines: impl DoubleEndedIterator<Item = &'a String>) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::parse_entry;
+    use diary::client::parse_entry;
 
     #[test]
     fn times_show_in_the_zone_asked_for() {

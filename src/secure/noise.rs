@@ -9,7 +9,7 @@
 //! start with (text is printable, a tab or a newline at most), so one port
 //! serves both. See docs/PROTOCOL.md "Encrypted sessions".
 
-use crate::keys::{KEY_LEN, KeyPair, NOISE_PARAMS, PublicKey};
+use crate::secure::keys::{KEY_LEN, KeyPair, NOISE_PARAMS, PublicKey};
 
 /// Handshake, first message (initiator → responder).
 pub const INIT: u8 = 1;

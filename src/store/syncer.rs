@@ -8,7 +8,7 @@
 //! until a flush that covered it has returned. Sockets, parsing and the
 //! store's buffers stay on the loop's thread.
 
-use crate::disk::SyncFn;
+use crate::store::disk::SyncFn;
 use mio::Waker;
 use std::io;
 use std::sync::Arc;

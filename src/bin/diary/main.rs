@@ -1,13 +1,22 @@
 //! `diary`: the client's command line. With no command it is interactive;
 //! `write`, `past` and `follow` are for scripts.
+//!
+//! The REPL, the display, the editor and the outbox are this binary's own
+//! modules (as ripgrep keeps its flags in its binary); from the library it
+//! uses only `client`, `protocol`, `secure` and `wire` (tests/layout.rs).
 
+mod display;
+mod editor;
+mod interactive;
+mod outbox;
+
+use crate::display::{Display, Zone};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
+use diary::client::dates::Point;
 use diary::client::{Client, ClientError, FollowEvent, Options, Proto, Reply, parse_entry};
-use diary::dates::Point;
-use diary::display::{Display, Zone};
-use diary::keys::PublicKey;
-use diary::secure_client::{SecureMode, Security};
+use diary::client::{SecureMode, Security};
+use diary::secure::keys::PublicKey;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -156,12 +165,12 @@ impl TextFilter {
 
     /// The same test, here, for what a follow receives: the server's own
     /// matcher, with the pattern compiled by the server's rules.
-    fn matcher(&self) -> Result<diary::history::TextMatch, String> {
+    fn matcher(&self) -> Result<diary::wire::matching::TextMatch, String> {
         let regex = match &self.regex {
-            Some(r) => Some(diary::protocol::compile_regex(r, self.ignore_case)?),
+            Some(r) => Some(diary::wire::matching::compile_regex(r, self.ignore_case)?),
             None => None,
         };
-        Ok(diary::history::TextMatch::new(
+        Ok(diary::wire::matching::TextMatch::new(
             self.grep.iter().map(String::as_str),
             self.ignore_case,
             self.tag.iter().map(String::as_str),
@@ -290,7 +299,7 @@ fn main() -> ExitCode {
     let display = Display::new(if args.utc { Zone::Utc } else { Zone::Local });
     let result = match args.command {
         Some(Cmd::Keygen { .. }) => unreachable!("handled before connecting"),
-        None => diary::interactive::run(&mut client, display).map(|()| ExitCode::SUCCESS),
+        None => crate::interactive::run(&mut client, display).map(|()| ExitCode::SUCCESS),
         Some(Cmd::Write {
             edit: true, tag, ..
         }) => write_edited(&mut client, tag),
@@ -386,8 +395,8 @@ fn fail(e: &ClientError) -> ExitCode {
 /// `diary keygen`: the public key alone on stdout, for scripts; the rest
 /// on stderr.
 fn keygen(path: Option<PathBuf>, force: bool) -> ExitCode {
-    let path = path.unwrap_or_else(diary::keys::default_device_key);
-    match diary::keys::create_key_file(&path, force) {
+    let path = path.unwrap_or_else(diary::secure::keys::default_device_key);
+    match diary::secure::keys::create_key_file(&path, force) {
         Ok(pair) => {
             println!("{}", pair.public);
             let name = diary::client::hostname().unwrap_or_else(|| "my-device".into());
@@ -424,16 +433,16 @@ fn parse_tag(tag: &str) -> Result<String, String> {
 }
 
 fn parse_since(text: &str) -> Result<Point, String> {
-    diary::dates::parse_point(text, chrono::Local::now())
+    diary::client::dates::parse_point(text, chrono::Local::now())
 }
 
 fn parse_until(text: &str) -> Result<Point, String> {
-    diary::dates::parse_until(text, chrono::Local::now())
+    diary::client::dates::parse_until(text, chrono::Local::now())
 }
 
 /// Words to look for: any text on one line.
 fn parse_name(text: &str) -> Result<String, String> {
-    if diary::entry::is_author_name(text) {
+    if diary::wire::entry::is_author_name(text) {
         Ok(text.to_string())
     } else {
         Err("a name is 1 to 64 bytes without spaces or backslashes, as in ann@laptop".into())
@@ -442,7 +451,7 @@ fn parse_name(text: &str) -> Result<String, String> {
 
 fn parse_tag_word(text: &str) -> Result<String, String> {
     let word = text.strip_prefix('#').unwrap_or(text);
-    if diary::protocol::is_tag_word(word) {
+    if diary::wire::matching::is_tag_word(word) {
         Ok(word.to_string())
     } else {
         Err("a tag is letters (any script), digits, _ and -, as in #health or #日记".into())
@@ -462,7 +471,7 @@ fn parse_words(words: &str) -> Result<String, String> {
 /// `diary write --edit`: one entry from the editor's buffer. Several lines
 /// go in one datagram (a TCP request is one line).
 fn write_edited(client: &mut Client, tag: Option<String>) -> Outcome {
-    let Some(text) = diary::editor::edit("")? else {
+    let Some(text) = crate::editor::edit("")? else {
         eprintln!("diary: nothing written (the buffer was empty)");
         return Ok(ExitCode::SUCCESS);
     };
@@ -721,11 +730,11 @@ fn import_command(line: &[u8]) -> Result<String, String> {
         author: Option<String>,
     }
     let e: Exported = serde_json::from_slice(line).map_err(|e| format!("not an entry: {e}"))?;
-    if diary::entry::parse_timestamp(&e.time).is_none() {
+    if diary::wire::entry::parse_timestamp(&e.time).is_none() {
         return Err(format!("{:?} is not an RFC 3339 time", e.time));
     }
     let author = match e.author {
-        Some(a) if diary::entry::is_author_name(&a) => a,
+        Some(a) if diary::wire::entry::is_author_name(&a) => a,
         Some(a) => return Err(format!("{a:?} is not an author's name")),
         None => "-".into(),
     };
@@ -734,7 +743,7 @@ fn import_command(line: &[u8]) -> Result<String, String> {
     }
     // Escaped as the file escapes it: a multi-line entry is one line.
     let mut text = Vec::new();
-    diary::entry::escape_into(&e.text, &mut text);
+    diary::wire::entry::escape_into(&e.text, &mut text);
     let text = String::from_utf8(text).expect("escaping keeps UTF-8");
     Ok(format!("/import {} {author} {text}", e.time))
 }
@@ -893,7 +902,7 @@ impl<'d, W: Write> Printer<'d, W> {
 
     fn release(&mut self) -> std::io::Result<()> {
         let held = std::mem::take(&mut self.held);
-        if let Some(newest) = diary::display::newest_id(held.iter()) {
+        if let Some(newest) = crate::display::newest_id(held.iter()) {
             self.newest = newest;
             self.display.fit_ids(newest);
         }
@@ -922,7 +931,7 @@ impl<'d, W: Write> Printer<'d, W> {
     fn finish(mut self) -> std::io::Result<u64> {
         self.release()?;
         self.out.flush()?;
-        let last = diary::display::newest_id(std::iter::once(&self.last)).unwrap_or(0);
+        let last = crate::display::newest_id(std::iter::once(&self.last)).unwrap_or(0);
         Ok(self.newest.max(last))
     }
 }
@@ -952,7 +961,7 @@ fn amend(client: &mut Client, id: u64, text: &str, edit: bool) -> Outcome {
             eprintln!("diary: there is no entry #{id} to amend");
             return Ok(ExitCode::from(EXIT_REFUSED));
         };
-        match diary::editor::edit(&current)? {
+        match crate::editor::edit(&current)? {
             Some(text) if text != current => text,
             _ => {
                 eprintln!("diary: #{id} unchanged");
@@ -1096,7 +1105,7 @@ fn export_jsonl(client: &mut Client, selection: &Selection) -> Outcome {
         &format!("/past since {} versions", first - 1),
         &mut |line| {
             // Most lines are not versions of these: only those are decoded in full.
-            let Some((id, amends)) = id_and_number_attr(line, diary::entry::AMENDS) else {
+            let Some((id, amends)) = id_and_number_attr(line, diary::wire::entry::AMENDS) else {
                 return Ok(());
             };
             let target = amends.unwrap_or(id);
@@ -1126,7 +1135,7 @@ fn export_jsonl(client: &mut Client, selection: &Selection) -> Outcome {
 /// An entry line's id and its attribute `key` (still escaped), without
 /// decoding its text; `None` for notes and other lines.
 fn id_and_attr<'l>(line: &'l str, key: &str) -> Option<(u64, Option<&'l str>)> {
-    let decoded = diary::entry::decode_line(line.as_bytes()).ok()?;
+    let decoded = diary::wire::entry::decode_line(line.as_bytes()).ok()?;
     Some((decoded.id, decoded.attr(key)))
 }
 
@@ -1167,7 +1176,7 @@ fn tags(client: &mut Client) -> Outcome {
     let mut counts: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     let reply = client.request_each_line("/past grep #", &mut |line| {
         if let Some(entry) = parse_entry(line) {
-            let mut seen: Vec<String> = diary::history::tags_in(&entry.text).collect();
+            let mut seen: Vec<String> = diary::wire::matching::tags_in(&entry.text).collect();
             seen.sort();
             seen.dedup();
             for tag in seen {

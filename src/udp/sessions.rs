@@ -6,9 +6,9 @@
 //! Memory is bounded: only an allowed device can make a session, and each
 //! device holds at most [`UdpSessions::PER_DEVICE`]; its oldest goes first.
 
-use crate::gatekeeper::{Gatekeeper, Peer};
-use crate::noise_wire::{self, REJECT_AFTER, Refusal, ReplayWindow};
-use crate::stats::Stats;
+use crate::secure::noise::{self, REJECT_AFTER, Refusal, ReplayWindow};
+use crate::server::access::gatekeeper::{Gatekeeper, Peer};
+use crate::server::stats::Stats;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -55,6 +55,7 @@ impl UdpSessions {
         }
     }
 
+    /// Sessions held (the fuzz target checks a refused one makes none).
     pub fn len(&self) -> usize {
         self.sessions.len()
     }
@@ -78,13 +79,13 @@ impl UdpSessions {
         if gate.is_limited(from.ip(), now) {
             return;
         }
-        let room = crate::udp::AMPLIFICATION * (noise_wire::UDP_INIT_HEADER + first.len());
+        let room = crate::server::limits::AMPLIFICATION * (noise::UDP_INIT_HEADER + first.len());
         let (mut handshake, peer) = match gate.accept(from.ip(), first, now) {
             Ok(accepted) => accepted,
             Err(why) => {
                 stats.auth_failures += 1;
                 log::info!("UDP handshake from {from} refused: {}", why.words());
-                noise_wire::push_refused(out, sender, why, room);
+                noise::push_refused(out, sender, why, room);
                 return;
             }
         };
@@ -96,7 +97,7 @@ impl UdpSessions {
             return;
         };
         let index = self.free_index();
-        noise_wire::push_reply(out, index, sender, &reply[..n]);
+        noise::push_reply(out, index, sender, &reply[..n]);
         self.make_room_for(&peer, stats);
         log::info!("{}: UDP session from {from}", peer.name);
         *stats.device_sessions.entry(peer.name.clone()).or_default() += 1;
@@ -161,8 +162,9 @@ impl UdpSessions {
             self.remove(receiver, stats);
         }
         let Some(session) = self.sessions.get_mut(&receiver) else {
-            let room = crate::udp::AMPLIFICATION * (noise_wire::UDP_DATA_HEADER + sealed.len());
-            noise_wire::push_refused(refusal, receiver, Refusal::NoSession, room);
+            let room =
+                crate::server::limits::AMPLIFICATION * (noise::UDP_DATA_HEADER + sealed.len());
+            noise::push_refused(refusal, receiver, Refusal::NoSession, room);
             return None;
         };
         if !session.window.is_fresh(nonce) {
@@ -185,7 +187,7 @@ impl UdpSessions {
         let session = self.sessions.get_mut(&index)?;
         let nonce = session.next_nonce;
         session.next_nonce += 1;
-        noise_wire::seal_datagram(&session.transport, session.remote, nonce, plain, out).ok()?;
+        noise::seal_datagram(&session.transport, session.remote, nonce, plain, out).ok()?;
         Some(session.addr)
     }
 

@@ -54,3 +54,38 @@ impl Default for Stats {
         }
     }
 }
+
+impl Stats {
+    /// The `/stats` figures by name, in the order they are sent, with the
+    /// diary's `entries` and `bytes`; `insecure_open` only when it is.
+    pub fn figures(&self, entries: u64, bytes: u64) -> Vec<(String, u64)> {
+        let mut figures: Vec<(String, u64)> = [
+            ("uptime_seconds", self.started.elapsed().as_secs()),
+            ("entries", entries),
+            ("bytes", bytes),
+            ("tcp_clients", self.tcp_clients),
+            ("udp_clients_last_minute", self.udp_sources),
+            ("followers", self.followers),
+            ("dropped_followers", self.dropped_followers),
+            ("follower_queue_peak_bytes", self.follower_queue_peak),
+            ("udp_writes", self.udp_writes),
+            ("tcp_writes", self.tcp_writes),
+            ("udp_reads", self.udp_reads),
+            ("tcp_reads", self.tcp_reads),
+            ("failed_commits", self.failed_commits),
+            ("udp_dropped_replies", self.dropped_replies),
+            ("auth_failures", self.auth_failures),
+            ("plaintext_refused", self.plaintext_refused),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value))
+        .collect();
+        if self.insecure_open {
+            figures.push(("insecure_open".into(), 1));
+        }
+        for (device, sessions) in &self.device_sessions {
+            figures.push((format!("sessions {device}"), *sessions));
+        }
+        figures
+    }
+}

@@ -15,14 +15,14 @@
 //! until the loop's "patch acks" step, which hands each to the side that
 //! queued it, and only then is the batch settled.
 
-use crate::allow::Scopes;
-use crate::gatekeeper::Peer;
 use crate::handler;
-use crate::logging::{self, Throttle};
 use crate::protocol::{self, Command, Request};
-use crate::replay::ReplayMemory;
-use crate::service::{AckSite, Outcome, Service, Transport};
-use crate::stats::Stats;
+use crate::server::access::allow::Scopes;
+use crate::server::access::gatekeeper::Peer;
+use crate::server::logging::{self, Throttle};
+use crate::server::replay::ReplayMemory;
+use crate::server::service::{AckSite, Outcome, Service, Transport};
+use crate::server::stats::Stats;
 use crate::store::{CommitError, Store};
 use std::collections::VecDeque;
 use std::time::Instant;

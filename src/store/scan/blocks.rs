@@ -11,7 +11,7 @@
 //! decoder, and only one that decoder refuses stops the prefix.
 
 use super::{Scan, ScanError, read_meta};
-use crate::entry;
+use crate::wire::entry;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -66,7 +66,8 @@ fn scan_block(
     times: &mut entry::TimeCache,
     scan: &mut Scan,
 ) -> Result<bool, ScanError> {
-    let clean = simdutf8::basic::from_utf8(block).is_ok() && !crate::ascii::has_special(block);
+    let clean =
+        simdutf8::basic::from_utf8(block).is_ok() && !crate::wire::ascii::has_special(block);
     let mut start = 0;
     for end in memchr::memchr_iter(b'\n', block) {
         let body = &block[start..end];

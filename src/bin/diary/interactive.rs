@@ -9,10 +9,10 @@
 //! reached goes to the outbox ([`crate::outbox`]) and is sent, with its
 //! tag, as soon as the server answers again, or by the next session.
 
-use crate::client::{self, Client, ClientError, FollowEvent, Reply, parse_entry};
 use crate::display::{self, Display};
 use crate::outbox::{self, Outbox};
-use crate::protocol::{self, Command};
+use diary::client::{self, Client, ClientError, FollowEvent, Reply, parse_entry};
+use diary::protocol::{self, Command};
 use rustyline::ExternalPrinter;
 use rustyline::error::ReadlineError;
 use std::collections::HashSet;
@@ -333,7 +333,7 @@ fn start_live_view(
         loop {
             let result = client::follow(
                 &options,
-                Some(crate::dates::Point::AfterId(after)),
+                Some(diary::client::dates::Point::AfterId(after)),
                 |entry| {
                     if !shared.is_own(entry.id) {
                         let shown = shared.show().entry(entry);

@@ -19,7 +19,7 @@
 
 mod blocks;
 
-use crate::entry::{self, LineError};
+use crate::wire::entry::{self, LineError};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom};

@@ -3,54 +3,16 @@
 //! pins host keys), the TCP handshake and a sealed stream, and UDP
 //! sessions with their nonces and replay window.
 
-use crate::client::{ClientError, KeyChange, Options, Proto};
-use crate::keys::{self, KeyPair, PublicKey};
-use crate::noise_wire::{
+use crate::client::config::{Options, Proto, SecureMode};
+use crate::client::errors::{ClientError, KeyChange, Pin};
+use crate::secure::keys::{self, KeyPair, PublicKey};
+use crate::secure::noise::{
     self, DATA, Datagram, KEY, MAX_FRAME_PLAINTEXT, NotAFrame, REFUSED, REKEY_AFTER,
     REKEY_AFTER_MESSAGES, REPLY, Refusal, ReplayWindow,
 };
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-/// Whether requests are encrypted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SecureMode {
-    /// Encrypted unless the server is on loopback (and no server key was given).
-    Auto,
-    /// Always plaintext: for a server started with `--insecure-open`.
-    Plain,
-}
-
-/// Where the client's keys come from.
-#[derive(Debug, Clone)]
-pub struct Security {
-    pub mode: SecureMode,
-    /// The device's key file (`diary keygen` makes it).
-    pub key: PathBuf,
-    /// The server's key, if given (otherwise pinned in `known_servers`).
-    pub server_key: Option<PublicKey>,
-    pub known_servers: PathBuf,
-}
-
-impl Default for Security {
-    fn default() -> Security {
-        Security {
-            mode: SecureMode::Auto,
-            key: keys::default_device_key(),
-            server_key: None,
-            known_servers: keys::default_known_servers(),
-        }
-    }
-}
-
-/// Where the pinned server key came from, to say which file to edit.
-#[derive(Debug, Clone)]
-pub enum Pin {
-    Given,
-    File(PathBuf, usize),
-}
 
 /// The keys of one encrypted conversation.
 #[derive(Debug, Clone)]
@@ -126,7 +88,7 @@ pub fn fetch_server_key(opts: &Options, addr: SocketAddr) -> Result<PublicKey, C
         Proto::Tcp => {
             let mut stream = TcpStream::connect_timeout(&addr, opts.timeout).map_err(io_err)?;
             let mut request = Vec::new();
-            noise_wire::push_frame(&mut request, KEY, &[]);
+            noise::push_frame(&mut request, KEY, &[]);
             stream.write_all(&request).map_err(io_err)?;
             let (kind, body) = read_frame(&mut stream, deadline).map_err(io_err)?;
             match kind {
@@ -144,7 +106,7 @@ pub fn fetch_server_key(opts: &Options, addr: SocketAddr) -> Result<PublicKey, C
             let mut attempts = 0;
             while Instant::now() < deadline {
                 attempts += 1;
-                let _ = socket.send(&noise_wire::key_request());
+                let _ = socket.send(&noise::key_request());
                 let until = (Instant::now() + wait).min(deadline);
                 while let Some(left) = until.checked_duration_since(Instant::now()) {
                     socket
@@ -152,8 +114,7 @@ pub fn fetch_server_key(opts: &Options, addr: SocketAddr) -> Result<PublicKey, C
                         .map_err(io_err)?;
                     match socket.recv(&mut buf) {
                         Ok(n) => {
-                            if let Some(Datagram::Key(key)) = noise_wire::parse_datagram(&buf[..n])
-                            {
+                            if let Some(Datagram::Key(key)) = noise::parse_datagram(&buf[..n]) {
                                 return Ok(key);
                             }
                         }
@@ -226,7 +187,7 @@ pub fn refusal_error(
 fn read_frame(stream: &mut TcpStream, deadline: Instant) -> io::Result<(u8, Vec<u8>)> {
     let left = deadline.saturating_duration_since(Instant::now());
     stream.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
-    let mut header = [0u8; noise_wire::TCP_HEADER];
+    let mut header = [0u8; noise::TCP_HEADER];
     stream.read_exact(&mut header)?;
     let mut body = vec![0u8; u16::from_be_bytes([header[1], header[2]]) as usize];
     stream.read_exact(&mut body)?;
@@ -255,13 +216,13 @@ impl SecureStream {
             .peer_addr()
             .map_err(|e| ClientError::Io(peer_unknown(), Proto::Tcp, e))?;
         let io_err = |e| ClientError::Io(addr, Proto::Tcp, e);
-        let mut handshake = noise_wire::initiator(&creds.own, &creds.server);
+        let mut handshake = noise::initiator(&creds.own, &creds.server);
         let mut first = [0u8; 256];
         let n = handshake
-            .write_message(&noise_wire::stamp_now(), &mut first)
+            .write_message(&noise::stamp_now(), &mut first)
             .map_err(|e| ClientError::Key(format!("handshake: {e}")))?;
         let mut frame = Vec::new();
-        noise_wire::push_frame(&mut frame, noise_wire::INIT, &first[..n]);
+        noise::push_frame(&mut frame, noise::INIT, &first[..n]);
         stream.write_all(&frame).map_err(io_err)?;
         let (kind, body) = read_frame(&mut stream, deadline).map_err(io_err)?;
         match kind {
@@ -330,7 +291,7 @@ impl Read for SecureStream {
                 self.plain_start += n;
                 return Ok(n);
             }
-            match noise_wire::parse_frame(&self.rx) {
+            match noise::parse_frame(&self.rx) {
                 Ok(Some((frame, used))) if frame.kind == DATA => {
                     self.plain.resize(frame.body.len(), 0);
                     let n = self
@@ -363,7 +324,7 @@ impl Write for SecureStream {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         let mut frames = Vec::with_capacity(buf.len() + 64);
         for chunk in buf.chunks(MAX_FRAME_PLAINTEXT) {
-            noise_wire::seal_frame(&mut self.transport, chunk, &mut frames)
+            noise::seal_frame(&mut self.transport, chunk, &mut frames)
                 .map_err(|_| broken("cannot seal"))?;
         }
         self.stream.write_all(&frames)
@@ -410,14 +371,14 @@ impl UdpSession {
         let mut wait = Duration::from_millis(200);
         let mut buf = vec![0u8; 2048];
         while Instant::now() < deadline {
-            let mut handshake = noise_wire::initiator(&creds.own, &creds.server);
+            let mut handshake = noise::initiator(&creds.own, &creds.server);
             let mut first = [0u8; 256];
             let n = handshake
-                .write_message(&noise_wire::stamp_now(), &mut first)
+                .write_message(&noise::stamp_now(), &mut first)
                 .map_err(|e| ClientError::Key(format!("handshake: {e}")))?;
             let index = random_index();
             let mut datagram = Vec::new();
-            noise_wire::push_init(&mut datagram, index, &first[..n]);
+            noise::push_init(&mut datagram, index, &first[..n]);
             let _ = socket.send(&datagram);
             attempts.push((index, handshake));
             let until = (Instant::now() + wait).min(deadline);
@@ -434,7 +395,7 @@ impl UdpSession {
                     }
                     Err(_) => break,
                 };
-                match noise_wire::parse_datagram(&buf[..n]) {
+                match noise::parse_datagram(&buf[..n]) {
                     Some(Datagram::Reply {
                         sender,
                         receiver,
@@ -485,7 +446,7 @@ impl UdpSession {
 
     /// One request, sealed with a nonce of its own (each retry too).
     pub fn seal(&mut self, plain: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(plain.len() + noise_wire::UDP_DATA_OVERHEAD);
+        let mut out = Vec::with_capacity(plain.len() + noise::UDP_DATA_OVERHEAD);
         self.seal_into(plain, &mut out);
         out
     }
@@ -495,7 +456,7 @@ impl UdpSession {
         out.clear();
         let nonce = self.next_nonce;
         self.next_nonce += 1;
-        noise_wire::seal_datagram(&self.transport, self.remote, nonce, plain, out)
+        noise::seal_datagram(&self.transport, self.remote, nonce, plain, out)
             .expect("a request fits one Noise message");
     }
 
@@ -510,7 +471,7 @@ impl UdpSession {
 
     /// As [`UdpSession::open`], the plaintext into `plain`.
     pub fn open_into(&mut self, datagram: &[u8], plain: &mut Vec<u8>) -> Opened {
-        match noise_wire::parse_datagram(datagram) {
+        match noise::parse_datagram(datagram) {
             Some(Datagram::Data {
                 receiver,
                 nonce,

@@ -19,7 +19,7 @@ impl Point {
     pub fn canonical(&self) -> String {
         match self {
             Point::AfterId(id) => id.to_string(),
-            Point::From(ms) => crate::entry::format_timestamp_utc(*ms),
+            Point::From(ms) => crate::wire::entry::format_timestamp_utc(*ms),
         }
     }
 }

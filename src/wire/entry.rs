@@ -110,7 +110,7 @@ impl fmt::Display for LineError {
 /// Appends `text` with backslash, newline, tab and carriage return escaped.
 pub fn escape_into(text: &str, out: &mut Vec<u8>) {
     let bytes = text.as_bytes();
-    if !crate::ascii::needs_escape(bytes) {
+    if !crate::wire::ascii::needs_escape(bytes) {
         out.extend_from_slice(bytes);
         return;
     }

@@ -2,14 +2,14 @@
 //! hands a parsed request to a [`Service`] and learns what to do next
 //! ([`Outcome`]); it never touches the loop, the handler or the commit.
 //!
-//! The loop implements the trait ([`crate::shared::Shared`]) and lends it to
+//! The loop implements the trait ([`crate::server::state::Shared`]) and lends it to
 //! the UDP side, then the TCP side, for each step of an iteration.
 
-use crate::cookie::Cookie;
-use crate::gatekeeper::Peer;
-use crate::history::PastCursor;
 use crate::protocol::Request;
-use crate::stats::Stats;
+use crate::server::access::gatekeeper::Peer;
+use crate::server::cookie::Cookie;
+use crate::server::history::PastCursor;
+use crate::server::stats::Stats;
 use crate::store::Store;
 
 /// Where a request came from, as far as the reply's shape is concerned.
@@ -40,10 +40,10 @@ pub enum Outcome {
     Acked { id: u64, ack_at: usize },
     /// `bye` is in the output; a TCP session ends once it is sent.
     Quit,
-    /// TCP only: the rest of the reply comes from [`crate::history::fill`].
+    /// TCP only: the rest of the reply comes from [`crate::server::history::fill`].
     Stream(PastCursor),
     /// TCP only: entries after `after` (after the newest when `None`), then
-    /// new ones; see [`crate::follow`].
+    /// new ones (the TCP side's `tcp/follow.rs` feeds them).
     Follow { after: Option<u64> },
 }
 

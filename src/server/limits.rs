@@ -3,6 +3,11 @@
 
 use std::time::Duration;
 
+/// A reply to a UDP source that has not proven its address is at most
+/// this many times its request (QUIC's anti-amplification rule): plain
+/// replies, handshakes and sealed replies alike.
+pub const AMPLIFICATION: usize = 3;
+
 /// Per-client limits; see README "Limits and safety".
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -47,7 +52,7 @@ impl Default for Limits {
             follow_backlog: 1024 * 1024,
             send_timeout: Duration::from_secs(30),
             loopback_exempt: true,
-            session_lifetime: crate::noise_wire::REJECT_AFTER,
+            session_lifetime: crate::secure::noise::REJECT_AFTER,
         }
     }
 }

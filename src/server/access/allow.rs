@@ -2,8 +2,8 @@
 //! which name, to do what (`PUBLIC-KEY NAME SCOPES`, one per line), and the
 //! scopes every command is checked against.
 
-use crate::keys::PublicKey;
 use crate::protocol::Command;
+use crate::secure::keys::PublicKey;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
@@ -202,7 +202,7 @@ fn check_not_writable_by_others(path: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::KeyPair;
+    use crate::secure::keys::KeyPair;
 
     #[test]
     fn an_allow_file_lists_devices_with_their_scopes() {

@@ -7,10 +7,10 @@
 //! to resume from and closed, so one slow reader never holds memory or the
 //! loop.
 
-use crate::framing::OutBuf;
-use crate::history;
 use crate::protocol;
+use crate::server::history;
 use crate::store::Store;
+use crate::tcp::framing::OutBuf;
 
 /// Room kept for the final notice, so the queue never passes the limit.
 const NOTICE_ROOM: usize = 200;

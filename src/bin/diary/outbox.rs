@@ -8,8 +8,8 @@
 //! order, each with the tag it was first given, so one the server did store
 //! before the connection broke is answered, not stored twice.
 
-use crate::client::{Client, ClientError, Reply};
-use crate::entry;
+use diary::client::{Client, ClientError, Reply};
+use diary::wire::entry;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -70,10 +70,6 @@ impl Outbox {
             }
         }
         Ok(outbox)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     pub fn len(&self) -> usize {

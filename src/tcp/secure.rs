@@ -4,8 +4,10 @@
 //! [`SecureLink::writer`], so framing, holds and limits stay as they are
 //! for plaintext.
 
-use crate::gatekeeper::{Gatekeeper, Peer};
-use crate::noise_wire::{self, DATA, INIT, KEY, MAX_FRAME_PLAINTEXT, REFUSED, REPLY, TCP_HEADER};
+use crate::secure::noise::{
+    self, DATA, INIT, KEY, MAX_FRAME_PLAINTEXT, REFUSED, REPLY, TCP_HEADER,
+};
+use crate::server::access::gatekeeper::{Gatekeeper, Peer};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -80,7 +82,7 @@ impl SecureLink {
         from: SocketAddr,
     ) -> Step {
         loop {
-            let frame = match noise_wire::parse_frame(&self.rx[self.rx_start..self.rx_end]) {
+            let frame = match noise::parse_frame(&self.rx[self.rx_start..self.rx_end]) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => {
                     if self.rx_end >= MAX_HANDSHAKE_BUFFER {
@@ -94,7 +96,7 @@ impl SecureLink {
                         Err(_) => return Step::Broken,
                     }
                 }
-                Err(noise_wire::NotAFrame) => {
+                Err(noise::NotAFrame) => {
                     gate.failed(from.ip(), Instant::now());
                     return Step::Broken;
                 }
@@ -103,7 +105,7 @@ impl SecureLink {
             match frame.kind {
                 KEY if frame.body.is_empty() => {
                     let key = gate.public_key();
-                    noise_wire::push_frame(&mut self.tx, KEY, &key.0);
+                    noise::push_frame(&mut self.tx, KEY, &key.0);
                     self.rx_start += used;
                 }
                 INIT => {
@@ -119,7 +121,7 @@ impl SecureLink {
                             log::info!("TCP handshake from {from} refused: {}", why.words());
                             let mut body = vec![why as u8];
                             body.extend_from_slice(why.words().as_bytes());
-                            noise_wire::push_frame(&mut self.tx, REFUSED, &body);
+                            noise::push_frame(&mut self.tx, REFUSED, &body);
                             return Step::Refused;
                         }
                     };
@@ -130,7 +132,7 @@ impl SecureLink {
                     let Ok(transport) = handshake.into_transport_mode() else {
                         return Step::Broken;
                     };
-                    noise_wire::push_frame(&mut self.tx, REPLY, &reply[..n]);
+                    noise::push_frame(&mut self.tx, REPLY, &reply[..n]);
                     self.transport = Some(Box::new(transport));
                     self.peer = Some(peer.clone());
                     self.started = Some(now);
@@ -231,7 +233,7 @@ impl<S: Read> Read for Opener<'_, S> {
             let Some(transport) = link.transport.as_mut() else {
                 return Err(broken("no session"));
             };
-            match noise_wire::parse_frame(&link.rx[link.rx_start..link.rx_end]) {
+            match noise::parse_frame(&link.rx[link.rx_start..link.rx_end]) {
                 Ok(Some((frame, used))) if frame.kind == DATA => {
                     link.plain.resize(frame.body.len(), 0);
                     let n = transport
@@ -240,7 +242,7 @@ impl<S: Read> Read for Opener<'_, S> {
                     link.plain.truncate(n);
                     link.rx_start += used;
                 }
-                Ok(Some(_)) | Err(noise_wire::NotAFrame) => return Err(broken("not a data frame")),
+                Ok(Some(_)) | Err(noise::NotAFrame) => return Err(broken("not a data frame")),
                 Ok(None) => {
                     if link.rx_start == link.rx_end && link.rx.len() > RX_SIZE {
                         // A big frame grew it; back to the usual size.
@@ -274,8 +276,8 @@ impl<S: Write> Write for Sealer<'_, S> {
             return Err(broken("no session"));
         };
         let n = buf.len().min(MAX_FRAME_PLAINTEXT);
-        self.link.tx.reserve(TCP_HEADER + n + noise_wire::TAG_LEN);
-        noise_wire::seal_frame(transport, &buf[..n], &mut self.link.tx)
+        self.link.tx.reserve(TCP_HEADER + n + noise::TAG_LEN);
+        noise::seal_frame(transport, &buf[..n], &mut self.link.tx)
             .map_err(|_| broken("cannot seal"))?;
         self.link.send_sealed(self.stream)?;
         Ok(n)
@@ -289,15 +291,15 @@ impl<S: Write> Write for Sealer<'_, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::KeyPair;
+    use crate::secure::keys::KeyPair;
 
     #[test]
     fn frames_cut_anywhere_still_open_in_order() {
         let (client, server) = (KeyPair::generate(), KeyPair::generate());
-        let mut i = noise_wire::initiator(&client, &server.public);
-        let mut r = noise_wire::responder(&server);
+        let mut i = noise::initiator(&client, &server.public);
+        let mut r = noise::responder(&server);
         let mut buf = [0u8; 256];
-        let n = i.write_message(&noise_wire::stamp_now(), &mut buf).unwrap();
+        let n = i.write_message(&noise::stamp_now(), &mut buf).unwrap();
         r.read_message(&buf[..n], &mut [0u8; 64]).unwrap();
         let n = r.write_message(&[], &mut buf).unwrap();
         i.read_message(&buf[..n], &mut [0u8; 64]).unwrap();
@@ -309,7 +311,7 @@ mod tests {
         let mut wire = Vec::new();
         let text: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
         for chunk in text.chunks(MAX_FRAME_PLAINTEXT) {
-            noise_wire::seal_frame(&mut sender, chunk, &mut wire).unwrap();
+            noise::seal_frame(&mut sender, chunk, &mut wire).unwrap();
         }
         // A stream that gives 7 bytes at a time.
         struct Trickle<'a>(&'a [u8]);

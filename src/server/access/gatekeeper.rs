@@ -5,9 +5,9 @@
 //! for the length of a call (a mutex only so that the server may be moved
 //! to another thread: the loop's one thread is the only one that locks it).
 
-use crate::allow::{AllowList, Device, Scopes};
-use crate::keys::{KeyPair, PublicKey};
-use crate::noise_wire::{self, Refusal, STAMP_LEN};
+use crate::secure::keys::{KeyPair, PublicKey};
+use crate::secure::noise::{self, Refusal, STAMP_LEN};
+use crate::server::access::allow::{AllowList, Device, Scopes};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -168,7 +168,7 @@ impl Gatekeeper {
 
     fn check(&mut self, first: &[u8]) -> Result<(snow::HandshakeState, Peer), Refusal> {
         let allow = self.allow.as_ref().ok_or(Refusal::NoKeys)?;
-        let mut handshake = noise_wire::responder(&self.key);
+        let mut handshake = noise::responder(&self.key);
         let mut payload = [0u8; 64];
         let n = handshake
             .read_message(first, &mut payload)
@@ -261,7 +261,7 @@ impl FailureLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::noise_wire::{initiator, stamp_now};
+    use crate::secure::noise::{initiator, stamp_now};
 
     fn gate_with(device: &KeyPair, scopes: &str) -> (Gatekeeper, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
