@@ -363,6 +363,39 @@ fn a_write_only_device_cannot_read_or_follow() {
     assert_eq!(server.entries(), ["a reading", "a reading"]);
 }
 
+/// Issue 26, 3: `write` adds entries and nothing more. Amending or
+/// deleting anyone's entries needs `edit`; importing entries under another
+/// author and time needs `import`.
+#[test]
+fn a_write_only_device_cannot_change_or_forge_entries() {
+    let Some((link, dir, device, server)) = scene("sensor write") else {
+        return;
+    };
+    let addr = server.addr.to_string();
+    let out = device.run(&link, &addr, &["write", "a reading"]);
+    assert!(out.status.success(), "{out:?}");
+    let forged = dir.path().join("forged.jsonl");
+    std::fs::write(
+        &forged,
+        "{\"id\":1,\"time\":\"2020-01-01T00:00:00.000+00:00\",\"author\":\"admin\",\"text\":\"forged\"}\n",
+    )
+    .unwrap();
+    for (args, scope) in [
+        (vec!["amend", "1", "rewritten"], "edit"),
+        (vec!["delete", "1"], "edit"),
+        (vec!["import", forged.to_str().unwrap()], "import"),
+    ] {
+        let out = device.run(&link, &addr, &args);
+        assert_ne!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("forbidden") && stderr.contains(&format!("sensor may not {scope}")),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert_eq!(server.entries(), ["a reading"]);
+}
+
 #[test]
 fn a_revoked_device_is_refused_after_sighup_and_its_sessions_end() {
     let Some(link) = Link::new() else { return };

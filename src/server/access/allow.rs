@@ -9,7 +9,12 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-/// What a device may do: a set of `write`, `read` and `follow`.
+/// What a device may do: a set of `write` (new entries), `edit` (amend
+/// and delete entries, anyone's), `import` (entries with another time and
+/// author, as `diary import` sends), `read` and `follow`. `all` is every
+/// one. Changing what others wrote and speaking for other authors are
+/// scopes of their own: a sensor that may only add lines cannot rewrite
+/// or forge the diary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Scopes(u8);
 
@@ -17,7 +22,9 @@ impl Scopes {
     pub const WRITE: Scopes = Scopes(1);
     pub const READ: Scopes = Scopes(2);
     pub const FOLLOW: Scopes = Scopes(4);
-    pub const ALL: Scopes = Scopes(7);
+    pub const EDIT: Scopes = Scopes(8);
+    pub const IMPORT: Scopes = Scopes(16);
+    pub const ALL: Scopes = Scopes(31);
     pub const NONE: Scopes = Scopes(0);
 
     pub fn contains(self, other: Scopes) -> bool {
@@ -27,10 +34,9 @@ impl Scopes {
     /// The scope a command needs; help, quit and cookies need none.
     pub fn needed_by(command: &Command) -> Scopes {
         match command {
-            Command::Write(_)
-            | Command::Import { .. }
-            | Command::Amend { .. }
-            | Command::Delete { .. } => Scopes::WRITE,
+            Command::Write(_) => Scopes::WRITE,
+            Command::Amend { .. } | Command::Delete { .. } => Scopes::EDIT,
+            Command::Import { .. } => Scopes::IMPORT,
             Command::Past { .. } | Command::Stats => Scopes::READ,
             Command::Follow { .. } => Scopes::FOLLOW,
             Command::Help | Command::Quit | Command::Cookie => Scopes::NONE,
@@ -43,6 +49,8 @@ impl Scopes {
             Scopes::WRITE => "write",
             Scopes::READ => "read",
             Scopes::FOLLOW => "follow",
+            Scopes::EDIT => "edit",
+            Scopes::IMPORT => "import",
             _ => "all",
         }
     }
@@ -53,11 +61,17 @@ impl fmt::Display for Scopes {
         if *self == Scopes::ALL {
             return f.write_str("all");
         }
-        let names: Vec<&str> = [Scopes::WRITE, Scopes::READ, Scopes::FOLLOW]
-            .into_iter()
-            .filter(|s| self.contains(*s))
-            .map(Scopes::name)
-            .collect();
+        let names: Vec<&str> = [
+            Scopes::WRITE,
+            Scopes::EDIT,
+            Scopes::IMPORT,
+            Scopes::READ,
+            Scopes::FOLLOW,
+        ]
+        .into_iter()
+        .filter(|s| self.contains(*s))
+        .map(Scopes::name)
+        .collect();
         if names.is_empty() {
             f.write_str("none")
         } else {
@@ -76,11 +90,13 @@ impl std::str::FromStr for Scopes {
                 "write" => Scopes::WRITE.0,
                 "read" => Scopes::READ.0,
                 "follow" => Scopes::FOLLOW.0,
+                "edit" => Scopes::EDIT.0,
+                "import" => Scopes::IMPORT.0,
                 "all" => Scopes::ALL.0,
                 _ => {
                     return Err(format!(
-                        "unknown scope {word:?}; scopes are write, read, follow or all, \
-                         joined by commas"
+                        "unknown scope {word:?}; scopes are write, edit, import, read, \
+                         follow or all, joined by commas"
                     ));
                 }
             };
@@ -249,6 +265,23 @@ mod tests {
     fn each_command_needs_its_scope() {
         use crate::protocol::PastQuery;
         assert_eq!(Scopes::needed_by(&Command::Write("x")), Scopes::WRITE);
+        // Changing entries and speaking for other authors are not `write`.
+        let amend = Command::Amend { id: 1, text: "x" };
+        assert_eq!(Scopes::needed_by(&amend), Scopes::EDIT);
+        assert_eq!(Scopes::needed_by(&Command::Delete { id: 1 }), Scopes::EDIT);
+        let import = Command::Import {
+            time: "2020-01-01T00:00:00+00:00",
+            millis: 0,
+            author: Some("admin"),
+            text: "x".into(),
+        };
+        assert_eq!(Scopes::needed_by(&import), Scopes::IMPORT);
+        let write: Scopes = "write".parse().unwrap();
+        assert!(!write.contains(Scopes::EDIT) && !write.contains(Scopes::IMPORT));
+        let all: Scopes = "all".parse().unwrap();
+        assert!(all.contains(Scopes::EDIT) && all.contains(Scopes::IMPORT));
+        let some: Scopes = "write,edit".parse().unwrap();
+        assert_eq!(some.to_string(), "write,edit");
         let past = Command::Past {
             query: PastQuery::default(),
         };
