@@ -821,6 +821,20 @@ pub fn push_figures<N: AsRef<str>>(out: &mut Vec<u8>, figures: impl IntoIterator
     push_end(out);
 }
 
+/// To a new connection from an address that has `limit` open already.
+pub fn busy_source_line(limit: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    push_error(
+        &mut out,
+        ErrorCode::Busy,
+        &format_args!(
+            "this address has its maximum of {limit} connections open; close some or try \
+             again later"
+        ),
+    );
+    out
+}
+
 /// How a datagram reply that came out over its limit is made to fit.
 #[derive(Debug, Clone, Copy)]
 pub enum Oversize<'a> {

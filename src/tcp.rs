@@ -32,8 +32,9 @@ use crate::tcp::secure::{SecureLink, Step};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 /// Connections the kernel may hold for `accept` (capped by `somaxconn`).
@@ -133,6 +134,16 @@ enum Link {
     Secure(Box<SecureLink>),
 }
 
+/// Whether an accepted connection is from this machine: both its ends are
+/// loopback addresses. The handshake proved the peer got our SYN-ACK at a
+/// loopback address, which never leaves this machine.
+fn from_this_machine(stream: &TcpStream, from: SocketAddr) -> bool {
+    gatekeeper::is_loopback(from.ip())
+        && stream
+            .local_addr()
+            .is_ok_and(|ours| gatekeeper::is_loopback(ours.ip()))
+}
+
 /// One TCP client.
 struct Conn {
     stream: TcpStream,
@@ -161,13 +172,7 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(stream: TcpStream, from: SocketAddr, max_line: usize) -> Conn {
-        // Both ends on loopback: the handshake proved the peer got our
-        // SYN-ACK at a loopback address, which never leaves this machine.
-        let local = gatekeeper::is_loopback(from.ip())
-            && stream
-                .local_addr()
-                .is_ok_and(|ours| gatekeeper::is_loopback(ours.ip()));
+    fn new(stream: TcpStream, from: SocketAddr, local: bool, max_line: usize) -> Conn {
         Conn {
             stream,
             from,
@@ -237,6 +242,8 @@ pub struct TcpSide {
     accept_log: Throttle,
     gate: SharedGate,
     plaintext: PlaintextRule,
+    /// Open connections by address, for those not from this machine.
+    per_source: HashMap<IpAddr, usize>,
     /// The allow file's reload that sessions were last checked against.
     generation: u64,
 }
@@ -255,6 +262,7 @@ impl TcpSide {
             held: Vec::new(),
             accept_log: Throttle::default(),
             plaintext,
+            per_source: HashMap::new(),
             gate,
             generation: 0,
         }
@@ -292,8 +300,9 @@ impl TcpSide {
                     return;
                 }
             };
-            if self.conns.len() >= self.limits.max_connections {
-                let _ = stream.write_all(&protocol::busy_line(self.limits.max_connections));
+            let local = from_this_machine(&stream, from);
+            if let Some(refusal) = self.refusal(from, local) {
+                let _ = stream.write_all(&refusal);
                 continue;
             }
             // Replies are already one write per iteration; Nagle would only add latency.
@@ -307,11 +316,32 @@ impl TcpSide {
             {
                 continue;
             }
-            entry.insert(Conn::new(stream, from, max_line));
+            if !local {
+                *self.per_source.entry(from.ip()).or_default() += 1;
+            }
+            entry.insert(Conn::new(stream, from, local, max_line));
             stats.tcp_clients = self.conns.len() as u64;
             // Data may already be waiting; edge-triggered readiness will not repeat it.
             self.resume.push(key);
         }
+    }
+
+    /// Why a new connection from `from` is refused, if it is: the total
+    /// is reached (outside this machine, all but the local reserve), or
+    /// its address has its share.
+    fn refusal(&self, from: SocketAddr, local: bool) -> Option<Vec<u8>> {
+        let max = self.limits.max_connections;
+        let room = if local {
+            max
+        } else {
+            max - self.limits.local_reserve.min(max / 2)
+        };
+        if self.conns.len() >= room {
+            return Some(protocol::busy_line(max));
+        }
+        let open = self.per_source.get(&from.ip()).copied().unwrap_or(0);
+        (!local && open >= self.limits.max_per_source)
+            .then(|| protocol::busy_source_line(self.limits.max_per_source))
     }
 
     /// Handles readiness of connection `key`.
@@ -730,6 +760,14 @@ impl TcpSide {
         for key in self.dead.drain(..) {
             if let Some(mut conn) = self.conns.try_remove(key) {
                 let _ = registry.deregister(&mut conn.stream);
+                if !conn.local
+                    && let Some(open) = self.per_source.get_mut(&conn.from.ip())
+                {
+                    *open -= 1;
+                    if *open == 0 {
+                        self.per_source.remove(&conn.from.ip());
+                    }
+                }
                 if let Some(peer) = conn.peer()
                     && let Some(n) = stats.device_sessions.get_mut(&peer.name)
                 {

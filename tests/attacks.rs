@@ -204,3 +204,105 @@ fn an_allow_file_others_may_write_is_refused() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     start_with_umask("022", &file, &allow_arg).expect("starts with a private allow file");
 }
+
+/// Opens TCP connections to `to` from `from` (an address of the client's
+/// namespace), holding them; returns, for each, the line it was sent at
+/// once ("" when it was taken in and left waiting for a request).
+fn connections_from(
+    link: &Link,
+    from: &str,
+    to: SocketAddr,
+    count: usize,
+) -> (Vec<std::net::TcpStream>, Vec<String>) {
+    let from: SocketAddr = format!("{from}:0").parse().unwrap();
+    link.in_client_ns(move || {
+        let streams: Vec<std::net::TcpStream> = (0..count)
+            .map(|_| {
+                let socket =
+                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                        .unwrap();
+                socket.bind(&from.into()).unwrap();
+                socket.connect(&to.into()).unwrap();
+                socket.into()
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        let firsts = streams
+            .iter()
+            .map(|s| {
+                use std::io::Read;
+                s.set_nonblocking(true).unwrap();
+                let mut buf = [0u8; 512];
+                match (&*s).read(&mut buf) {
+                    Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+                    Err(_) => String::new(),
+                }
+            })
+            .collect();
+        (streams, firsts)
+    })
+}
+
+/// Issue 26, 6: idle connections from one address take at most its
+/// share of the slots, and addresses outside this machine together leave
+/// a reserve for its own clients; each refused one hears `err busy`.
+#[test]
+fn one_address_cannot_take_every_connection_slot() {
+    let Some(link) = Link::new() else {
+        return;
+    };
+    let second = link.client_ip.replace(".2", ".3");
+    netns::ip(&[
+        "-n",
+        &link.client_ns,
+        "addr",
+        "add",
+        &format!("{second}/24"),
+        "dev",
+        &link.client_dev,
+    ])
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("d.log");
+    let mut command = Link::command(&link.server_ns, env!("CARGO_BIN_EXE_diaryd"));
+    command
+        .args(["--listen", "0.0.0.0:0"])
+        .args([
+            "--insecure-open",
+            "--max-connections",
+            "40",
+            "--max-per-source",
+            "15",
+        ])
+        .arg("--file")
+        .arg(&file);
+    let server = common::Daemon::spawn(command).unwrap();
+    let to = SocketAddr::new(link.server_ip.parse().unwrap(), server.addr.port());
+    let (_held, firsts) = connections_from(&link, &link.client_ip, to, 18);
+    assert!(firsts[..15].iter().all(String::is_empty), "{firsts:?}");
+    for refused in &firsts[15..] {
+        assert!(
+            refused.starts_with("err busy this address has its maximum of 15"),
+            "{refused:?}"
+        );
+    }
+    // Another address gets the rest of the 20 slots outside the reserve.
+    let (_held_too, firsts) = connections_from(&link, &second, to, 7);
+    assert!(firsts[..5].iter().all(String::is_empty), "{firsts:?}");
+    for refused in &firsts[5..] {
+        assert!(
+            refused.starts_with("err busy the server has its maximum of 40"),
+            "{refused:?}"
+        );
+    }
+    // This machine's own clients still get in.
+    let port = to.port();
+    link.in_server_ns(move || {
+        let local = SocketAddr::from(([127, 0, 0, 1], port));
+        let held: Vec<common::Tcp> = (0..10).map(|_| common::Tcp::connect(local)).collect();
+        let mut c = common::Tcp::connect(local);
+        c.send("/write still reachable");
+        assert!(c.line().starts_with("ok "));
+        drop(held);
+    });
+}

@@ -47,6 +47,11 @@ struct Args {
     #[arg(long, default_value_t = Limits::default().max_connections)]
     max_connections: usize,
 
+    /// TCP connections from one address at once (this machine's own
+    /// clients are not counted, and keep a reserve of the total).
+    #[arg(long, default_value_t = Limits::default().max_per_source)]
+    max_per_source: usize,
+
     /// Reply bytes queued for one TCP client before the server stops reading it.
     #[arg(long, default_value_t = Limits::default().max_output)]
     max_output: usize,
@@ -183,6 +188,7 @@ fn main() -> ExitCode {
     let limits = Limits {
         max_entry: args.max_entry,
         max_connections: args.max_connections,
+        max_per_source: args.max_per_source.max(1),
         max_output: args.max_output.max(1024),
         idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
         send_timeout: Duration::from_secs(args.send_timeout.max(1)),

@@ -15,6 +15,13 @@ pub struct Limits {
     pub max_entry: usize,
     /// TCP connections served at once; more are refused with an error line.
     pub max_connections: usize,
+    /// TCP connections from one address outside this machine at once, so
+    /// that one address cannot take every slot.
+    pub max_per_source: usize,
+    /// Slots of `max_connections` that only this machine's clients may
+    /// take (at most half): a flood from outside leaves room to reach the
+    /// server locally.
+    pub local_reserve: usize,
     /// Reply bytes queued per connection before it stops being read.
     pub max_output: usize,
     /// A connection with no traffic either way for this long is closed.
@@ -44,6 +51,8 @@ impl Default for Limits {
         Limits {
             max_entry: 64 * 1024,
             max_connections: 10_000,
+            max_per_source: 256,
+            local_reserve: 64,
             max_output: 1024 * 1024,
             idle_timeout: Duration::from_secs(300),
             replay_memory: 100_000,
