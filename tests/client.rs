@@ -431,3 +431,32 @@ fn a_long_past_streams_and_a_broken_connection_repeats_no_line() {
     let first = first_line_then_close(daemon.addr, &["--proto", "tcp", "past"]);
     assert!(first.contains("day 1 "), "{first:?}");
 }
+
+/// Issue 26, 8: text that would act on a terminal (C1 controls and bidi
+/// overrides, which the server stores as text; C0 controls it refuses, and
+/// the display unit test covers them) is shown escaped by `diary past`,
+/// never sent to the terminal raw; `--json` keeps it exact.
+#[test]
+fn past_shows_terminal_controls_escaped_and_json_keeps_them() {
+    let server = TestServer::start();
+    let sneaky = "csi \u{9b}2J next \u{85} and \u{202e}txt.exe";
+    let mut c = Tcp::connect(server.addr);
+    assert_eq!(c.write(sneaky), 1);
+    let out = run_diary(server.addr, &["--proto", "tcp", "past"], b"");
+    assert!(out.status.success(), "{out:?}");
+    let shown = String::from_utf8(out.stdout).unwrap();
+    for raw in ['\u{9b}', '\u{85}', '\u{202e}', '\u{1b}', '\u{7}', '\r'] {
+        assert!(
+            !shown.contains(raw),
+            "{raw:?} reached the terminal: {shown:?}"
+        );
+    }
+    assert!(
+        shown.contains("\\u{9b}2J") && shown.contains("\\u{202e}txt.exe"),
+        "{shown}"
+    );
+    let out = run_diary(server.addr, &["--proto", "tcp", "past", "--json"], b"");
+    let json = String::from_utf8(out.stdout).unwrap();
+    let first: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert_eq!(first["text"], sneaky);
+}

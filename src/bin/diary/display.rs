@@ -12,6 +12,36 @@ use diary::client::Entry;
 use diary::wire::entry;
 use std::io::{self, Write};
 
+/// `text` as it may reach a terminal: every character that would act
+/// instead of show (C0 controls but newline and tab, DEL, C1 controls,
+/// bidi overrides and isolates) is written visibly as `\u{1b}`, so that an
+/// entry, an author or a server's message can neither set the title, clear
+/// the screen, move the cursor nor dress itself up as another line. Plain
+/// text comes back borrowed. (`--json` keeps the exact text.)
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    fn acts(c: char) -> bool {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}')
+            || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+    }
+    // Every such character starts with one of these bytes: most text, CJK
+    // included, is passed over at byte speed (`past` prints whole diaries).
+    let maybe = |b: &u8| *b < 0x20 || matches!(*b, 0x7f | 0xc2 | 0xd8 | 0xe2);
+    if !text.as_bytes().iter().any(maybe) || !text.chars().any(acts) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if acts(c) {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// The zone times are shown in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Zone {
@@ -101,7 +131,7 @@ impl Display {
         let time = self.time(&e.time);
         let prefix = format!("{:>width$}  {time}  ", e.id, width = self.id_width);
         let prefix = match &e.author {
-            Some(author) => format!("{prefix}[{author}] "),
+            Some(author) => format!("{prefix}[{}] ", printable(author)),
             None => prefix,
         };
         let prefix = match (e.amends, e.deletes) {
@@ -113,7 +143,7 @@ impl Display {
         let edited = if e.edited.is_some() { " (edited)" } else { "" };
         format!(
             "{prefix}{}{edited}",
-            e.text.replace('\n', &format!("\n{indent}"))
+            printable(&e.text).replace('\n', &format!("\n{indent}"))
         )
     }
 
@@ -151,15 +181,15 @@ impl Display {
         let mut author_width = 0;
         if let Some(author) = e.author() {
             // Names are stored as they are: no escapes to undo.
-            write!(out, "[{author}] ")?;
+            write!(out, "[{}] ", printable(author))?;
             author_width = author.chars().count() + 3;
         }
         if memchr::memchr(b'\\', e.escaped_text.as_bytes()).is_some() {
             let width = self.id_width + 2 + time.chars().count() + 2 + author_width;
             let indent = format!("\n{}", " ".repeat(width));
-            out.write_all(e.text().replace('\n', &indent).as_bytes())?;
+            out.write_all(printable(&e.text()).replace('\n', &indent).as_bytes())?;
         } else {
-            out.write_all(e.escaped_text.as_bytes())?;
+            out.write_all(printable(e.escaped_text).as_bytes())?;
         }
         out.write_all(b"\n")?;
         Ok(true)
@@ -177,6 +207,41 @@ pub fn newest_id<'a>(lines: impl DoubleEndedIterator<Item = &'a String>) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_would_act_on_a_terminal_is_shown_not_done() {
+        for (text, shown) in [
+            ("\u{1b}]0;pwned\u{7}title", "\\u{1b}]0;pwned\\u{7}title"),
+            ("\u{1b}[2J", "\\u{1b}[2J"),
+            (
+                "fine\r  12  [laptop] forged",
+                "fine\\u{d}  12  [laptop] forged",
+            ),
+            ("c1 \u{9b}31m and \u{85}", "c1 \\u{9b}31m and \\u{85}"),
+            ("\u{202e}txt.exe", "\\u{202e}txt.exe"),
+        ] {
+            assert_eq!(printable(text), shown);
+        }
+        for plain in ["今天下雨了 🌧", "tab\there", "two\nlines", ""] {
+            assert!(matches!(printable(plain), std::borrow::Cow::Borrowed(_)));
+        }
+        let mut display = Display::new(Zone::Utc);
+        let e = Entry {
+            id: 3,
+            time: "2026-11-25T06:06:20.608+00:00".into(),
+            author: Some("ev\u{1b}[1mil".into()),
+            text: "a\u{1b}[2Jb".into(),
+            edited: None,
+            amends: None,
+            deletes: None,
+        };
+        let shown = display.entry(&e);
+        assert!(!shown.contains('\u{1b}'), "{shown:?}");
+        assert!(
+            shown.ends_with("[ev\\u{1b}[1mil] a\\u{1b}[2Jb"),
+            "{shown:?}"
+        );
+    }
     use diary::client::parse_entry;
 
     #[test]

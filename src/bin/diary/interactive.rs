@@ -187,7 +187,11 @@ impl Shared {
 fn describe(reply: &Reply, display: &mut Display) -> String {
     match reply {
         Reply::Stored { id, time } => format!("stored #{id} at {}", display.time(time)),
-        Reply::Refused { code, message } => format!("not stored ({code}): {message}"),
+        Reply::Refused { code, message } => format!(
+            "not stored ({}): {}",
+            display::printable(code),
+            display::printable(message)
+        ),
         other => format!("{other:?}"),
     }
 }
@@ -296,7 +300,7 @@ fn answer(client: &mut Client, shared: &Shared, line: &str) -> bool {
                 }
                 Ok(Some(text)) => shared.write(client, &text),
                 Ok(None) => println!("  (nothing written)"),
-                Err(e) => eprintln!("diary: {e}"),
+                Err(e) => eprintln!("diary: {}", display::printable(&e.to_string())),
             }
             Ok(())
         }

@@ -381,7 +381,7 @@ fn fail(e: &ClientError) -> ExitCode {
         eprintln!("diary: {e}");
         return ExitCode::from(EXIT_LOCAL_IO);
     }
-    eprintln!("diary: {e}");
+    eprintln!("diary: {}", display::printable(&e.to_string()));
     ExitCode::from(match e {
         ClientError::BadReply(_)
         | ClientError::NotDiary { .. }
@@ -513,7 +513,11 @@ fn shell_words(text: &str) -> String {
 fn refused(reply: Reply) -> Outcome {
     match reply {
         Reply::Refused { code, message } => {
-            eprintln!("diary: the server refused ({code}): {message}");
+            eprintln!(
+                "diary: the server refused ({}): {}",
+                display::printable(&code),
+                display::printable(&message)
+            );
             Ok(ExitCode::from(EXIT_REFUSED))
         }
         other => Err(Box::new(ClientError::BadReply(format!("{other:?}")))),
@@ -922,7 +926,7 @@ impl<'d, W: Write> Printer<'d, W> {
             self.display.write_entry_line(&mut self.out, line)?
         };
         if !shown {
-            eprintln!("{line}");
+            eprintln!("{}", display::printable(line));
         }
         Ok(())
     }
