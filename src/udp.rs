@@ -201,7 +201,6 @@ impl UdpSide {
                 );
                 if let Some(opened) = opened {
                     let request = request_bytes(&plain);
-                    // The session proves the source, wherever it came from.
                     let from = Source {
                         addr: from,
                         local: false,
@@ -257,12 +256,22 @@ impl UdpSide {
         service: &mut impl Service,
     ) {
         let request = protocol::parse(request, self.limits.max_entry);
+        let envelope = request.envelope.as_ref();
         let limit = match &session {
-            // The session proves the source; the seal takes its share.
-            Some(_) => {
-                self.reply_limit(request.envelope.as_ref(), size, None) - noise::UDP_DATA_OVERHEAD
+            // A session's own address is proven by its handshake, another
+            // by a cookie from there; the seal takes its share.
+            Some(opened) => {
+                let cookie = envelope.and_then(|e| e.cookie);
+                if !opened.proven
+                    && cookie.is_some_and(|c| self.cookies.check(from.addr.ip(), c, Instant::now()))
+                {
+                    self.sessions.prove(opened.index, from.addr);
+                }
+                let unproven = (!opened.proven).then_some(from);
+                self.reply_limit(envelope, size, unproven)
+                    .saturating_sub(noise::UDP_DATA_OVERHEAD)
             }
-            None => self.reply_limit(request.envelope.as_ref(), size, Some(from)),
+            None => self.reply_limit(envelope, size, Some(from)),
         };
         let reads = protocol::reads_store(&request);
         if service.has_pending() && reads {
@@ -440,7 +449,7 @@ impl UdpSide {
                 .sessions
                 .seal(queued.session, &queued.reply, &mut sealed)
             {
-                Some(addr) => queued.to = addr,
+                Some(()) => {}
                 None => {
                     sealed.clear();
                     noise::push_refused(&mut sealed, queued.session, Refusal::NoSession, 64);

@@ -205,6 +205,12 @@ fn an_allow_file_others_may_write_is_refused() {
     start_with_umask("022", &file, &allow_arg).expect("starts with a private allow file");
 }
 
+/// A second address for the client's end of the link: `.3` of its subnet.
+fn third_address(link: &Link) -> String {
+    let (subnet, _) = link.client_ip.rsplit_once('.').unwrap();
+    format!("{subnet}.3")
+}
+
 /// Opens TCP connections to `to` from `from` (an address of the client's
 /// namespace), holding them; returns, for each, the line it was sent at
 /// once ("" when it was taken in and left waiting for a request).
@@ -251,7 +257,7 @@ fn one_address_cannot_take_every_connection_slot() {
     let Some(link) = Link::new() else {
         return;
     };
-    let second = link.client_ip.replace(".2", ".3");
+    let second = third_address(&link);
     netns::ip(&[
         "-n",
         &link.client_ns,
@@ -305,4 +311,98 @@ fn one_address_cannot_take_every_connection_slot() {
         assert!(c.line().starts_with("ok "));
         drop(held);
     });
+}
+
+/// Issue 26, 5: an allowed device that sends its sealed requests from
+/// another address (forged, or a new one it roams to) gets replies there
+/// within 3x of each request until that address proves itself with a
+/// cookie; sealed replies never follow the newest source at full size.
+#[test]
+fn sealed_replies_to_an_unproven_address_keep_the_3x_rule() {
+    use diary::client::secure::{Credentials, FromServer, UdpSession};
+    let Some(link) = Link::new() else {
+        return;
+    };
+    let second = third_address(&link);
+    netns::ip(&[
+        "-n",
+        &link.client_ns,
+        "addr",
+        "add",
+        &format!("{second}/24"),
+        "dev",
+        &link.client_dev,
+    ])
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let device = diary::secure::keys::KeyPair::generate();
+    let allow = dir.path().join("allow");
+    std::fs::write(&allow, format!("{} sensor all\n", device.public)).unwrap();
+    let file = dir.path().join("d.log");
+    let mut command = Link::command(&link.server_ns, env!("CARGO_BIN_EXE_diaryd"));
+    command
+        .args(["--listen", "0.0.0.0:0", "--fsync", "never", "--allow"])
+        .arg(&allow)
+        .arg("--file")
+        .arg(&file);
+    let server = common::Daemon::spawn(command).unwrap();
+    let port = server.addr.port();
+    link.in_server_ns(move || {
+        let mut c = common::Tcp::connect(SocketAddr::from(([127, 0, 0, 1], port)));
+        for i in 0..60 {
+            c.write(&format!(
+                "entry {i} with some words to make the history long"
+            ));
+        }
+    });
+    let creds = Credentials {
+        own: device,
+        server: server.key.parse().unwrap(),
+        pin: diary::client::Pin::Given,
+    };
+    let to = SocketAddr::new(link.server_ip.parse().unwrap(), port);
+    let (first, first_len, moved, moved_len) = {
+        let (ip, second) = (link.client_ip.clone(), second.clone());
+        link.in_client_ns(move || {
+            let home = std::net::UdpSocket::bind(format!("{ip}:0")).unwrap();
+            let away = std::net::UdpSocket::bind(format!("{second}:0")).unwrap();
+            for s in [&home, &away] {
+                s.set_read_timeout(Some(Duration::from_millis(500)))
+                    .unwrap();
+                s.connect(to).unwrap();
+            }
+            let opts = diary::client::Options::default();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let mut session = UdpSession::handshake(&home, &creds, &opts, to, deadline).unwrap();
+            let mut exchange = |socket: &std::net::UdpSocket, tag: &str| {
+                // Retried with a new nonce, as the client does, if lost.
+                let mut buf = vec![0u8; 65_536];
+                let (request, n) = (0..5)
+                    .find_map(|_| {
+                        let request =
+                            session.seal(format!("/id {tag} max=60000 /past 60").as_bytes());
+                        socket.send(&request).unwrap();
+                        socket.recv(&mut buf).ok().map(|n| (request, n))
+                    })
+                    .expect("a reply");
+                let FromServer::Plain(plain) = session.open(&buf[..n]) else {
+                    panic!("no sealed reply");
+                };
+                (
+                    String::from_utf8(plain).unwrap(),
+                    n as f64 / request.len() as f64,
+                )
+            };
+            let (first, first_ratio) = exchange(&home, "home");
+            let (moved, moved_ratio) = exchange(&away, "away");
+            (first, first_ratio, moved, moved_ratio)
+        })
+    };
+    // From the handshake's address: the whole history, far over 3x.
+    assert!(first.lines().count() > 60, "{first}");
+    assert!(first_len > 3.0, "{first_len}");
+    // From another address: at most 3x, marked truncated (ask over TCP).
+    assert!(moved_len <= 3.0, "{moved_len}x: {moved}");
+    assert_eq!(moved.trim_end(), "id away truncated", "{moved}");
+    drop(server);
 }

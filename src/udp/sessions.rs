@@ -18,8 +18,11 @@ struct Session {
     peer: Peer,
     /// The initiator's index: what our datagrams name.
     remote: u32,
-    /// Where replies go: the address of the newest datagram that opened.
-    addr: SocketAddr,
+    /// The address the session has shown it can receive at: its
+    /// handshake's (the reply carried what the keys are made of), or one a
+    /// cookie proved since. Replies to any other source it sends from are
+    /// held to the 3x rule, so a device cannot aim them at someone else.
+    proven: SocketAddr,
     started: Instant,
     window: ReplayWindow,
     next_nonce: u64,
@@ -29,6 +32,8 @@ struct Session {
 pub struct Opened {
     pub index: u32,
     pub peer: Peer,
+    /// It came from the session's proven address.
+    pub proven: bool,
 }
 
 pub struct UdpSessions {
@@ -107,7 +112,7 @@ impl UdpSessions {
                 transport,
                 peer,
                 remote: sender,
-                addr: from,
+                proven: from,
                 started: now,
                 window: ReplayWindow::default(),
                 next_nonce: 0,
@@ -174,21 +179,28 @@ impl UdpSessions {
         let n = session.transport.read_message(nonce, sealed, plain).ok()?;
         plain.truncate(n);
         session.window.mark(nonce);
-        session.addr = from;
         Some(Opened {
             index: receiver,
             peer: session.peer.clone(),
+            proven: from == session.proven,
         })
     }
 
-    /// Seals `plain` for session `index`: the datagram and its address,
-    /// or `None` if the session is gone.
-    pub fn seal(&mut self, index: u32, plain: &[u8], out: &mut Vec<u8>) -> Option<SocketAddr> {
+    /// Seals `plain` for session `index` into `out`; `None` if the session
+    /// is gone. It goes to the source of the request it answers.
+    pub fn seal(&mut self, index: u32, plain: &[u8], out: &mut Vec<u8>) -> Option<()> {
         let session = self.sessions.get_mut(&index)?;
         let nonce = session.next_nonce;
         session.next_nonce += 1;
-        noise::seal_datagram(&session.transport, session.remote, nonce, plain, out).ok()?;
-        Some(session.addr)
+        noise::seal_datagram(&session.transport, session.remote, nonce, plain, out).ok()
+    }
+
+    /// Session `index` has proven it receives at `addr` (a cookie came
+    /// back from there): replies there are no longer held to the 3x rule.
+    pub fn prove(&mut self, index: u32, addr: SocketAddr) {
+        if let Some(session) = self.sessions.get_mut(&index) {
+            session.proven = addr;
+        }
     }
 
     /// Forgets expired sessions, and after a reload of the allow file
