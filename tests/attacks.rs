@@ -205,10 +205,24 @@ fn an_allow_file_others_may_write_is_refused() {
     start_with_umask("022", &file, &allow_arg).expect("starts with a private allow file");
 }
 
-/// A second address for the client's end of the link: `.3` of its subnet.
+/// Gives the client's end of the link a second address, `.3` of its
+/// subnet, and returns it.
 fn third_address(link: &Link) -> String {
     let (subnet, _) = link.client_ip.rsplit_once('.').unwrap();
-    format!("{subnet}.3")
+    let third = format!("{subnet}.3");
+    let with_prefix = format!("{third}/24");
+    let dev = &link.client_dev;
+    netns::ip(&[
+        "-n",
+        &link.client_ns,
+        "addr",
+        "add",
+        &with_prefix,
+        "dev",
+        dev,
+    ])
+    .unwrap();
+    third
 }
 
 /// Opens TCP connections to `to` from `from` (an address of the client's
@@ -258,16 +272,6 @@ fn one_address_cannot_take_every_connection_slot() {
         return;
     };
     let second = third_address(&link);
-    netns::ip(&[
-        "-n",
-        &link.client_ns,
-        "addr",
-        "add",
-        &format!("{second}/24"),
-        "dev",
-        &link.client_dev,
-    ])
-    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("d.log");
     let mut command = Link::command(&link.server_ns, env!("CARGO_BIN_EXE_diaryd"));
@@ -324,16 +328,6 @@ fn sealed_replies_to_an_unproven_address_keep_the_3x_rule() {
         return;
     };
     let second = third_address(&link);
-    netns::ip(&[
-        "-n",
-        &link.client_ns,
-        "addr",
-        "add",
-        &format!("{second}/24"),
-        "dev",
-        &link.client_dev,
-    ])
-    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let device = diary::secure::keys::KeyPair::generate();
     let allow = dir.path().join("allow");
