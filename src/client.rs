@@ -26,6 +26,11 @@ use std::time::{Duration, Instant};
 const FIRST_WAIT: Duration = Duration::from_millis(200);
 const MIN_WAIT: Duration = Duration::from_millis(25);
 const MAX_WAIT: Duration = Duration::from_secs(1);
+/// A follower that lost its connection waits this long before its first
+/// reconnect, doubling each time up to [`FOLLOW_MAX_PAUSE`]; a follow that
+/// starts again resets it.
+const FOLLOW_FIRST_PAUSE: Duration = Duration::from_millis(100);
+const FOLLOW_MAX_PAUSE: Duration = Duration::from_secs(2);
 /// Requests larger than this go over TCP whatever the transport.
 const MAX_UDP_REQUEST: usize = 60_000;
 
@@ -949,7 +954,7 @@ pub fn follow(
     // The diary followed, once the server has named it: a resume names it,
     // so a replaced diary or another server is refused, never followed blind.
     let mut diary: Option<String> = None;
-    let mut pause = Duration::from_millis(100);
+    let mut pause = FOLLOW_FIRST_PAUSE;
     let mut connected_once = false;
     loop {
         let deadline = Instant::now() + opts.timeout;
@@ -959,7 +964,7 @@ pub fn follow(
             Err(e) => {
                 on_event(&FollowEvent::Reconnecting(format!("cannot connect: {e}")));
                 std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_secs(2));
+                pause = (pause * 2).min(FOLLOW_MAX_PAUSE);
                 continue;
             }
         };
@@ -1002,7 +1007,7 @@ pub fn follow(
                     }
                 }
             } else if let Some(rest) = text.strip_prefix("# following entries after ") {
-                pause = Duration::from_millis(100);
+                pause = FOLLOW_FIRST_PAUSE;
                 let (id, named) = match rest.split_once(" in diary ") {
                     Some((id, named)) => (id, Some(named)),
                     None => (rest, None),
@@ -1036,7 +1041,7 @@ pub fn follow(
         if !ended.is_empty() {
             on_event(&FollowEvent::Reconnecting(ended));
             std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_secs(2));
+            pause = (pause * 2).min(FOLLOW_MAX_PAUSE);
         }
     }
 }

@@ -10,6 +10,12 @@
 use crate::wire::matching;
 use std::fmt;
 
+/// Where diaryd listens and the client looks, unless told otherwise.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8888";
+/// The UDP reply size both ends use unless told otherwise: what crosses
+/// most paths unfragmented (DNS flag day 2020's EDNS buffer size).
+pub const DEFAULT_UDP_REPLY: usize = 1232;
+
 /// Longest request tag the official client may use.
 pub const MAX_TAG_LEN: usize = 32;
 /// Last line of every multi-line reply.

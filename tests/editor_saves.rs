@@ -194,7 +194,12 @@ fn tagged_writer(
             break;
         }
         let text = format!("{who} line {i}");
+        let give_up = std::time::Instant::now() + Duration::from_secs(30);
         loop {
+            assert!(
+                std::time::Instant::now() < give_up,
+                "{who}-{i} refused for 30 s: writes never came back"
+            );
             c.send(&format!("/id {who}-{i} {text}"));
             assert_eq!(c.line().trim_end(), format!("id {who}-{i}"));
             let reply = c.line();
@@ -341,4 +346,29 @@ fn a_copy_with_lines_added_under_taken_ids_is_a_conflict_kept_aside() {
         })
         .count();
     assert_eq!(conflict_files, 0);
+}
+
+/// `sed -i` reading the diary while diaryd appends copies part of the
+/// last line: its copy ends torn. The torn end is cut and kept in
+/// `FILE.torn` as at start, the entries it lacks are appended back, and
+/// writes go on; they are not refused until someone comes.
+#[test]
+fn a_copy_read_mid_append_has_its_torn_end_cut_and_the_entries_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("diary.log");
+    let daemon = Daemon::start(&file, &[]);
+    let mut c = Tcp::connect(daemon.addr);
+    for i in 1..=4 {
+        assert_eq!(c.write(&format!("entry {i}")), i);
+    }
+    let mut torn = std::fs::read(&file).unwrap();
+    torn.truncate(torn.len() - 6);
+    assert_eq!(c.write("entry 5"), 5);
+    save_over(&file, &torn);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(c.write("entry 6"), 6);
+    let expected: Vec<(u64, String)> = (1..=6).map(|i| (i, format!("entry {i}"))).collect();
+    assert_eq!(texts(&file), expected);
+    let kept = std::fs::read_to_string(dir.path().join("diary.log.torn")).unwrap();
+    assert!(kept.starts_with("4\t"), "{kept:?}");
 }

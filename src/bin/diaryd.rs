@@ -21,7 +21,7 @@ use std::time::Duration;
 #[command(version, about, long_about = None)]
 struct Args {
     /// Address to listen on; UDP and TCP share the port (0 picks a free one).
-    #[arg(long, default_value = "127.0.0.1:8888", env = "DIARYD_LISTEN")]
+    #[arg(long, default_value = diary::protocol::DEFAULT_ADDR, env = "DIARYD_LISTEN")]
     listen: SocketAddr,
 
     /// The diary file: one entry per line, created if missing.
@@ -88,7 +88,7 @@ struct Args {
     key: Option<PathBuf>,
 
     /// The devices allowed in, one `PUBLIC-KEY NAME SCOPES` per line
-    /// (scopes: write, read, follow, all); re-read on SIGHUP. Needed to
+    /// (scopes: write, edit, import, read, follow, all); re-read on SIGHUP. Needed to
     /// listen beyond loopback. Make a device's key with `diary keygen`.
     #[arg(long, env = "DIARYD_ALLOW")]
     allow: Option<PathBuf>,

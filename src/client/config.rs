@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Where a client looks for the server when it is not told.
-pub const DEFAULT_SERVER: &str = "127.0.0.1:8888";
+pub const DEFAULT_SERVER: &str = crate::protocol::DEFAULT_ADDR;
 
 /// Which transport requests use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +82,7 @@ impl Default for Options {
             proto: Proto::Udp,
             timeout: Duration::from_secs(5),
             retries: 8,
-            max_reply: 1232,
+            max_reply: crate::protocol::DEFAULT_UDP_REPLY,
             security: Security::default(),
             name: None,
         }

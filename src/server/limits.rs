@@ -56,7 +56,7 @@ impl Default for Limits {
             max_output: 1024 * 1024,
             idle_timeout: Duration::from_secs(300),
             replay_memory: 100_000,
-            udp_reply: 1232,
+            udp_reply: crate::protocol::DEFAULT_UDP_REPLY,
             udp_queue: 4096,
             follow_backlog: 1024 * 1024,
             send_timeout: Duration::from_secs(30),

@@ -209,13 +209,19 @@ impl Store {
             })
         })?;
         let meta = file.metadata().map_err(|e| Lost::Replaced(e.to_string()))?;
-        let mut scan: Scan = scan::scan(&file, scan::From::START, Mode::Strict)
+        // As at start, a torn last line is allowed: a copy read while
+        // diaryd was appending (`sed -i`, a sync tool) ends in part of a
+        // line, and refusing it would refuse every write until someone came.
+        let mut scan: Scan = scan::scan(&file, scan::From::START, Mode::Recover)
             .map_err(|e| Lost::Replaced(format!("it is not a whole diary ({e})")))?;
         if scan.identity.as_deref() != Some(self.identity.as_str()) {
             return Err(Lost::Replaced(match scan.identity {
                 Some(other) => format!("it is another diary (id {other})"),
                 None => "it has no diary id, so it is not this diary".into(),
             }));
+        }
+        if let Some(cut) = scan.cut.take() {
+            self.cut_torn_end(&file, meta.len(), &cut)?;
         }
         let unreadable = |e: io::Error| Lost::Replaced(format!("cannot read it: {e}"));
         let comparison = self.compare(&file, &scan).map_err(unreadable)?;
@@ -279,6 +285,27 @@ impl Store {
         self.records.clear();
         self.note_records(&scan.records)
             .map_err(|e| Lost::Replaced(format!("cannot read it: {e}")))?;
+        Ok(())
+    }
+
+    /// Cuts the torn end of a copy saved over the diary (from `cut.at` of
+    /// its `len` bytes), keeping it in `FILE.torn` as a start does. A copy
+    /// read mid-append ends in part of an entry diaryd holds whole, which
+    /// the comparison then appends back.
+    fn cut_torn_end(&self, file: &File, len: u64, cut: &scan::Cut) -> Result<(), Lost> {
+        let kept = super::set_aside(file, &self.path, cut.at, len - cut.at)
+            .map_err(|e| Lost::Replaced(format!("cannot keep its torn end aside: {e}")))?;
+        file.set_len(cut.at)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| Lost::Replaced(format!("cannot cut its torn end: {e}")))?;
+        log::warn!(
+            "{}: the copy saved over the diary ended in part of a line (line {}, {} bytes), \
+             read while it was being written; it was cut off and kept in {}",
+            self.path.display(),
+            cut.line,
+            len - cut.at,
+            kept.display()
+        );
         Ok(())
     }
 

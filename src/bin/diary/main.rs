@@ -48,7 +48,7 @@ struct Args {
         long,
         global = true,
         env = "DIARY_SERVER",
-        default_value = "127.0.0.1:8888"
+        default_value = diary::protocol::DEFAULT_ADDR
     )]
     server: String,
 
