@@ -220,11 +220,21 @@ impl Store {
                 None => "it has no diary id, so it is not this diary".into(),
             }));
         }
+        let unreadable = |e: io::Error| Lost::Replaced(format!("cannot read it: {e}"));
+        let comparison = self.compare(&file, &scan).map_err(unreadable)?;
+        if let Comparison::Differs { first } = comparison {
+            // Left as the person saved it, torn end and all.
+            let kept = self.keep_conflict().map_err(|e| {
+                Lost::Replaced(format!(
+                    "its entries from {first} on differ from the ones diaryd \
+                     acknowledged, and diaryd could not keep its own copy aside: {e}"
+                ))
+            })?;
+            return Err(Lost::Conflict { first, kept });
+        }
         if let Some(cut) = scan.cut.take() {
             self.cut_torn_end(&file, meta.len(), &cut)?;
         }
-        let unreadable = |e: io::Error| Lost::Replaced(format!("cannot read it: {e}"));
-        let comparison = self.compare(&file, &scan).map_err(unreadable)?;
         let copy_entries = scan.index.len();
         let edited = match comparison {
             Comparison::Holds { edited } => edited,
@@ -245,15 +255,7 @@ impl Store {
                 );
                 edited
             }
-            Comparison::Differs { first } => {
-                let kept = self.keep_conflict().map_err(|e| {
-                    Lost::Replaced(format!(
-                        "its entries from {first} on differ from the ones diaryd \
-                         acknowledged, and diaryd could not keep its own copy aside: {e}"
-                    ))
-                })?;
-                return Err(Lost::Conflict { first, kept });
-            }
+            Comparison::Differs { .. } => unreachable!("returned above"),
         };
         if scan.index.len() == copy_entries {
             log::warn!(
