@@ -46,22 +46,6 @@ pub(super) struct Refused {
     lost: Lost,
 }
 
-/// How a copy saved over the diary stands to the entries diaryd holds.
-#[derive(Debug, PartialEq, Eq)]
-enum Comparison {
-    /// Every entry diaryd holds is in it, under its id; `edited` of them
-    /// were changed by hand.
-    Holds { edited: Vec<u64> },
-    /// It ends before entry `first_missing`, which diaryd holds and
-    /// acknowledged (an older copy); `edited` as above.
-    Lacks {
-        first_missing: u64,
-        edited: Vec<u64>,
-    },
-    /// Its entry `first` and those after are other entries than diaryd's.
-    Differs { first: u64 },
-}
-
 impl Store {
     /// Written entries not yet durable are in a file that is no longer the
     /// diary at the path: they will not be stored. Waits for the flush in
@@ -135,10 +119,11 @@ impl Store {
                 return Err(refused.lost.clone());
             }
             self.drop_unsynced_of_old_file();
-            return self.adopt().map(|()| true).map_err(|lost| {
-                let lost_again = lost.clone();
-                self.refused = Some(Refused { seen, lost });
-                lost_again
+            return self.adopt().map(|()| true).inspect_err(|lost| {
+                self.refused = Some(Refused {
+                    seen,
+                    lost: lost.clone(),
+                });
             });
         }
         let len = meta.len();
@@ -221,8 +206,7 @@ impl Store {
             }));
         }
         let unreadable = |e: io::Error| Lost::Replaced(format!("cannot read it: {e}"));
-        let comparison = self.compare(&file, &scan).map_err(unreadable)?;
-        if let Comparison::Differs { first } = comparison {
+        if let Some(first) = self.first_other(&file, &scan).map_err(unreadable)? {
             // Left as the person saved it, torn end and all.
             let kept = self.keep_conflict().map_err(|e| {
                 Lost::Replaced(format!(
@@ -236,28 +220,22 @@ impl Store {
             self.cut_torn_end(&file, meta.len(), &cut)?;
         }
         let copy_entries = scan.index.len();
-        let edited = match comparison {
-            Comparison::Holds { edited } => edited,
-            Comparison::Lacks {
-                first_missing,
-                edited,
-            } => {
-                self.restore(&file, &mut scan, first_missing)
-                    .map_err(|e| Lost::Replaced(format!("cannot append to it: {e}")))?;
-                log::warn!(
-                    "{} was replaced by an older copy of this diary ({copy_entries} entries), \
-                     without entries {first_missing} to {} that diaryd had acknowledged \
-                     since it was read; they were appended back to it, with their ids, \
-                     times and text{}",
-                    self.path.display(),
-                    self.committed,
-                    edited_note(&edited)
-                );
-                edited
-            }
-            Comparison::Differs { .. } => unreachable!("returned above"),
-        };
-        if scan.index.len() == copy_entries {
+        let both = copy_entries.min(self.committed);
+        let edited = self.edited_in(&file, &scan, both).map_err(unreadable)?;
+        if copy_entries < self.committed {
+            let first_missing = copy_entries as u64 + 1;
+            self.restore(&file, &mut scan, first_missing)
+                .map_err(|e| Lost::Replaced(format!("cannot append to it: {e}")))?;
+            log::warn!(
+                "{} was replaced by an older copy of this diary ({copy_entries} entries), \
+                 without entries {first_missing} to {} that diaryd had acknowledged since \
+                 it was read; they were appended back to it, with their ids, times and \
+                 text{}",
+                self.path.display(),
+                self.committed,
+                edited_note(&edited)
+            );
+        } else {
             log::warn!(
                 "{} was replaced by an edited copy of this diary ({} entries); writing to \
                  the new file{}",
@@ -311,14 +289,15 @@ impl Store {
         Ok(())
     }
 
-    /// Compares a copy saved over the diary (`file`, scanned as `copy`)
-    /// with the entries diaryd holds, by id. An entry whose time or text
-    /// is as diaryd wrote it is the same entry (a hand edit changes one of
-    /// them); one that differs in both, with none the same after it, is
-    /// another entry: lines added to the copy while diaryd wrote others.
-    fn compare(&self, file: &File, copy: &Scan) -> io::Result<Comparison> {
-        let ours = self.committed;
-        let both = ours.min(copy.index.len());
+    /// The first of the entries at the end of a copy saved over the diary
+    /// (`file`, scanned as `copy`) that are other entries than diaryd's
+    /// under the same ids, if there are any. Compared by id: an entry whose
+    /// time or text is as diaryd wrote it is the same entry (a hand edit
+    /// changes one of them); one that differs in both, with none the same
+    /// after it, is another: a line added to the copy while diaryd wrote
+    /// others.
+    fn first_other(&self, file: &File, copy: &Scan) -> io::Result<Option<u64>> {
+        let both = self.committed.min(copy.index.len());
         let copy_line = |i: usize| -> io::Result<Vec<u8>> { line_at(file, copy.index.offsets[i]) };
         let mut first_other = both;
         for i in (0..both).rev() {
@@ -332,20 +311,7 @@ impl Store {
             }
             first_other = i;
         }
-        if first_other < both {
-            return Ok(Comparison::Differs {
-                first: first_other as u64 + 1,
-            });
-        }
-        let edited = self.edited_in(file, copy, both)?;
-        Ok(if copy.index.len() >= ours {
-            Comparison::Holds { edited }
-        } else {
-            Comparison::Lacks {
-                first_missing: both as u64 + 1,
-                edited,
-            }
-        })
+        Ok((first_other < both).then_some(first_other as u64 + 1))
     }
 
     /// The ids among the first `count` entries whose line in the copy is
@@ -390,11 +356,7 @@ impl Store {
     /// the file diaryd holds from entry `first` to its end, flushes them,
     /// and indexes them into `copy`. Comments among them go along.
     fn restore(&self, file: &File, copy: &mut Scan, first: u64) -> io::Result<()> {
-        let from = self.offset_of(first);
-        let mut missing = vec![0; (self.committed_len - from) as usize];
-        self.disk.read_at(&mut missing, from)?;
-        let mut out = file;
-        out.write_all(&missing)?;
+        self.copy_held(self.offset_of(first), &mut &*file)?;
         file.sync_data()?;
         let after = scan::From {
             offset: copy.len,
@@ -427,9 +389,17 @@ impl Store {
             .create_new(true)
             .mode(0o600)
             .open(&kept)?;
+        self.copy_held(0, &mut out)?;
+        out.sync_all()?;
+        Ok(kept)
+    }
+
+    /// Writes the file diaryd holds, from byte `from` to the end of what it
+    /// wrote, to `out`, a piece at a time (an old copy may lack a lot).
+    fn copy_held(&self, from: u64, out: &mut impl Write) -> io::Result<()> {
         const CHUNK: u64 = 1 << 20;
         let mut buf = Vec::new();
-        let mut at = 0;
+        let mut at = from;
         while at < self.committed_len {
             let len = CHUNK.min(self.committed_len - at);
             buf.resize(len as usize, 0);
@@ -437,8 +407,7 @@ impl Store {
             out.write_all(&buf)?;
             at += len;
         }
-        out.sync_all()?;
-        Ok(kept)
+        Ok(())
     }
 
     /// What happened to the file and what to do, for the log and `err io`.
