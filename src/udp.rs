@@ -261,17 +261,14 @@ impl UdpSide {
             // A session's own address is proven by its handshake, another
             // by a cookie from there; the seal takes its share.
             Some(opened) => {
-                let cookie = envelope.and_then(|e| e.cookie);
-                if !opened.proven
-                    && cookie.is_some_and(|c| self.cookies.check(from.addr.ip(), c, Instant::now()))
-                {
+                let proven = opened.proven || self.proven(envelope, from);
+                if proven && !opened.proven {
                     self.sessions.prove(opened.index, from.addr);
                 }
-                let unproven = (!opened.proven).then_some(from);
-                self.reply_limit(envelope, size, unproven)
+                self.reply_limit(envelope, size, proven)
                     .saturating_sub(noise::UDP_DATA_OVERHEAD)
             }
-            None => self.reply_limit(envelope, size, Some(from)),
+            None => self.reply_limit(envelope, size, self.proven(envelope, from)),
         };
         let reads = protocol::reads_store(&request);
         if service.has_pending() && reads {
@@ -325,12 +322,11 @@ impl UdpSide {
         self.push(from.addr, reply, hold.unwrap_or(0), index, service);
     }
 
-    /// How big the reply to a datagram of `size` bytes from `from` may be:
-    /// 1024 bytes to a raw request, the envelope's `max=` or the default
-    /// to a tagged one; and to a source that has not proven its address
-    /// (this machine, or a valid cookie), at most [`AMPLIFICATION`] times
-    /// the request. `from` is `None` for a source a session proved.
-    fn reply_limit(&self, envelope: Option<&Envelope>, size: usize, from: Option<Source>) -> usize {
+    /// How big the reply to a datagram of `size` bytes may be: 1024 bytes
+    /// to a raw request, the envelope's `max=` or the default to a tagged
+    /// one; and, unless its source is `proven`, at most [`AMPLIFICATION`]
+    /// times the request.
+    fn reply_limit(&self, envelope: Option<&Envelope>, size: usize, proven: bool) -> usize {
         let limit = match envelope {
             None => RAW_REPLY_LIMIT,
             Some(e) => e
@@ -338,18 +334,20 @@ impl UdpSide {
                 .unwrap_or(self.limits.udp_reply)
                 .clamp(MIN_REPLY_LIMIT, MAX_REPLY_LIMIT),
         };
-        let Some(from) = from else {
-            return limit;
-        };
-        let proven = (self.limits.loopback_exempt && from.local)
-            || envelope
-                .and_then(|e| e.cookie)
-                .is_some_and(|c| self.cookies.check(from.addr.ip(), c, Instant::now()));
         if proven {
             limit
         } else {
             limit.min(AMPLIFICATION * size)
         }
+    }
+
+    /// Whether `from` has proven its address: this machine, or a valid
+    /// cookie in the envelope.
+    fn proven(&self, envelope: Option<&Envelope>, from: Source) -> bool {
+        (self.limits.loopback_exempt && from.local)
+            || envelope
+                .and_then(|e| e.cookie)
+                .is_some_and(|c| self.cookies.check(from.addr.ip(), c, Instant::now()))
     }
 
     fn recycle(&mut self, mut buf: Vec<u8>) {
