@@ -34,7 +34,7 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     let mut out = String::with_capacity(text.len() + 16);
     for c in text.chars() {
         if acts(c) {
-            out.push_str(&c.escape_unicode().to_string());
+            out.extend(c.escape_unicode());
         } else {
             out.push(c);
         }
@@ -181,7 +181,8 @@ impl Display {
         let mut author_width = 0;
         if let Some(author) = e.author() {
             // Names are stored as they are: no escapes to undo.
-            write!(out, "[{}] ", printable(author))?;
+            let author = printable(author);
+            write!(out, "[{author}] ")?;
             author_width = author.chars().count() + 3;
         }
         if memchr::memchr(b'\\', e.escaped_text.as_bytes()).is_some() {
