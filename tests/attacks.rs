@@ -19,13 +19,12 @@ fn keyed_server(link: &Link, dir: &Path) -> (common::Daemon, PathBuf) {
     let allow = dir.join("allow");
     std::fs::write(&allow, "# no devices\n").unwrap();
     let file = dir.join("d.log");
-    let mut command = Link::command(&link.server_ns, env!("CARGO_BIN_EXE_diaryd"));
-    command
-        .args(["--listen", "[::]:0", "--fsync", "never", "--allow"])
-        .arg(&allow)
-        .arg("--file")
-        .arg(&file);
-    (common::Daemon::spawn(command).unwrap(), file)
+    let args = ["--listen", "[::]:0", "--fsync", "never", "--allow"];
+    let allow = allow.to_str().unwrap();
+    (
+        link.diaryd(&file, &[&args[..], &[allow]].concat()).unwrap(),
+        file,
+    )
 }
 
 /// The server's `/stats`, asked from its own machine.
@@ -274,19 +273,20 @@ fn one_address_cannot_take_every_connection_slot() {
     let second = third_address(&link);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("d.log");
-    let mut command = Link::command(&link.server_ns, env!("CARGO_BIN_EXE_diaryd"));
-    command
-        .args(["--listen", "0.0.0.0:0"])
-        .args([
-            "--insecure-open",
-            "--max-connections",
-            "40",
-            "--max-per-source",
-            "15",
-        ])
-        .arg("--file")
-        .arg(&file);
-    let server = common::Daemon::spawn(command).unwrap();
+    let server = link
+        .diaryd(
+            &file,
+            &[
+                "--listen",
+                "0.0.0.0:0",
+                "--insecure-open",
+                "--max-connections",
+                "40",
+                "--max-per-source",
+                "15",
+            ],
+        )
+        .unwrap();
     let to = SocketAddr::new(link.server_ip.parse().unwrap(), server.addr.port());
     let (_held, firsts) = connections_from(&link, &link.client_ip, to, 18);
     assert!(firsts[..15].iter().all(String::is_empty), "{firsts:?}");
@@ -333,13 +333,20 @@ fn sealed_replies_to_an_unproven_address_keep_the_3x_rule() {
     let allow = dir.path().join("allow");
     std::fs::write(&allow, format!("{} sensor all\n", device.public)).unwrap();
     let file = dir.path().join("d.log");
-    let mut command = Link::command(&link.server_ns, env!("CARGO_BIN_EXE_diaryd"));
-    command
-        .args(["--listen", "0.0.0.0:0", "--fsync", "never", "--allow"])
-        .arg(&allow)
-        .arg("--file")
-        .arg(&file);
-    let server = common::Daemon::spawn(command).unwrap();
+    let allow = allow.to_str().unwrap();
+    let server = link
+        .diaryd(
+            &file,
+            &[
+                "--listen",
+                "0.0.0.0:0",
+                "--fsync",
+                "never",
+                "--allow",
+                allow,
+            ],
+        )
+        .unwrap();
     let port = server.addr.port();
     link.in_server_ns(move || {
         let mut c = common::Tcp::connect(SocketAddr::from(([127, 0, 0, 1], port)));

@@ -34,13 +34,9 @@ impl std::ops::Deref for Server {
 impl Server {
     fn start(link: &Link, file: &Path, port: u16, extra: &[&str]) -> Result<Server, String> {
         let listen = format!("{}:{port}", link.server_ip);
-        let mut command = Link::command(&link.server_ns, env!("CARGO_BIN_EXE_diaryd"));
-        command
-            .args(["--listen", &listen, "--fsync", "never", "--file"])
-            .arg(file)
-            .args(extra);
+        let args = [&["--listen", &listen, "--fsync", "never"][..], extra].concat();
         Ok(Server {
-            daemon: common::Daemon::spawn(command)?,
+            daemon: link.diaryd(file, &args)?,
             file: file.to_path_buf(),
         })
     }

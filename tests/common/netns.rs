@@ -108,6 +108,15 @@ impl Link {
         command
     }
 
+    /// `diaryd --file FILE ARGS…` in the server's namespace, started and
+    /// announced (killed when the [`super::Daemon`] drops); its stderr if
+    /// it did not start.
+    pub fn diaryd(&self, file: &std::path::Path, args: &[&str]) -> Result<super::Daemon, String> {
+        let mut command = Link::command(&self.server_ns, env!("CARGO_BIN_EXE_diaryd"));
+        command.arg("--file").arg(file).args(args);
+        super::Daemon::spawn(command)
+    }
+
     /// Runs `f` on a thread that has entered the client's namespace.
     pub fn in_client_ns<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         in_ns(&self.client_ns, f)
