@@ -197,13 +197,6 @@ impl Conn {
         self.closing = true;
     }
 
-    fn peer(&self) -> Option<&Peer> {
-        match &self.link {
-            Link::Secure(link) => link.peer(),
-            _ => None,
-        }
-    }
-
     /// Output not yet taken by the socket: queued replies, and sealed bytes.
     fn unsent(&self) -> usize {
         match &self.link {
@@ -417,6 +410,13 @@ impl TcpSide {
                 }
                 Ok(_) => {
                     conn.last_active = Instant::now();
+                    if let Link::Secure(link) = &mut conn.link
+                        && let Some(peer) = link.newly_confirmed()
+                    {
+                        log::info!("{}: TCP session from {}", peer.name, conn.from);
+                        let stats = service.stats();
+                        *stats.device_sessions.entry(peer.name.clone()).or_default() += 1;
+                    }
                     // A short read of opened frames says nothing of the socket.
                     socket_empty = !to_the_end && !secure && conn.framer.read_left_room();
                 }
@@ -487,10 +487,8 @@ impl TcpSide {
         let step = link.handshake(&mut conn.stream, &mut self.gate.lock(), conn.from);
         match step {
             Step::Waiting => false,
-            Step::Open(peer) => {
-                log::info!("{}: TCP session from {}", peer.name, conn.from);
-                let stats = service.stats();
-                *stats.device_sessions.entry(peer.name).or_default() += 1;
+            // Logged and counted once a frame opens (see `newly_confirmed`).
+            Step::Open(_) => {
                 conn.last_active = Instant::now();
                 true
             }
@@ -768,7 +766,8 @@ impl TcpSide {
                         self.per_source.remove(&conn.from.ip());
                     }
                 }
-                if let Some(peer) = conn.peer()
+                if let Link::Secure(link) = &conn.link
+                    && let Some(peer) = link.confirmed_peer()
                     && let Some(n) = stats.device_sessions.get_mut(&peer.name)
                 {
                     *n = n.saturating_sub(1);

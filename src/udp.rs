@@ -22,7 +22,7 @@ use crate::server::limits::{AMPLIFICATION, Limits};
 use crate::server::service::{AckSite, Outcome, Service, Transport};
 use crate::server::stats::Stats;
 use crate::udp::datagrams::RecvBatch;
-use crate::udp::sessions::{Opened, UdpSessions};
+use crate::udp::sessions::{FirstMessage, Opened, UdpSessions};
 use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
 use std::collections::{HashMap, VecDeque};
@@ -107,7 +107,7 @@ impl UdpSide {
             limits: limits.clone(),
             plaintext,
             gate,
-            sessions: UdpSessions::new(limits.session_lifetime),
+            sessions: UdpSessions::new(limits),
             plain: Vec::new(),
         }
     }
@@ -180,10 +180,20 @@ impl UdpSide {
             Some(Datagram::KeyRequest) => {
                 noise::push_key(&mut out, &self.gate.lock().public_key());
             }
-            Some(Datagram::Init { sender, noise }) => {
+            Some(Datagram::Init {
+                sender,
+                cookie,
+                noise,
+            }) => {
+                let first = FirstMessage {
+                    sender,
+                    cookie,
+                    noise,
+                };
                 let mut gate = self.gate.lock();
+                let stats = service.stats();
                 self.sessions
-                    .handshake(&mut gate, sender, noise, from, &mut out, service.stats());
+                    .handshake(&mut gate, first, from, &self.cookies, &mut out, stats);
             }
             Some(Datagram::Data {
                 receiver,
@@ -209,9 +219,9 @@ impl UdpSide {
                 }
                 self.plain = plain;
             }
-            // A client's message sent to the server, or garbage: it costs
-            // its source some of its handshake budget.
-            _ => self.gate.lock().failed(from.ip(), Instant::now()),
+            // A client's message sent to the server, or garbage. Not
+            // counted against its source, which may be forged.
+            _ => {}
         }
         if out.is_empty() {
             self.recycle(out);

@@ -407,3 +407,87 @@ fn sealed_replies_to_an_unproven_address_keep_the_3x_rule() {
     assert_eq!(moved.trim_end(), "id away truncated", "{moved}");
     drop(server);
 }
+
+/// Issue 26, 2: forged first messages, 50 in the device's own name (its
+/// address as source) and one each from 5 000 other addresses, lock
+/// nobody out: the device then makes sessions over UDP and TCP from that
+/// address. On the old limiter the first 20 locked its address out of
+/// both for a minute, and the 5 000 filled the table whose shared
+/// overflow count locked out everyone else.
+#[test]
+fn forged_failed_handshakes_lock_no_device_out() {
+    use diary::client::secure::{Credentials, SecureStream, UdpSession};
+    use diary::secure::noise;
+    let Some(link) = Link::new() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let device = diary::secure::keys::KeyPair::generate();
+    let allow = dir.path().join("allow");
+    std::fs::write(&allow, format!("{} laptop all\n", device.public)).unwrap();
+    let file = dir.path().join("d.log");
+    let args = ["--listen", "[::]:0", "--fsync", "never", "--allow"];
+    let server = link
+        .diaryd(&file, &[&args[..], &[allow.to_str().unwrap()]].concat())
+        .unwrap();
+    let server_key: diary::secure::keys::PublicKey = server.key.parse().unwrap();
+    let port = server.addr.port();
+    let to = at(&link.server_ip6, port);
+    // From-spec first messages of keys nobody allowed: each costs the
+    // server its Diffie-Hellman work unless it asks for a cookie first.
+    let strangers: Vec<Vec<u8>> = (0..64)
+        .map(|_| {
+            let mut hs = noise::initiator(&diary::secure::keys::KeyPair::generate(), &server_key);
+            let mut first = [0u8; 256];
+            let n = hs.write_message(&noise::stamp_now(), &mut first).unwrap();
+            first[..n].to_vec()
+        })
+        .collect();
+    let forged = |i: usize, from: SocketAddr| {
+        let mut datagram = Vec::new();
+        noise::push_init(&mut datagram, i as u32 + 1, None, &strangers[i % 64]);
+        netns::udp_packet(from, to, &datagram)
+    };
+    let mut packets: Vec<Vec<u8>> = (0..50)
+        .map(|i| forged(i, at(&link.client_ip6, 50_000 + i as u16)))
+        .collect();
+    packets.extend((0..5_000).map(|i| {
+        let from = format!("fd99:{:x}:{:x}::7", i / 256, i % 256);
+        forged(i, at(&from, 40_000))
+    }));
+    for chunk in packets.chunks(250) {
+        link.send_raw_all(chunk.to_vec());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // More than the server can do Diffie-Hellman work for: it asked for
+    // cookies (and the socket's buffer dropped the rest, as a flood's).
+    let stats = stats_inside(&link, port);
+    assert!(
+        common::figure(&stats, "handshake_cookie_replies") > 0,
+        "{stats:?}"
+    );
+
+    let creds = Credentials {
+        own: device,
+        server: server_key,
+        pin: diary::client::Pin::Given,
+    };
+    let client_ip6 = link.client_ip6.clone();
+    let (udp, tcp) = link.in_client_ns(move || {
+        let opts = diary::client::Options::default();
+        let socket = std::net::UdpSocket::bind(format!("[{client_ip6}]:0")).unwrap();
+        socket.connect(to).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let udp = UdpSession::handshake(&socket, &creds, &opts, to, deadline).map(|_| ());
+        let stream = std::net::TcpStream::connect(to).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let tcp = SecureStream::connect(stream, &creds, &opts, deadline).map(|_| ());
+        (
+            udp.map_err(|e| e.to_string()),
+            tcp.map_err(|e| e.to_string()),
+        )
+    });
+    udp.expect("UDP: the device gets a session from its own address");
+    tcp.expect("TCP: the device gets a session from its own address");
+    drop(server);
+}

@@ -9,7 +9,8 @@ use diary::secure::keys::KeyPair;
 use diary::secure::noise::{self, Datagram, ReplayWindow};
 use diary::tcp::secure::{SecureLink, Step};
 use diary::server::stats::Stats;
-use diary::udp::sessions::UdpSessions;
+use diary::server::cookie::CookieJar;
+use diary::udp::sessions::{FirstMessage, UdpSessions};
 use libfuzzer_sys::fuzz_target;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -48,13 +49,15 @@ fuzz_target!(|data: &[u8]| {
     let mut stats = Stats::default();
     let mut gate = gate();
     let mut sessions = UdpSessions::default();
+    let cookies = CookieJar::default();
     let (mut out, mut plain) = (Vec::new(), Vec::new());
 
     // Any datagram: parsed, and if it is a first message or a data
     // message, answered as the server would.
     match noise::parse_datagram(data) {
-        Some(Datagram::Init { sender, noise }) => {
-            sessions.handshake(&mut gate, sender, noise, from, &mut out, &mut stats);
+        Some(Datagram::Init { sender, cookie, noise }) => {
+            let first = FirstMessage { sender, cookie, noise };
+            sessions.handshake(&mut gate, first, from, &cookies, &mut out, &mut stats);
             // Nobody without the device's private key gets a session.
             assert!(sessions.is_empty());
         }
@@ -70,7 +73,8 @@ fuzz_target!(|data: &[u8]| {
     let mut initiator = noise::initiator(&keys().device, &keys().server.public);
     let mut first = [0u8; 256];
     let n = initiator.write_message(&noise::stamp_now(), &mut first).unwrap();
-    sessions.handshake(&mut gate, 1, &first[..n], from, &mut out, &mut stats);
+    let message = FirstMessage { sender: 1, cookie: None, noise: &first[..n] };
+    sessions.handshake(&mut gate, message, from, &cookies, &mut out, &mut stats);
     let Some(Datagram::Reply { sender: index, noise, .. }) = noise::parse_datagram(&out) else {
         panic!("the real device gets a reply");
     };

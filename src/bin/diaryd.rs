@@ -64,6 +64,11 @@ struct Args {
     #[arg(long, default_value_t = Limits::default().send_timeout.as_secs())]
     send_timeout: u64,
 
+    /// UDP handshakes a second past which each must first prove its
+    /// source address with a cookie round trip (0: always).
+    #[arg(long, default_value_t = Limits::default().handshakes_before_cookies)]
+    handshakes_before_cookies: u32,
+
     /// Tagged UDP writes remembered so that a retry is answered, not stored twice.
     #[arg(long, default_value_t = Limits::default().replay_memory)]
     replay_memory: usize,
@@ -196,6 +201,7 @@ fn main() -> ExitCode {
         udp_reply: args.udp_reply,
         udp_queue: args.udp_queue.max(1),
         follow_backlog: args.follow_backlog,
+        handshakes_before_cookies: args.handshakes_before_cookies,
         ..Limits::default()
     };
     let mut server = match Server::bind_with(args.listen, store, limits, gate) {

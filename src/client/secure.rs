@@ -370,6 +370,8 @@ impl UdpSession {
         let mut attempts: Vec<(u32, snow::HandshakeState)> = Vec::new();
         let mut wait = Duration::from_millis(200);
         let mut buf = vec![0u8; 2048];
+        // Under load the server first asks for proof of our address.
+        let mut cookie: Option<[u8; noise::COOKIE_LEN]> = None;
         while Instant::now() < deadline {
             let mut handshake = noise::initiator(&creds.own, &creds.server);
             let mut first = [0u8; 256];
@@ -378,7 +380,7 @@ impl UdpSession {
                 .map_err(|e| ClientError::Key(format!("handshake: {e}")))?;
             let index = random_index();
             let mut datagram = Vec::new();
-            noise::push_init(&mut datagram, index, &first[..n]);
+            noise::push_init(&mut datagram, index, cookie.as_ref(), &first[..n]);
             let _ = socket.send(&datagram);
             attempts.push((index, handshake));
             let until = (Instant::now() + wait).min(deadline);
@@ -419,6 +421,15 @@ impl UdpSession {
                             window: ReplayWindow::default(),
                             started: Instant::now(),
                         });
+                    }
+                    Some(Datagram::Cookie {
+                        receiver,
+                        cookie: given,
+                    }) if attempts.iter().any(|(ix, _)| *ix == receiver) => {
+                        // Anyone could send one; the worst a forged one does
+                        // is cost the next attempt a round trip.
+                        cookie = given.try_into().ok();
+                        break;
                     }
                     Some(Datagram::Refused { receiver, why })
                         if attempts.iter().any(|(ix, _)| *ix == receiver)

@@ -21,6 +21,14 @@ pub const KEY: u8 = 3;
 pub const DATA: u8 = 4;
 /// The server will not go on: why, in a code and a few words.
 pub const REFUSED: u8 = 5;
+/// UDP, under load: before any Diffie-Hellman work the server asks the
+/// source to prove it receives at its address, with a cookie to send back
+/// (WireGuard's cookie reply).
+pub const COOKIE: u8 = 6;
+/// UDP: a first message carrying the cookie its source was given.
+pub const INIT_WITH_COOKIE: u8 = 7;
+/// A cookie as sent: 96 bits of MAC in hex.
+pub const COOKIE_LEN: usize = 24;
 
 /// Bound into every handshake: a peer speaking anything else fails it.
 pub const PROLOGUE: &[u8] = b"diary noise v1";
@@ -46,6 +54,8 @@ pub const REKEY_AFTER_MESSAGES: u64 = 1 << 40;
 
 /// UDP: type, then the index the sender picked for itself.
 pub const UDP_INIT_HEADER: usize = 1 + 4;
+/// UDP: type, the sender's index, then the cookie.
+pub const UDP_INIT_WITH_COOKIE_HEADER: usize = UDP_INIT_HEADER + COOKIE_LEN;
 /// UDP: type, the responder's index, the initiator's index.
 pub const UDP_REPLY_HEADER: usize = 1 + 4 + 4;
 /// UDP: type, the receiver's index, the nonce.
@@ -133,9 +143,16 @@ pub fn stamp_now() -> [u8; STAMP_LEN] {
 /// A UDP message, split into its parts; `None` for anything malformed.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Datagram<'a> {
+    /// A first message; `cookie` when it brings one back.
     Init {
         sender: u32,
+        cookie: Option<&'a [u8]>,
         noise: &'a [u8],
+    },
+    /// Prove your address: send the first message again with `cookie`.
+    Cookie {
+        receiver: u32,
+        cookie: &'a [u8],
     },
     Reply {
         sender: u32,
@@ -161,7 +178,7 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
 
 /// Whether a datagram or stream starts as an encrypted message would.
 pub fn is_encrypted(first: u8) -> bool {
-    (INIT..=REFUSED).contains(&first)
+    (INIT..=INIT_WITH_COOKIE).contains(&first)
 }
 
 pub fn parse_datagram(d: &[u8]) -> Option<Datagram<'_>> {
@@ -169,7 +186,19 @@ pub fn parse_datagram(d: &[u8]) -> Option<Datagram<'_>> {
     Some(match kind {
         INIT => Datagram::Init {
             sender: u32_at(d, 1)?,
+            cookie: None,
             noise: d.get(UDP_INIT_HEADER..).filter(|n| !n.is_empty())?,
+        },
+        INIT_WITH_COOKIE => Datagram::Init {
+            sender: u32_at(d, 1)?,
+            cookie: Some(d.get(UDP_INIT_HEADER..UDP_INIT_WITH_COOKIE_HEADER)?),
+            noise: d
+                .get(UDP_INIT_WITH_COOKIE_HEADER..)
+                .filter(|n| !n.is_empty())?,
+        },
+        COOKIE if d.len() == UDP_INIT_HEADER + COOKIE_LEN => Datagram::Cookie {
+            receiver: u32_at(d, 1)?,
+            cookie: &d[UDP_INIT_HEADER..],
         },
         REPLY => Datagram::Reply {
             sender: u32_at(d, 1)?,
@@ -191,10 +220,26 @@ pub fn parse_datagram(d: &[u8]) -> Option<Datagram<'_>> {
     })
 }
 
-pub fn push_init(out: &mut Vec<u8>, sender: u32, noise: &[u8]) {
-    out.push(INIT);
+/// A first message, with the cookie the server gave if it asked for one.
+pub fn push_init(out: &mut Vec<u8>, sender: u32, cookie: Option<&[u8; COOKIE_LEN]>, noise: &[u8]) {
+    match cookie {
+        None => out.push(INIT),
+        Some(_) => out.push(INIT_WITH_COOKIE),
+    }
     out.extend_from_slice(&sender.to_le_bytes());
+    if let Some(cookie) = cookie {
+        out.extend_from_slice(cookie);
+    }
     out.extend_from_slice(noise);
+}
+
+/// The answer to a first message under load: no handshake yet, only a
+/// cookie for the address it came from (smaller than the first message,
+/// so it amplifies nothing).
+pub fn push_cookie(out: &mut Vec<u8>, receiver: u32, cookie: &[u8; COOKIE_LEN]) {
+    out.push(COOKIE);
+    out.extend_from_slice(&receiver.to_le_bytes());
+    out.extend_from_slice(cookie);
 }
 
 pub fn push_reply(out: &mut Vec<u8>, sender: u32, receiver: u32, noise: &[u8]) {
@@ -424,12 +469,34 @@ mod tests {
     #[test]
     fn datagrams_parse_back_and_garbage_does_not() {
         let mut out = Vec::new();
-        push_init(&mut out, 7, b"noise");
+        push_init(&mut out, 7, None, b"noise");
         assert_eq!(
             parse_datagram(&out),
             Some(Datagram::Init {
                 sender: 7,
+                cookie: None,
                 noise: b"noise"
+            })
+        );
+        out.clear();
+        let cookie = [b'c'; COOKIE_LEN];
+        push_init(&mut out, 7, Some(&cookie), b"noise");
+        assert_eq!(
+            parse_datagram(&out),
+            Some(Datagram::Init {
+                sender: 7,
+                cookie: Some(&cookie[..]),
+                noise: b"noise"
+            })
+        );
+        out.clear();
+        push_cookie(&mut out, 8, &cookie);
+        assert!(out.len() < UDP_INIT_HEADER + 32 + 48 + STAMP_LEN + TAG_LEN);
+        assert_eq!(
+            parse_datagram(&out),
+            Some(Datagram::Cookie {
+                receiver: 8,
+                cookie: &cookie[..]
             })
         );
         out.clear();
@@ -447,6 +514,8 @@ mod tests {
             b"\x01\x00",
             b"\x04\x01\x00\x00\x00\x00",
             b"\x03",
+            b"\x06\x01\x00\x00\x00short",
+            b"\x07\x01\x00\x00\x00cookie-too-short",
             b"hello",
         ] {
             assert_eq!(parse_datagram(bad), None, "{bad:?}");

@@ -13,6 +13,8 @@ use subtle::ConstantTimeEq;
 /// reply to `/id T /cookie` stays within 3x its request.
 pub type Cookie = [u8; 2 * MAC_BYTES];
 const MAC_BYTES: usize = 12;
+// The same cookie comes back in a handshake's first message.
+const _: () = assert!(2 * MAC_BYTES == crate::secure::noise::COOKIE_LEN);
 
 pub struct CookieJar {
     key: [u8; 32],

@@ -44,6 +44,11 @@ pub struct Limits {
     /// An encrypted session is ended after this long; the client makes a
     /// new one (shorter only to test renewal).
     pub session_lifetime: Duration,
+    /// UDP handshakes a second past which a first message must bring back
+    /// a cookie before the server does any Diffie-Hellman work for it (0:
+    /// always). Below it, a failure from a source without one is not
+    /// counted against that source: its address may be forged.
+    pub handshakes_before_cookies: u32,
 }
 
 impl Default for Limits {
@@ -62,6 +67,7 @@ impl Default for Limits {
             send_timeout: Duration::from_secs(30),
             loopback_exempt: true,
             session_lifetime: crate::secure::noise::REJECT_AFTER,
+            handshakes_before_cookies: 200,
         }
     }
 }

@@ -104,6 +104,17 @@ pub fn warn_throttled(throttle: &mut Throttle, message: std::fmt::Arguments) {
     }
 }
 
+/// As [`warn_throttled`], at info level.
+pub fn info_throttled(throttle: &mut Throttle, message: std::fmt::Arguments) {
+    if let Some(held) = throttle.allow(Instant::now()) {
+        if held > 0 {
+            log::info!("{message} ({held} more like it held back)");
+        } else {
+            log::info!("{message}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,6 +26,9 @@ pub struct Stats {
     pub device_sessions: BTreeMap<Arc<str>, u64>,
     /// Handshakes refused (unknown key, bad or replayed first message).
     pub auth_failures: u64,
+    /// UDP first messages answered with a cookie only (the server was
+    /// under a handshake load).
+    pub cookie_replies: u64,
     /// Plaintext requests refused from where keys are required.
     pub plaintext_refused: u64,
     /// Serving plaintext to anyone (`--insecure-open`).
@@ -49,6 +52,7 @@ impl Default for Stats {
             dropped_replies: 0,
             device_sessions: BTreeMap::new(),
             auth_failures: 0,
+            cookie_replies: 0,
             plaintext_refused: 0,
             insecure_open: false,
         }
@@ -75,6 +79,7 @@ impl Stats {
             ("failed_commits", self.failed_commits),
             ("udp_dropped_replies", self.dropped_replies),
             ("auth_failures", self.auth_failures),
+            ("handshake_cookie_replies", self.cookie_replies),
             ("plaintext_refused", self.plaintext_refused),
         ]
         .into_iter()

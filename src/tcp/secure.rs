@@ -5,9 +5,9 @@
 //! for plaintext.
 
 use crate::secure::noise::{
-    self, DATA, INIT, KEY, MAX_FRAME_PLAINTEXT, REFUSED, REPLY, TCP_HEADER,
+    self, DATA, INIT, KEY, MAX_FRAME_PLAINTEXT, REFUSED, REPLY, Refusal, TCP_HEADER,
 };
-use crate::server::access::gatekeeper::{Gatekeeper, Peer};
+use crate::server::access::gatekeeper::{Gatekeeper, Over, Peer};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -39,6 +39,11 @@ pub struct SecureLink {
     transport: Option<Box<snow::TransportState>>,
     peer: Option<Peer>,
     started: Option<Instant>,
+    /// A frame of the session has opened: the initiator holds its keys, so
+    /// its first message was no replay (see `SecureLink::newly_confirmed`).
+    confirmed: bool,
+    /// The confirmation has been reported.
+    announced: bool,
     /// Ciphertext received and not yet opened: `rx[rx_start..rx_end]`.
     rx: Vec<u8>,
     rx_start: usize,
@@ -62,6 +67,23 @@ impl SecureLink {
 
     pub fn is_open(&self) -> bool {
         self.transport.is_some()
+    }
+
+    /// The device, the first time this is asked after a frame opened: a
+    /// Noise IK first message can be replayed (after a restart the server
+    /// has forgotten its stamp), so a session is the device's only once
+    /// one of its messages opens.
+    pub fn newly_confirmed(&mut self) -> Option<&Peer> {
+        if !self.confirmed || self.announced {
+            return None;
+        }
+        self.announced = true;
+        self.peer.as_ref()
+    }
+
+    /// The device of a confirmed session.
+    pub fn confirmed_peer(&self) -> Option<&Peer> {
+        self.peer.as_ref().filter(|_| self.confirmed)
     }
 
     /// When the session was made (it is renewed by a new connection).
@@ -97,7 +119,7 @@ impl SecureLink {
                     }
                 }
                 Err(noise::NotAFrame) => {
-                    gate.failed(from.ip(), Instant::now());
+                    gate.failed(Over::Tcp, from.ip(), Instant::now());
                     return Step::Broken;
                 }
             };
@@ -110,10 +132,15 @@ impl SecureLink {
                 }
                 INIT => {
                     let now = Instant::now();
-                    if gate.is_limited(from.ip(), now) {
-                        return Step::Broken;
-                    }
-                    let accepted = gate.accept(from.ip(), frame.body, now);
+                    // A TCP peer has proven its address (it got our
+                    // SYN-ACK), so its failures are its own.
+                    let accepted = if gate.is_limited(Over::Tcp, from.ip(), now) {
+                        Err(Refusal::TooMany)
+                    } else {
+                        gate.accept(frame.body).inspect_err(|_| {
+                            gate.failed(Over::Tcp, from.ip(), now);
+                        })
+                    };
                     self.rx_start += used;
                     let (mut handshake, peer) = match accepted {
                         Ok(accepted) => accepted,
@@ -139,7 +166,7 @@ impl SecureLink {
                     return Step::Open(peer);
                 }
                 _ => {
-                    gate.failed(from.ip(), Instant::now());
+                    gate.failed(Over::Tcp, from.ip(), Instant::now());
                     return Step::Broken;
                 }
             }
@@ -240,6 +267,7 @@ impl<S: Read> Read for Opener<'_, S> {
                         .read_message(frame.body, &mut link.plain)
                         .map_err(|_| broken("a frame did not open"))?;
                     link.plain.truncate(n);
+                    link.confirmed = true;
                     link.rx_start += used;
                 }
                 Ok(Some(_)) | Err(noise::NotAFrame) => return Err(broken("not a data frame")),

@@ -314,7 +314,7 @@ pub fn stats(addr: SocketAddr) -> Vec<(String, u64)> {
     c.until_end()
         .into_iter()
         .map(|l| {
-            let (k, v) = l.split_once(' ').unwrap();
+            let (k, v) = l.rsplit_once(' ').unwrap();
             (k.to_string(), v.parse().unwrap())
         })
         .collect()

@@ -146,9 +146,14 @@ impl Link {
     /// client's end of the link, addressed to the server's end: no routing,
     /// no source check, as a machine on the same wire can.
     pub fn send_raw(&self, packet: Vec<u8>) {
+        self.send_raw_all(vec![packet]);
+    }
+
+    /// As [`Link::send_raw`], many packets through one socket.
+    pub fn send_raw_all(&self, packets: Vec<Vec<u8>>) {
         let mac = self.server_mac();
         let dev = self.client_dev.clone();
-        self.in_client_ns(move || raw_send(&dev, mac, &packet));
+        self.in_client_ns(move || raw_send(&dev, mac, &packets));
     }
 }
 
@@ -177,10 +182,13 @@ pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static
     .unwrap()
 }
 
-/// Sends `packet` out of interface `dev` to hardware address `mac` through
+/// Sends `packets` out of interface `dev` to hardware address `mac` through
 /// an `AF_PACKET` socket: the kernel adds only the Ethernet header.
-fn raw_send(dev: &str, mac: [u8; 6], packet: &[u8]) {
-    let ethertype: u16 = if packet[0] >> 4 == 6 { 0x86dd } else { 0x0800 };
+fn raw_send(dev: &str, mac: [u8; 6], packets: &[Vec<u8>]) {
+    let Some(first) = packets.first() else {
+        return;
+    };
+    let ethertype: u16 = if first[0] >> 4 == 6 { 0x86dd } else { 0x0800 };
     let name = std::ffi::CString::new(dev).unwrap();
     // SAFETY: plain syscalls with pointers to live locals of the sizes given.
     unsafe {
@@ -196,17 +204,20 @@ fn raw_send(dev: &str, mac: [u8; 6], packet: &[u8]) {
         to.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
         to.sll_halen = 6;
         to.sll_addr[..6].copy_from_slice(&mac);
-        let sent = libc::sendto(
-            fd,
-            packet.as_ptr().cast(),
-            packet.len(),
-            0,
-            (&to as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        );
-        let err = std::io::Error::last_os_error();
+        for packet in packets {
+            assert_eq!(packet[0] >> 4, first[0] >> 4, "one IP version per call");
+            let sent = libc::sendto(
+                fd,
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&to as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            );
+            let err = std::io::Error::last_os_error();
+            assert_eq!(sent, packet.len() as isize, "sendto: {err}");
+        }
         libc::close(fd);
-        assert_eq!(sent, packet.len() as isize, "sendto: {err}");
     }
 }
 

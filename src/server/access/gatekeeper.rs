@@ -1,7 +1,7 @@
 //! Who may talk to the diary: the server's key, the allow file (re-read on
 //! SIGHUP), whether plaintext is taken from an address, the responder's
 //! half of every Noise handshake, and the limit on failed handshakes per
-//! source address. The UDP and TCP sides share one, each holding it only
+//! proven source address (see [`Gatekeeper::failed`]). The UDP and TCP sides share one, each holding it only
 //! for the length of a call (a mutex only so that the server may be moved
 //! to another thread: the loop's one thread is the only one that locks it).
 
@@ -141,29 +141,25 @@ impl Gatekeeper {
         self.allow.as_ref()?.get(key)
     }
 
-    /// Whether handshakes from `ip` are ignored for now (too many failed).
-    pub fn is_limited(&mut self, ip: IpAddr, now: Instant) -> bool {
-        self.failures.is_limited(ip, now)
+    /// Whether handshakes over `over` from `ip` are refused for now
+    /// (too many failed).
+    pub fn is_limited(&mut self, over: Over, ip: IpAddr, now: Instant) -> bool {
+        self.failures.is_limited((over, holder(ip)), now)
     }
 
-    /// Counts a failed handshake (or garbage) from `ip`.
-    pub fn failed(&mut self, ip: IpAddr, now: Instant) {
-        self.failures.failed(ip, now);
+    /// Counts a failed handshake (or garbage) from `ip`. Only for a source
+    /// that proved it receives at its address (a TCP peer, or a UDP first
+    /// message that brought its cookie back): counting a forged source
+    /// would let anyone lock a real device out by sending in its name.
+    pub fn failed(&mut self, over: Over, ip: IpAddr, now: Instant) {
+        self.failures.failed((over, holder(ip)), now);
     }
 
     /// The responder's side of a first message: the device, and the
-    /// handshake ready to write its reply; a failure is counted.
-    pub fn accept(
-        &mut self,
-        ip: IpAddr,
-        first: &[u8],
-        now: Instant,
-    ) -> Result<(snow::HandshakeState, Peer), Refusal> {
-        let result = self.check(first);
-        if result.is_err() {
-            self.failures.failed(ip, now);
-        }
-        result
+    /// handshake ready to write its reply. The caller counts a failure if
+    /// its source is proven.
+    pub fn accept(&mut self, first: &[u8]) -> Result<(snow::HandshakeState, Peer), Refusal> {
+        self.check(first)
     }
 
     fn check(&mut self, first: &[u8]) -> Result<(snow::HandshakeState, Peer), Refusal> {
@@ -205,14 +201,34 @@ pub fn is_loopback(ip: IpAddr) -> bool {
     }
 }
 
-/// Failed handshakes per source address: past [`FailureLimiter::MAX`] in
-/// a window, that source's handshakes are dropped unanswered (no Diffie-
-/// Hellman work) until the window ends. The table is bounded; when it is
-/// full, new sources share one overflow counter.
+/// Which side a handshake came in on: failures on one never gate the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Over {
+    Udp,
+    Tcp,
+}
+
+/// What one party is taken to hold: an IPv4 address (a v4-mapped IPv6
+/// one included), or an IPv6 /64, the least a network hands one host.
+fn holder(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+    }
+}
+
+/// Failed handshakes per proven source: past [`FailureLimiter::MAX`] in a
+/// window, that source's handshakes are refused without Diffie-Hellman
+/// work until the window ends. The table is bounded; when it is full of
+/// live entries a new source goes uncounted rather than sharing a count
+/// with others, so filling it locks nobody out. What bounds the work
+/// then is the UDP cookie (see `UdpSessions`) and TCP's connection limits.
 #[derive(Debug, Default)]
 struct FailureLimiter {
-    sources: HashMap<IpAddr, (u32, Instant)>,
-    overflow: Option<(u32, Instant)>,
+    sources: HashMap<(Over, IpAddr), (u32, Instant)>,
 }
 
 impl FailureLimiter {
@@ -220,40 +236,25 @@ impl FailureLimiter {
     const WINDOW: Duration = Duration::from_secs(60);
     const SOURCES: usize = 4096;
 
-    fn slot(&mut self, ip: IpAddr, now: Instant) -> Option<&mut (u32, Instant)> {
-        if self.sources.len() >= Self::SOURCES && !self.sources.contains_key(&ip) {
+    fn is_limited(&mut self, source: (Over, IpAddr), now: Instant) -> bool {
+        self.sources.get(&source).is_some_and(|(count, since)| {
+            now.duration_since(*since) < Self::WINDOW && *count >= Self::MAX
+        })
+    }
+
+    fn failed(&mut self, source: (Over, IpAddr), now: Instant) {
+        if self.sources.len() >= Self::SOURCES && !self.sources.contains_key(&source) {
             self.sources
                 .retain(|_, (_, since)| now.duration_since(*since) < Self::WINDOW);
-        }
-        if self.sources.len() < Self::SOURCES || self.sources.contains_key(&ip) {
-            return self.sources.get_mut(&ip);
-        }
-        self.overflow.as_mut()
-    }
-
-    fn is_limited(&mut self, ip: IpAddr, now: Instant) -> bool {
-        match self.slot(ip, now) {
-            Some((count, since)) if now.duration_since(*since) < Self::WINDOW => {
-                *count >= Self::MAX
+            if self.sources.len() >= Self::SOURCES {
+                return;
             }
-            _ => false,
         }
-    }
-
-    fn failed(&mut self, ip: IpAddr, now: Instant) {
-        let fresh = (1, now);
-        if self.sources.len() < Self::SOURCES || self.sources.contains_key(&ip) {
-            let entry = self.sources.entry(ip).or_insert((0, now));
-            if now.duration_since(entry.1) >= Self::WINDOW {
-                *entry = fresh;
-            } else {
-                entry.0 += 1;
-            }
-            return;
-        }
-        match &mut self.overflow {
-            Some(entry) if now.duration_since(entry.1) < Self::WINDOW => entry.0 += 1,
-            slot => *slot = Some(fresh),
+        let entry = self.sources.entry(source).or_insert((0, now));
+        if now.duration_since(entry.1) >= Self::WINDOW {
+            *entry = (1, now);
+        } else {
+            entry.0 += 1;
         }
     }
 }
@@ -286,27 +287,19 @@ mod tests {
     fn an_allowed_device_is_named_and_others_are_refused() {
         let device = KeyPair::generate();
         let (mut gate, _dir) = gate_with(&device, "write");
-        let ip: IpAddr = "10.0.0.2".parse().unwrap();
-        let now = Instant::now();
         let m = first_message(&device, &gate.public_key(), stamp_now());
-        let (_, peer) = gate.accept(ip, &m, now).unwrap();
+        let (_, peer) = gate.accept(&m).unwrap();
         assert_eq!(&*peer.name, "laptop");
         assert_eq!(peer.scopes, Scopes::WRITE);
         // The same first message again is a replay.
-        assert_eq!(gate.accept(ip, &m, now).unwrap_err(), Refusal::Replayed);
+        assert_eq!(gate.accept(&m).unwrap_err(), Refusal::Replayed);
         let stranger = KeyPair::generate();
         let m = first_message(&stranger, &gate.public_key(), stamp_now());
-        assert_eq!(
-            gate.accept(ip, &m, now).unwrap_err(),
-            Refusal::UnknownDevice
-        );
+        assert_eq!(gate.accept(&m).unwrap_err(), Refusal::UnknownDevice);
         let wrong_server = KeyPair::generate().public;
         let m = first_message(&device, &wrong_server, stamp_now());
-        assert_eq!(gate.accept(ip, &m, now).unwrap_err(), Refusal::BadHandshake);
-        assert_eq!(
-            gate.accept(ip, b"", now).unwrap_err(),
-            Refusal::BadHandshake
-        );
+        assert_eq!(gate.accept(&m).unwrap_err(), Refusal::BadHandshake);
+        assert_eq!(gate.accept(b"").unwrap_err(), Refusal::BadHandshake);
     }
 
     #[test]
@@ -321,20 +314,42 @@ mod tests {
     }
 
     #[test]
-    fn failures_are_limited_per_source_in_bounded_memory() {
-        let mut limiter = FailureLimiter::default();
+    fn failures_are_limited_per_source_and_transport_in_bounded_memory() {
+        let mut gate = Gatekeeper::open();
         let now = Instant::now();
         let bad: IpAddr = "10.0.0.9".parse().unwrap();
         for _ in 0..FailureLimiter::MAX {
-            assert!(!limiter.is_limited(bad, now));
-            limiter.failed(bad, now);
+            assert!(!gate.is_limited(Over::Tcp, bad, now));
+            gate.failed(Over::Tcp, bad, now);
         }
-        assert!(limiter.is_limited(bad, now));
-        assert!(!limiter.is_limited("10.0.0.8".parse().unwrap(), now));
-        assert!(!limiter.is_limited(bad, now + FailureLimiter::WINDOW));
+        assert!(gate.is_limited(Over::Tcp, bad, now));
+        assert!(
+            !gate.is_limited(Over::Udp, bad, now),
+            "TCP failures do not gate UDP"
+        );
+        let mapped: IpAddr = "::ffff:10.0.0.9".parse().unwrap();
+        assert!(gate.is_limited(Over::Tcp, mapped, now));
+        assert!(!gate.is_limited(Over::Tcp, "10.0.0.8".parse().unwrap(), now));
+        assert!(!gate.is_limited(Over::Tcp, bad, now + FailureLimiter::WINDOW));
+
+        // An IPv6 /64 is one holder: its other addresses are no way around.
+        for i in 0..FailureLimiter::MAX {
+            let ip = IpAddr::V6(((u128::from(0x2001_0db8_u64 << 32) << 64) | u128::from(i)).into());
+            gate.failed(Over::Udp, ip, now);
+        }
+        assert!(gate.is_limited(Over::Udp, "2001:db8::ffff:1".parse().unwrap(), now));
+        assert!(!gate.is_limited(Over::Udp, "2001:db8:0:1::1".parse().unwrap(), now));
+
+        // Filling the table locks out nobody who was not counted.
         for i in 0..(FailureLimiter::SOURCES as u32 + 500) {
-            limiter.failed(IpAddr::from(i.to_be_bytes()), now);
+            for _ in 0..FailureLimiter::MAX {
+                gate.failed(Over::Tcp, IpAddr::from((i | 1 << 31).to_be_bytes()), now);
+            }
         }
-        assert!(limiter.sources.len() <= FailureLimiter::SOURCES);
+        assert!(gate.failures.sources.len() <= FailureLimiter::SOURCES);
+        let newcomer: IpAddr = "192.0.2.77".parse().unwrap();
+        gate.failed(Over::Tcp, newcomer, now);
+        assert!(!gate.is_limited(Over::Tcp, newcomer, now));
+        assert!(gate.is_limited(Over::Tcp, bad, now), "still counted");
     }
 }
