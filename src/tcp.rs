@@ -19,6 +19,7 @@ pub mod secure;
 
 use crate::protocol::{self, IdleClose};
 use crate::secure::noise;
+use crate::server::access::allow::Scopes;
 use crate::server::access::gatekeeper::{self, Peer, PlaintextRule, SharedGate};
 use crate::server::history::{self, PastCursor};
 use crate::server::limits::Limits;
@@ -805,7 +806,20 @@ impl TcpSide {
             };
             if reloaded {
                 match gate.device(&peer.key) {
-                    Some(device) => peer.scopes = device.scopes,
+                    Some(device) => {
+                        peer.scopes = device.scopes;
+                        // A follow is one long reply: it stops when its scope goes.
+                        if matches!(conn.mode, Mode::Following(_))
+                            && !peer.scopes.contains(Scopes::FOLLOW)
+                        {
+                            log::info!("{}: follow ended: no longer allowed to follow", peer.name);
+                            let has = peer.scopes;
+                            protocol::push_forbidden(&mut conn.out.buf, &peer.name, "follow", &has);
+                            conn.end_session();
+                            self.touched.push(key);
+                            continue;
+                        }
+                    }
                     None => {
                         log::info!("{}: TCP session closed: no longer allowed", peer.name);
                         conn.dead = true;

@@ -680,3 +680,71 @@ fn the_interactive_client_from_another_machine_is_encrypted_and_live() {
         ["typed on the laptop 笔记本", "from a second terminal"]
     );
 }
+
+/// Issue 26, 9: a device's `follow` scope taken away by SIGHUP ends its
+/// live follow at once, with the reason, rather than at the end of its
+/// session; the client does not reconnect to a follow it may not have.
+#[test]
+fn a_follow_ends_at_once_when_sighup_takes_its_scope() {
+    let Some(link) = Link::new() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (desk, phone) = (Device::new(), Device::new());
+    let desk_line = format!("{} desk all", desk.public);
+    let allow = allow_file(
+        dir.path(),
+        &[desk_line.clone(), format!("{} phone all", phone.public)],
+    );
+    let server = Server::start(
+        &link,
+        &dir.path().join("d.log"),
+        0,
+        &["--allow", allow.to_str().unwrap()],
+    )
+    .unwrap();
+    let addr = server.addr.to_string();
+    let mut follower = phone.spawn(&link, &addr, &["follow"]);
+    let lines = common::LineFeed::new(follower.stdout.take().unwrap());
+    let out = desk.run(&link, &addr, &["write", "seen while allowed"]);
+    assert!(out.status.success(), "{out:?}");
+    let seen = lines.until(Duration::from_secs(10), |l| l.contains("seen while"));
+    assert!(seen.iter().any(|l| l.contains("seen while")), "{seen:?}");
+
+    std::fs::write(
+        &allow,
+        format!("{desk_line}\n{} phone write,read\n", phone.public),
+    )
+    .unwrap();
+    server.signal(libc::SIGHUP);
+    let cut = Instant::now();
+    let status = loop {
+        if let Some(status) = follower.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(5),
+            "the follow went on after its scope was taken"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let mut stderr = String::new();
+    follower
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(stderr.contains("phone may not follow"), "{stderr}");
+    let out = desk.run(&link, &addr, &["write", "after the cut"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !lines
+            .drain(Duration::from_millis(300))
+            .iter()
+            .any(|l| l.contains("after the cut")),
+        "nothing reaches it afterwards"
+    );
+    // It may still write and read.
+    let out = phone.run(&link, &addr, &["write", "from the phone"]);
+    assert!(out.status.success(), "{out:?}");
+}
