@@ -3,6 +3,7 @@
 //! BENCHMARKS.md says which command gives which figure.
 
 mod echo;
+mod flood;
 mod history;
 mod load;
 mod pipeline;
@@ -121,6 +122,17 @@ enum Cmd {
         #[arg(long)]
         floor: bool,
     },
+    /// An allowed device making sessions (UDP and TCP, each with a sealed
+    /// write) while a flood of strangers' first messages comes from its
+    /// own address; without the flood, then with it.
+    Flood {
+        /// First messages a second.
+        #[arg(long, default_value_t = 15_000)]
+        rate: u64,
+        /// Seconds of each phase.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+    },
     /// Run the bare echo server (UDP and TCP on one port) until killed.
     Echo {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -206,6 +218,9 @@ fn main() -> ExitCode {
             cli.json,
         ),
         Cmd::Idle { connections } => idle(connections, cli.json),
+        Cmd::Flood { rate, seconds } => {
+            flood::run(rate, seconds).map(|r| print(cli.json, &r, || r.describe()))
+        }
         Cmd::History {
             small,
             large,

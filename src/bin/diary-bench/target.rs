@@ -38,12 +38,28 @@ impl Target {
 
     /// diaryd on an existing diary file.
     pub fn diaryd_on(file: &Path, fsync: &str, extra: &[&str]) -> io::Result<Target> {
-        let mut command = Command::new(sibling("diaryd")?);
+        Self::spawn(Self::diaryd_command(file, fsync, extra))
+    }
+
+    /// As [`Target::diaryd`], its log going to `log` instead of our stderr
+    /// (a benchmark that makes a session a millisecond would drown in it).
+    pub fn diaryd_logging_to(fsync: &str, extra: &[&str], log: &Path) -> io::Result<Target> {
+        let dir = tempfile::tempdir()?;
+        let mut command = Self::diaryd_command(&dir.path().join("diary.log"), fsync, extra);
+        command.stderr(std::fs::File::create(log)?);
+        let mut target = Self::spawn(command)?;
+        target._dir = Some(dir);
+        Ok(target)
+    }
+
+    fn diaryd_command(file: &Path, fsync: &str, extra: &[&str]) -> Command {
+        let mut command = Command::new(sibling("diaryd").unwrap_or_else(|_| "diaryd".into()));
         command
             .args(["--listen", "127.0.0.1:0", "--fsync", fsync, "--file"])
             .arg(file)
-            .args(extra);
-        Self::spawn(command)
+            .args(extra)
+            .stderr(Stdio::inherit());
+        command
     }
 
     /// The bare echo server (`diary-bench echo`).
@@ -71,10 +87,7 @@ impl Target {
 
     fn spawn(mut command: Command) -> io::Result<Target> {
         let started = Instant::now();
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
+        let mut child = command.stdout(Stdio::piped()).spawn()?;
         let mut line = String::new();
         let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
         stdout.read_line(&mut line)?;
