@@ -8,7 +8,7 @@
 //! `event_loop` or `client`.
 
 pub mod access;
-pub(crate) mod cookie;
+pub mod cookie;
 pub(crate) mod history;
 pub mod limits;
 pub mod logging;
