@@ -1090,28 +1090,39 @@ impl Store {
         })
     }
 
-    /// Calls `f` with the request tag, id and timestamp of each of the
-    /// newest `limit` entries that has one, oldest first: the retry memory
-    /// after a restart. Only lines holding a tag are looked at, and only
-    /// their tag and time: every line here passed the scan already.
+    /// Calls `f` with the writer and request tag, id and timestamp of
+    /// each of the newest `limit` entries that has a tag, oldest first: the
+    /// retry memory after a restart. The writer is who sent the request:
+    /// the importer of an imported entry, otherwise its author. Only lines
+    /// holding a tag are looked at, and only those fields: every line here
+    /// passed the scan already.
     pub fn recent_requests(
         &self,
         limit: usize,
-        mut f: impl FnMut(&str, u64, &str),
+        mut f: impl FnMut((Option<&str>, &str), u64, &str),
     ) -> io::Result<()> {
         const TAG: &[u8] = b"\treq=";
         let end = self.len() + 1;
         let first = end.saturating_sub(limit as u64).max(1);
         let finder = memchr::memmem::Finder::new(TAG);
         self.for_each_holding(first, end, 1 << 20, &finder, |id, line| {
+            let line = line.strip_suffix(b"\n").unwrap_or(line);
             let field = |from: usize| {
-                let len = memchr::memchr2(b'\t', b'\n', &line[from..]).unwrap_or(line.len() - from);
+                let len = memchr::memchr(b'\t', &line[from..]).unwrap_or(line.len() - from);
                 std::str::from_utf8(&line[from..from + len]).ok()
             };
             let timestamp = memchr::memchr(b'\t', line).and_then(|tab| field(tab + 1));
             let tag = finder.find(line).and_then(|at| field(at + TAG.len()));
+            let attr = |key: &[u8]| {
+                let at = line.windows(key.len()).rposition(|w| w == key)?;
+                field(at + key.len())
+            };
+            let writer = match attr(b"\timported=") {
+                Some(importer) => Some(importer).filter(|&i| i != "-"),
+                None => attr(b"\tby="),
+            };
             if let (Some(tag), Some(timestamp)) = (tag, timestamp) {
-                f(tag, id, timestamp);
+                f((writer, tag), id, timestamp);
             }
             ControlFlow::Continue(())
         })?;
@@ -1224,22 +1235,42 @@ mod tests {
             lines.next().unwrap().ends_with("\tone\treq=tag-1"),
             "{text}"
         );
-        let store = open(&path);
+        let mut store = open(&path);
         assert_eq!(store.identity(), identity);
+        // The writer of each: its author, or for an import its importer.
+        store.append_by("two", Some("tag-2"), Some("laptop"));
+        let t0 = entry::parse_timestamp(T0).unwrap();
+        store.append_imported(
+            "three",
+            Some("tag-3"),
+            (T0, t0),
+            (Some("admin"), Some("phone")),
+        );
+        store.append_imported("four", Some("tag-4"), (T0, t0), (Some("admin"), None));
+        store.commit().unwrap();
+        drop(store);
+        let store = open(&path);
         let mut recent = Vec::new();
         store
-            .recent_requests(10, |tag, id, time| {
-                recent.push((tag.to_string(), id, time.to_string()))
+            .recent_requests(10, |(writer, tag), id, _| {
+                recent.push((writer.map(str::to_string), tag.to_string(), id))
             })
             .unwrap();
+        let some = |s: &str| Some(s.to_string());
         assert_eq!(
             recent,
-            vec![("tag-1".to_string(), 1, store_time(&store, 1))]
+            vec![
+                (None, "tag-1".to_string(), 1),
+                (some("laptop"), "tag-2".to_string(), 2),
+                (some("phone"), "tag-3".to_string(), 3),
+                (None, "tag-4".to_string(), 4),
+            ]
         );
-    }
-
-    fn store_time(store: &Store, id: u64) -> String {
-        entry::format_timestamp(store.millis_of(id))
+        let mut times = Vec::new();
+        store
+            .recent_requests(1, |_, id, time| times.push((id, time.to_string())))
+            .unwrap();
+        assert_eq!(times, vec![(4, T0.to_string())]);
     }
 
     #[test]

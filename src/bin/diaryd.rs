@@ -69,6 +69,11 @@ struct Args {
     #[arg(long, default_value_t = Limits::default().handshakes_before_cookies)]
     handshakes_before_cookies: u32,
 
+    /// Milliseconds a second the server may spend on handshakes' Diffie-
+    /// Hellman work before it asks for cookies whatever their count.
+    #[arg(long, default_value_t = Limits::default().handshake_work.as_millis() as u64)]
+    handshake_work_ms: u64,
+
     /// Tagged UDP writes remembered so that a retry is answered, not stored twice.
     #[arg(long, default_value_t = Limits::default().replay_memory)]
     replay_memory: usize,
@@ -202,6 +207,7 @@ fn main() -> ExitCode {
         udp_queue: args.udp_queue.max(1),
         follow_backlog: args.follow_backlog,
         handshakes_before_cookies: args.handshakes_before_cookies,
+        handshake_work: Duration::from_millis(args.handshake_work_ms),
         ..Limits::default()
     };
     let mut server = match Server::bind_with(args.listen, store, limits, gate) {

@@ -49,6 +49,10 @@ pub struct Limits {
     /// always). Below it, a failure from a source without one is not
     /// counted against that source: its address may be forged.
     pub handshakes_before_cookies: u32,
+    /// Time a second the loop may spend on that work before it asks for
+    /// cookies whatever the count: on a slow machine (or a debug build)
+    /// the count alone would not be reached before the socket overflows.
+    pub handshake_work: Duration,
 }
 
 impl Default for Limits {
@@ -68,6 +72,7 @@ impl Default for Limits {
             loopback_exempt: true,
             session_lifetime: crate::secure::noise::REJECT_AFTER,
             handshakes_before_cookies: 200,
+            handshake_work: Duration::from_millis(100),
         }
     }
 }

@@ -1,9 +1,14 @@
-//! The memory of recent tagged writes, keyed by tag, that makes a retried
-//! write answer again instead of storing twice, on either transport.
+//! The memory of recent tagged writes, keyed by writer and tag, that makes
+//! a retried write answer again instead of storing twice, on either
+//! transport.
 //!
-//! The key is the tag alone: a retry may come from a new socket (a new TCP
-//! connection, a client run again with `--tag`), so the source cannot be
-//! part of it. The store keeps each tag with its entry, so the memory is
+//! A retry may come from a new socket (a new TCP connection, a client run
+//! again with `--tag`), so the source address cannot be part of the key;
+//! the writer is: a device's name from its key, or for plaintext the name
+//! the client gave (plaintext is served to this machine, or to anyone
+//! only with `--insecure-open`). So one device cannot claim another's tag
+//! in advance and have its write answered with someone else's entry. The
+//! store keeps each tag and writer with its entry, so the memory is
 //! rebuilt from the file's newest entries after a restart.
 
 use crate::protocol::MAX_TAG_LEN;
@@ -31,6 +36,10 @@ pub struct ReplayMemory {
 
 struct Slot {
     hash: u64,
+    /// The writer's name, hashed with the memory's key: 8 bytes a slot
+    /// rather than 65, and two names colliding in it is a 2^-64 chance an
+    /// outsider cannot aim at.
+    writer: u64,
     tag: Inline<MAX_TAG_LEN>,
     /// Indexed, as opposed to forgotten after a failed commit.
     live: bool,
@@ -86,41 +95,58 @@ impl ReplayMemory {
         }
     }
 
-    fn hash(&self, tag: &Inline<MAX_TAG_LEN>) -> u64 {
+    fn writer(&self, writer: Option<&str>) -> u64 {
         use std::hash::BuildHasher;
-        self.hasher.hash_one(tag.as_str())
+        self.hasher.hash_one(writer)
     }
 
-    fn find(&self, hash: u64, tag: &Inline<MAX_TAG_LEN>) -> Option<usize> {
+    fn hash(&self, writer: u64, tag: &Inline<MAX_TAG_LEN>) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one((writer, tag.as_str()))
+    }
+
+    fn find(&self, hash: u64, writer: u64, tag: &Inline<MAX_TAG_LEN>) -> Option<usize> {
         let slots = &self.slots;
         self.index
-            .find(hash, |&i| slots[i as usize].tag == *tag)
+            .find(hash, |&i| {
+                let slot = &slots[i as usize];
+                slot.writer == writer && slot.tag == *tag
+            })
             .map(|&i| i as usize)
     }
 
-    pub fn get(&self, tag: &str) -> Option<Remembered<'_>> {
+    /// The write `writer` tagged `tag`, if it is remembered.
+    pub fn get(&self, writer: Option<&str>, tag: &str) -> Option<Remembered<'_>> {
         let tag = Inline::new(tag)?;
-        let slot = &self.slots[self.find(self.hash(&tag), &tag)?];
+        let writer = self.writer(writer);
+        let slot = &self.slots[self.find(self.hash(writer, &tag), writer, &tag)?];
         Some(Remembered {
             id: slot.id,
             timestamp: slot.timestamp.as_str(),
         })
     }
 
-    /// Remembers that the write tagged `tag`, of batch `batch`, got `id`
-    /// at `timestamp`.
-    pub fn remember(&mut self, tag: &str, id: u64, batch: u64, timestamp: &str) {
+    /// Remembers that `writer`'s write tagged `tag`, of batch `batch`, got
+    /// `id` at `timestamp`.
+    pub fn remember(
+        &mut self,
+        (writer, tag): (Option<&str>, &str),
+        id: u64,
+        batch: u64,
+        timestamp: &str,
+    ) {
         let (Some(tag), Some(timestamp)) = (Inline::new(tag), Inline::new(timestamp)) else {
             return;
         };
         if self.capacity == 0 {
             return;
         }
-        let hash = self.hash(&tag);
-        let at = match self.find(hash, &tag) {
+        let writer = self.writer(writer);
+        let hash = self.hash(writer, &tag);
+        let at = match self.find(hash, writer, &tag) {
             // The same tag again: the newer write is the one to answer.
             Some(at) => at,
-            None => self.claim_slot(hash, tag),
+            None => self.claim_slot(hash, writer, tag),
         };
         let slot = &mut self.slots[at];
         slot.batch = batch;
@@ -129,12 +155,13 @@ impl ReplayMemory {
     }
 
     /// Indexes the next slot of the ring for a new key, forgetting what it held.
-    fn claim_slot(&mut self, hash: u64, tag: Inline<MAX_TAG_LEN>) -> usize {
+    fn claim_slot(&mut self, hash: u64, writer: u64, tag: Inline<MAX_TAG_LEN>) -> usize {
         let at = self.next;
         self.next = (at + 1) % self.capacity;
         if at == self.slots.len() {
             self.slots.push(Slot {
                 hash,
+                writer,
                 tag,
                 live: false,
                 batch: 0,
@@ -146,6 +173,7 @@ impl ReplayMemory {
         }
         let slots = &mut self.slots;
         slots[at].hash = hash;
+        slots[at].writer = writer;
         slots[at].tag = tag;
         slots[at].live = true;
         self.index
@@ -187,21 +215,21 @@ mod tests {
     #[test]
     fn replay_memory_is_bounded_and_forgets_failed_writes() {
         let mut m = ReplayMemory::new(2);
-        m.remember("t1", 1, 1, T);
-        m.remember("t2", 2, 2, T);
-        m.remember("t3", 3, 3, T);
+        m.remember((None, "t1"), 1, 1, T);
+        m.remember((None, "t2"), 2, 2, T);
+        m.remember((None, "t3"), 3, 3, T);
         assert_eq!(m.len(), 2);
-        assert!(m.get("t1").is_none());
+        assert!(m.get(None, "t1").is_none());
         assert_eq!(
-            m.get("t3"),
+            m.get(None, "t3"),
             Some(Remembered {
                 id: 3,
                 timestamp: T
             })
         );
         m.forget_batch(3);
-        assert!(m.get("t3").is_none());
-        assert!(m.get("t2").is_some());
+        assert!(m.get(None, "t3").is_none());
+        assert!(m.get(None, "t2").is_some());
     }
 
     /// Many laps of the ring, with forgetting and repeated tags mixed in:
@@ -211,11 +239,11 @@ mod tests {
         let capacity = 50;
         let mut m = ReplayMemory::new(capacity);
         for id in 1..=1000u64 {
-            m.remember(&format!("t{id}"), id, id, &format!("time {id}"));
+            m.remember((None, &format!("t{id}")), id, id, &format!("time {id}"));
             assert!(m.len() <= capacity);
         }
         for id in 1..=1000u64 {
-            let found = m.get(&format!("t{id}"));
+            let found = m.get(None, &format!("t{id}"));
             if id > 1000 - capacity as u64 {
                 let time = format!("time {id}");
                 assert_eq!(
@@ -231,19 +259,33 @@ mod tests {
         }
         (991..=1000).for_each(|batch| m.forget_batch(batch));
         assert_eq!(m.len(), capacity - 10);
-        assert!(m.get("t991").is_none() && m.get("t989").is_some());
+        assert!(m.get(None, "t991").is_none() && m.get(None, "t989").is_some());
         // The same tag again answers with the newer write, in one slot.
-        m.remember("t989", 2000, 2000, T);
-        assert_eq!(m.get("t989").unwrap().id, 2000);
+        m.remember((None, "t989"), 2000, 2000, T);
+        assert_eq!(m.get(None, "t989").unwrap().id, 2000);
         assert_eq!(m.len(), capacity - 10);
         for id in 2001..=2100u64 {
-            m.remember(&format!("u{id}"), id, id, T);
+            m.remember((None, &format!("u{id}")), id, id, T);
         }
         assert_eq!(m.len(), capacity);
-        assert!(m.get("u2051").is_some() && m.get("u2050").is_none());
+        assert!(m.get(None, "u2051").is_some() && m.get(None, "u2050").is_none());
         let long = "x".repeat(MAX_TAG_LEN + 1);
-        m.remember(&long, 3000, 3000, T);
-        assert!(m.get(&long).is_none());
-        assert!(ReplayMemory::new(0).get("t1").is_none());
+        m.remember((None, &long), 3000, 3000, T);
+        assert!(m.get(None, &long).is_none());
+        assert!(ReplayMemory::new(0).get(None, "t1").is_none());
+    }
+
+    /// Issue 26, 4: a tag is one writer's. Another device's write under
+    /// it is its own; neither answers for the other.
+    #[test]
+    fn a_tag_is_remembered_per_writer() {
+        let mut m = ReplayMemory::new(10);
+        m.remember((Some("mallory"), "victim-tag-1"), 8, 1, T);
+        assert!(m.get(Some("laptop"), "victim-tag-1").is_none());
+        assert!(m.get(None, "victim-tag-1").is_none());
+        m.remember((Some("laptop"), "victim-tag-1"), 9, 2, T);
+        assert_eq!(m.get(Some("mallory"), "victim-tag-1").unwrap().id, 8);
+        assert_eq!(m.get(Some("laptop"), "victim-tag-1").unwrap().id, 9);
+        assert_eq!(m.len(), 2);
     }
 }

@@ -16,7 +16,7 @@
 //! queued it, and only then is the batch settled.
 
 use crate::handler;
-use crate::protocol::{self, Command, Request};
+use crate::protocol::{self, Command, ErrorCode, Request};
 use crate::server::access::allow::Scopes;
 use crate::server::access::gatekeeper::Peer;
 use crate::server::logging::{self, Throttle};
@@ -24,6 +24,7 @@ use crate::server::replay::ReplayMemory;
 use crate::server::service::{AckSite, Outcome, Service, Transport};
 use crate::server::stats::Stats;
 use crate::store::{CommitError, Store};
+use crate::wire::entry;
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -69,12 +70,31 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Whether the stored entry `id` holds another text than `command`
+    /// asks for (`false` when it cannot be told: not yet in the file).
+    fn differs_from(&self, id: u64, command: &Command) -> bool {
+        let text = match command {
+            Command::Write(text) | Command::Amend { text, .. } => *text,
+            Command::Import { text, .. } => text,
+            _ => return false,
+        };
+        if id > self.store.len() {
+            return false;
+        }
+        let Ok(line) = self.store.read_line(id) else {
+            return false;
+        };
+        let mut escaped = Vec::with_capacity(text.len());
+        entry::escape_into(text, &mut escaped);
+        entry::stored_text(&line).is_some_and(|stored| stored != escaped)
+    }
+
     /// Shares `store`, remembering up to `replay_memory` tagged writes,
     /// starting with the newest ones in the file.
     pub fn new(store: Store, replay_memory: usize) -> Shared {
         let mut replay = ReplayMemory::new(replay_memory);
-        let recent = store.recent_requests(replay_memory, |tag, id, timestamp| {
-            replay.remember(tag, id, 0, timestamp);
+        let recent = store.recent_requests(replay_memory, |key, id, timestamp| {
+            replay.remember(key, id, 0, timestamp);
         });
         match recent {
             Ok(()) => {}
@@ -272,8 +292,22 @@ impl Service for Shared {
             // Only tagged writes are remembered: everything else goes straight on.
             _ => return handler::handle(request, how, &mut self.store, &mut self.stats, out),
         };
-        if let Some(seen) = self.replay.get(tag) {
+        if let Some(seen) = self.replay.get(author, tag) {
             protocol::push_tag(out, tag);
+            if let Ok(command) = &request.command
+                && self.differs_from(seen.id, command)
+            {
+                // Never a false "stored": the tag holds another text.
+                protocol::push_error(
+                    out,
+                    ErrorCode::BadArgument,
+                    &format_args!(
+                        "tag {tag} was used for another entry (#{}); a new request needs a new tag",
+                        seen.id
+                    ),
+                );
+                return Outcome::Replied;
+            }
             if let Some(lost) = self.store.lost() {
                 let why = self.store.describe(lost);
                 out.extend_from_slice(&protocol::stored_elsewhere_line(seen.id, &why));
@@ -298,7 +332,8 @@ impl Service for Shared {
         let outcome = handler::handle(request, how, &mut self.store, &mut self.stats, out);
         if let Outcome::Wrote { id, ack_at } = &outcome {
             let timestamp = protocol::ack_timestamp(&out[*ack_at..]);
-            self.replay.remember(tag, *id, self.batch, timestamp);
+            self.replay
+                .remember((author, tag), *id, self.batch, timestamp);
         }
         outcome
     }

@@ -68,11 +68,6 @@ struct HandshakeLoad {
 }
 
 impl HandshakeLoad {
-    /// Work past which the server is under load whatever the count: a
-    /// tenth of the loop's time, on a machine (or a debug build) too slow
-    /// for the count to be reached before the socket's buffer overflows.
-    const WORK_BUDGET: Duration = Duration::from_millis(100);
-
     fn new() -> HandshakeLoad {
         HandshakeLoad {
             window_start: Instant::now(),
@@ -99,13 +94,13 @@ impl HandshakeLoad {
     }
 
     /// Counts a first message at `now`: whether the server is now past
-    /// `limit` a second or its work budget.
-    fn note(&mut self, now: Instant, limit: u32) -> bool {
+    /// `limit` a second or `budget` of work a second.
+    fn note(&mut self, now: Instant, (limit, budget): (u32, Duration)) -> bool {
         let older = self.roll(now);
         self.this.0 = self.this.0.saturating_add(1);
         let rate = (f64::from(self.last.0) * older) as u32 + self.this.0;
         let work = self.last.1.mul_f64(older) + self.this.1;
-        rate > limit || work > Self::WORK_BUDGET
+        rate > limit || work > budget
     }
 
     /// Adds the time a first message's Diffie-Hellman work took.
@@ -127,7 +122,8 @@ pub struct UdpSessions {
     generation: u64,
     lifetime: Duration,
     load: HandshakeLoad,
-    before_cookies: u32,
+    /// Past this many first messages or this much work a second, cookies first.
+    before_cookies: (u32, Duration),
     /// Refusals of sources that may be forged are logged a few a minute.
     refusal_log: Throttle,
 }
@@ -150,7 +146,7 @@ impl UdpSessions {
             generation: 0,
             lifetime: limits.session_lifetime,
             load: HandshakeLoad::new(),
-            before_cookies: limits.handshakes_before_cookies,
+            before_cookies: (limits.handshakes_before_cookies, limits.handshake_work),
             refusal_log: Throttle::default(),
         }
     }
@@ -383,16 +379,21 @@ mod tests {
         let start = Instant::now();
         let mut load = HandshakeLoad::new();
         load.window_start = start;
+        let budget = Duration::from_millis(100);
         for i in 0..10 {
-            assert!(!load.note(start + Duration::from_millis(i), 10));
+            assert!(!load.note(start + Duration::from_millis(i), (10, budget)));
         }
-        assert!(load.note(start + Duration::from_millis(20), 10), "the 11th");
+        assert!(
+            load.note(start + Duration::from_millis(20), (10, budget)),
+            "the 11th"
+        );
         // Half a second into the next window, half the old one still counts.
         let later = start + Duration::from_millis(1500);
-        assert!(!load.note(later, 10), "5 + 1 of the last second");
-        assert!(!load.note(start + Duration::from_secs(4), 10), "forgotten");
-        load.worked(HandshakeLoad::WORK_BUDGET + Duration::from_millis(1));
-        assert!(load.note(start + Duration::from_secs(4), 1000), "too slow");
-        assert!(load.note(start + Duration::from_secs(4), 0), "0: always");
+        assert!(!load.note(later, (10, budget)), "5 + 1 of the last second");
+        let much_later = start + Duration::from_secs(4);
+        assert!(!load.note(much_later, (10, budget)), "forgotten");
+        load.worked(budget + Duration::from_millis(1));
+        assert!(load.note(much_later, (1000, budget)), "too slow");
+        assert!(load.note(much_later, (0, Duration::MAX)), "0: always");
     }
 }
