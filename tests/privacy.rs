@@ -500,6 +500,19 @@ fn a_changed_server_key_is_refused_by_the_client() {
         );
         assert!(stderr.contains(&server.key), "{stderr}");
     }
+    // Issue 26, 9: another spelling of the same address finds the pin; it
+    // does not pin the impostor as a new server.
+    for spelling in [
+        format!("{}:0{port}", link.server_ip),
+        format!("[::ffff:{}]:{port}", link.server_ip),
+    ] {
+        let out = device.run(&link, &spelling, &["--proto", "tcp", "write", "third"]);
+        assert_eq!(out.status.code(), Some(4), "{spelling}: {out:?}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("HAS CHANGED"), "{spelling}: {stderr}");
+    }
+    let pins = std::fs::read_to_string(device.known_servers()).unwrap();
+    assert_eq!(pins.lines().count(), 1, "{pins}");
     assert_eq!(server.entries(), ["first"]);
 }
 

@@ -54,6 +54,27 @@ pub fn credentials(opts: &Options, addr: SocketAddr) -> Result<Option<Credential
         }));
     }
     let file = &security.known_servers;
+    // Pinned under the address it resolved to, so that another spelling
+    // of it (`10.0.0.1:08888`, `[::ffff:10.0.0.1]:8888`) finds the pin
+    // instead of pinning whoever answers there now; and under a host
+    // name as typed too, so that the name keeps its key if its address
+    // changes (ssh's CheckHostIP, the other way round).
+    let resolved = pin_address(addr);
+    let by_name = opts
+        .server
+        .parse::<SocketAddr>()
+        .is_err()
+        .then_some(&opts.server);
+    for name in std::iter::once(&resolved).chain(by_name) {
+        if let Some((server, line)) = keys::pinned_key(file, name).map_err(ClientError::Key)? {
+            return Ok(Some(Credentials {
+                own,
+                server,
+                pin: Pin::File(file.clone(), line),
+            }));
+        }
+    }
+    // A pin older versions made under a spelling of an address.
     if let Some((server, line)) = keys::pinned_key(file, &opts.server).map_err(ClientError::Key)? {
         return Ok(Some(Credentials {
             own,
@@ -62,14 +83,16 @@ pub fn credentials(opts: &Options, addr: SocketAddr) -> Result<Option<Credential
         }));
     }
     let server = fetch_server_key(opts, addr)?;
-    keys::pin_key(file, &opts.server, &server).map_err(ClientError::Key)?;
+    for name in std::iter::once(&resolved).chain(by_name) {
+        keys::pin_key(file, name, &server).map_err(ClientError::Key)?;
+    }
     eprintln!(
-        "diary: first contact with {}: its key is {server}\n\
+        "diary: first contact with {} ({resolved}): its key is {server}\n\
          diary: pinned in {}; compare it with the `server key` line diaryd printed",
         opts.server,
         file.display()
     );
-    let line = keys::pinned_key(file, &opts.server)
+    let line = keys::pinned_key(file, &resolved)
         .ok()
         .flatten()
         .map_or(0, |(_, line)| line);
@@ -78,6 +101,19 @@ pub fn credentials(opts: &Options, addr: SocketAddr) -> Result<Option<Credential
         server,
         pin: Pin::File(file.clone(), line),
     }))
+}
+
+/// The one spelling of a server's address its pin is kept under: an IPv4
+/// address as such even when reached as `::ffff:a.b.c.d`, the port in
+/// plain digits.
+pub fn pin_address(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    SocketAddr::new(ip, addr.port()).to_string()
 }
 
 /// Asks the server for its public key, over the chosen transport.
