@@ -12,7 +12,7 @@ mod errors;
 pub mod secure;
 
 pub use config::{DEFAULT_SERVER, Options, Proto, SecureMode, Security};
-pub use errors::{ClientError, KeyChange, Pin};
+pub use errors::{ClientError, KeyChange, Pin, Silence};
 
 use crate::client::secure::{Credentials, FromServer, SecureStream, UdpSession};
 use crate::wire::entry;
@@ -368,6 +368,7 @@ impl Client {
         let deadline = started + self.opts.timeout;
         let mut wait = self.rtt.timeout();
         let mut attempts = 0;
+        let mut why = Silence::Quiet;
         while attempts <= self.opts.retries && Instant::now() < deadline {
             attempts += 1;
             let socket = self.udp.as_ref().expect("made above");
@@ -412,6 +413,7 @@ impl Client {
                         break;
                     }
                     Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        why = Silence::NothingListens;
                         std::thread::sleep(until.saturating_duration_since(Instant::now()));
                         break;
                     }
@@ -466,6 +468,7 @@ impl Client {
             proto: Proto::Udp,
             waited: started.elapsed(),
             attempts,
+            why,
         })
     }
 
@@ -492,12 +495,17 @@ impl Client {
             };
             self.tcp = None;
             if Instant::now() + pause >= deadline {
+                let why = match &error {
+                    Some(ClientError::Io(_, _, e)) => Silence::of(e),
+                    _ => Silence::Quiet,
+                };
                 return Err(match error {
                     Some(ClientError::Io(..)) | None => ClientError::NoAnswer {
                         server: self.addr,
                         proto: Proto::Tcp,
                         waited: started.elapsed(),
                         attempts,
+                        why,
                     },
                     Some(e) => e,
                 });
@@ -672,16 +680,44 @@ impl TcpLink {
             .set_read_timeout(Some(left.max(Duration::from_millis(1))))
             .map_err(io_err)?;
         let mut line = String::with_capacity(128);
-        match self.reader.read_line(&mut line) {
+        match read_bounded_line(&mut self.reader, &mut line) {
             // The connection ended, perhaps mid-reply: a broken link, for
             // the caller to try again on a new one (the request is tagged).
             // A line cut short by the end (no newline) is not a reply either.
             Ok(_) if !line.ends_with('\n') => Err(io_err(io::ErrorKind::UnexpectedEof.into())),
             Ok(0) => Err(io_err(io::ErrorKind::UnexpectedEof.into())),
             Ok(_) => f(line.trim_end_matches(['\n', '\r'])),
+            // Not diaryd's bytes (a line without end, or not UTF-8): asking
+            // again would only bring more of them.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                Err(ClientError::BadReply(e.to_string()))
+            }
             Err(e) => Err(io_err(e)),
         }
     }
+}
+
+/// The longest line taken from a server: far over any entry line diaryd
+/// sends with its default `--max-entry` (64 KiB of text, escaped at most
+/// to twice that), and a bound on what a server that is not diaryd (or an
+/// impostor) can make the client hold.
+pub const MAX_SERVER_LINE: usize = 8 << 20;
+
+/// `read_line`, but a line over [`MAX_SERVER_LINE`] is an error (the
+/// connection is no diary reply) rather than memory without end.
+fn read_bounded_line<R: BufRead>(reader: &mut R, line: &mut String) -> io::Result<usize> {
+    let n = io::Read::take(reader, MAX_SERVER_LINE as u64 + 1).read_line(line)?;
+    if line.len() > MAX_SERVER_LINE {
+        line.clear();
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the server sent a line over {} MiB: not a diary reply",
+                MAX_SERVER_LINE >> 20
+            ),
+        ));
+    }
+    Ok(n)
 }
 
 /// Sends many tagged requests (`/write TEXT`, `/import …`) over one TCP
@@ -719,11 +755,12 @@ pub fn write_pipelined(
                 done += n;
                 if e.is_final() || last_progress.elapsed() + pause > opts.timeout {
                     let e = match e {
-                        ClientError::Io(..) => ClientError::NoAnswer {
+                        ClientError::Io(_, _, e) => ClientError::NoAnswer {
                             server: addr,
                             proto: Proto::Tcp,
                             waited: last_progress.elapsed(),
                             attempts: 1,
+                            why: Silence::of(&e),
                         },
                         e => e,
                     };
@@ -989,7 +1026,7 @@ pub fn follow(
         let mut line = String::new();
         let ended = loop {
             line.clear();
-            match reader.read_line(&mut line) {
+            match read_bounded_line(&mut reader, &mut line) {
                 Ok(0) => break "the server closed the connection".to_string(),
                 // Cut short by the end: not an entry (it resumes from the last whole one).
                 Ok(_) if !line.ends_with('\n') => {

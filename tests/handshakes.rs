@@ -288,3 +288,46 @@ fn a_replayed_first_message_is_no_session_of_the_device() {
     assert_eq!(log.matches("laptop: TCP session from").count(), 1, "{log}");
     assert!(!log.contains("laptop: UDP session from"), "{log}");
 }
+
+/// Issue 26, 9: a client that gets no session says what happened, not
+/// "is diaryd running?" for everything: a busy server's own words over an
+/// encrypted connection; nothing listening, when nothing does.
+#[test]
+fn refusals_say_what_happened() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, creds) = keyed(dir.path(), &["--max-connections", "1"]);
+    let to = server.addr;
+    // The one slot, taken (answered, so the server has it).
+    let mut holder = common::Tcp::connect(to);
+    holder.send("/stats");
+    assert!(!holder.until_end().is_empty());
+    let Err(ClientError::Auth(message)) = tcp_session(&creds, to) else {
+        panic!("a busy server's refusal is final, in its words");
+    };
+    assert!(
+        message.contains("turned the connection away: err busy"),
+        "{message}"
+    );
+    drop(server);
+
+    // Nothing at that port now.
+    let options = Options {
+        server: to.to_string(),
+        timeout: Duration::from_millis(800),
+        proto: diary::client::Proto::Tcp,
+        security: diary::client::Security {
+            mode: diary::client::SecureMode::Plain,
+            ..Options::default().security
+        },
+        ..Options::default()
+    };
+    for proto in [diary::client::Proto::Tcp, diary::client::Proto::Udp] {
+        let options = Options {
+            proto,
+            ..options.clone()
+        };
+        let mut client = diary::client::Client::new(options).unwrap();
+        let message = client.write("hello").unwrap_err().to_string();
+        assert!(message.starts_with("nothing listens at"), "{message}");
+    }
+}

@@ -16,6 +16,7 @@ pub enum ClientError {
         proto: Proto,
         waited: Duration,
         attempts: u32,
+        why: Silence,
     },
     /// The server's address does not resolve.
     BadAddress(String, io::Error),
@@ -41,6 +42,30 @@ pub enum ClientError {
     Output(io::Error),
 }
 
+/// What was heard instead of a reply: the words a person needs differ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Silence {
+    /// Nothing at all came back.
+    Quiet,
+    /// Nothing listens there: the connection was refused (or, over UDP,
+    /// an ICMP port unreachable came back).
+    NothingListens,
+    /// Something took the connection and then ended it, each time; the
+    /// last error.
+    Broken(String),
+}
+
+impl Silence {
+    /// What a failed attempt's I/O error says about the server.
+    pub fn of(e: &io::Error) -> Silence {
+        match e.kind() {
+            io::ErrorKind::ConnectionRefused => Silence::NothingListens,
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Silence::Quiet,
+            _ => Silence::Broken(e.to_string()),
+        }
+    }
+}
+
 /// A server key that differs from the pinned one.
 #[derive(Debug)]
 pub struct KeyChange {
@@ -58,13 +83,30 @@ impl fmt::Display for ClientError {
                 proto,
                 waited,
                 attempts,
-            } => write!(
-                f,
-                "no answer from {server} over {proto} after {:.1} s ({attempts} attempts); \
-                 is diaryd running there? Start it with `diaryd`, or point --server \
-                 (or DIARY_SERVER) at it",
-                waited.as_secs_f64()
-            ),
+                why,
+            } => {
+                let waited = waited.as_secs_f64();
+                match why {
+                    Silence::NothingListens => write!(
+                        f,
+                        "nothing listens at {server} over {proto} (refused, {attempts} attempts \
+                         in {waited:.1} s); is diaryd running there? Start it with `diaryd`, \
+                         or point --server (or DIARY_SERVER) at it"
+                    ),
+                    Silence::Quiet => write!(
+                        f,
+                        "no answer from {server} over {proto} after {waited:.1} s ({attempts} \
+                         attempts); is diaryd running there, and does the network let {proto} \
+                         through? Start it with `diaryd`, or point --server (or DIARY_SERVER) \
+                         at it"
+                    ),
+                    Silence::Broken(e) => write!(
+                        f,
+                        "{server} took the connection over {proto} but ended it before \
+                         answering, {attempts} times in {waited:.1} s (last: {e})"
+                    ),
+                }
+            }
             ClientError::BadAddress(addr, e) => {
                 write!(
                     f,

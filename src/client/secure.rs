@@ -4,7 +4,7 @@
 //! sessions with their nonces and replay window.
 
 use crate::client::config::{Options, Proto, SecureMode};
-use crate::client::errors::{ClientError, KeyChange, Pin};
+use crate::client::errors::{ClientError, KeyChange, Pin, Silence};
 use crate::secure::keys::{self, KeyPair, PublicKey};
 use crate::secure::noise::{
     self, DATA, Datagram, KEY, MAX_FRAME_PLAINTEXT, NotAFrame, REFUSED, REKEY_AFTER,
@@ -126,7 +126,8 @@ pub fn fetch_server_key(opts: &Options, addr: SocketAddr) -> Result<PublicKey, C
             let mut request = Vec::new();
             noise::push_frame(&mut request, KEY, &[]);
             stream.write_all(&request).map_err(io_err)?;
-            let (kind, body) = read_frame(&mut stream, deadline).map_err(io_err)?;
+            let (kind, body) =
+                read_frame(&mut stream, deadline).map_err(turned_away(addr, opts.proto))?;
             match kind {
                 KEY => PublicKey::from_slice(&body)
                     .ok_or_else(|| ClientError::BadReply("a key of the wrong length".into())),
@@ -140,6 +141,7 @@ pub fn fetch_server_key(opts: &Options, addr: SocketAddr) -> Result<PublicKey, C
             let mut buf = [0u8; 2048];
             let mut wait = Duration::from_millis(200);
             let mut attempts = 0;
+            let mut why = Silence::Quiet;
             while Instant::now() < deadline {
                 attempts += 1;
                 let _ = socket.send(&noise::key_request());
@@ -154,7 +156,10 @@ pub fn fetch_server_key(opts: &Options, addr: SocketAddr) -> Result<PublicKey, C
                                 return Ok(key);
                             }
                         }
-                        Err(_) => break,
+                        Err(e) => {
+                            why = Silence::of(&e);
+                            break;
+                        }
                     }
                 }
                 wait = (wait * 2).min(Duration::from_secs(1));
@@ -164,6 +169,7 @@ pub fn fetch_server_key(opts: &Options, addr: SocketAddr) -> Result<PublicKey, C
                 proto: Proto::Udp,
                 waited: opts.timeout,
                 attempts,
+                why,
             })
         }
     }
@@ -219,12 +225,36 @@ pub fn refusal_error(
     ClientError::Auth(format!("{addr} refused this device: {}{hint}", why.words()))
 }
 
+/// What a failed frame read means: the server's own words when it sent a
+/// text line (busy, keys required) instead of a frame, final; otherwise
+/// an I/O error, to be tried again.
+fn turned_away(addr: SocketAddr, proto: Proto) -> impl Fn(io::Error) -> ClientError {
+    move |e| {
+        if e.kind() == io::ErrorKind::InvalidData {
+            ClientError::Auth(format!("{addr} turned the connection away: {e}"))
+        } else {
+            ClientError::Io(addr, proto, e)
+        }
+    }
+}
+
 /// Reads one whole frame (blocking, until `deadline`).
 fn read_frame(stream: &mut TcpStream, deadline: Instant) -> io::Result<(u8, Vec<u8>)> {
     let left = deadline.saturating_duration_since(Instant::now());
     stream.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
     let mut header = [0u8; noise::TCP_HEADER];
     stream.read_exact(&mut header)?;
+    if !noise::is_encrypted(header[0]) {
+        // A text line instead (`err busy …` from a server with no slot
+        // left): its words, as the error.
+        let mut text = header.to_vec();
+        let _ = (&mut *stream).take(512).read_to_end(&mut text);
+        let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            String::from_utf8_lossy(line).into_owned(),
+        ));
+    }
     let mut body = vec![0u8; u16::from_be_bytes([header[1], header[2]]) as usize];
     stream.read_exact(&mut body)?;
     Ok((header[0], body))
@@ -260,7 +290,8 @@ impl SecureStream {
         let mut frame = Vec::new();
         noise::push_frame(&mut frame, noise::INIT, &first[..n]);
         stream.write_all(&frame).map_err(io_err)?;
-        let (kind, body) = read_frame(&mut stream, deadline).map_err(io_err)?;
+        let (kind, body) =
+            read_frame(&mut stream, deadline).map_err(turned_away(addr, Proto::Tcp))?;
         match kind {
             REPLY => {}
             REFUSED => {
@@ -406,6 +437,7 @@ impl UdpSession {
         let mut attempts: Vec<(u32, snow::HandshakeState)> = Vec::new();
         let mut wait = Duration::from_millis(200);
         let mut buf = vec![0u8; 2048];
+        let mut why = Silence::Quiet;
         // Under load the server first asks for proof of our address.
         let mut cookie: Option<[u8; noise::COOKIE_LEN]> = None;
         while Instant::now() < deadline {
@@ -428,6 +460,7 @@ impl UdpSession {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        why = Silence::NothingListens;
                         std::thread::sleep(until.saturating_duration_since(Instant::now()));
                         break;
                     }
@@ -483,6 +516,7 @@ impl UdpSession {
             proto: Proto::Udp,
             waited: started.elapsed(),
             attempts: attempts.len() as u32,
+            why,
         })
     }
 
