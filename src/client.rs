@@ -74,6 +74,10 @@ pub struct Entry {
     pub time: String,
     /// Who wrote it, when that was recorded.
     pub author: Option<String>,
+    /// Who imported it (`-`: not known), for an imported entry: its author
+    /// is then only what the import said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub imported_by: Option<String>,
     pub text: String,
     /// Its text is an amendment's (the id of the newest amendment).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -93,6 +97,9 @@ pub fn parse_entry(line: &str) -> Option<Entry> {
         id: decoded.id,
         time: decoded.timestamp.to_string(),
         author: decoded.author().map(str::to_string),
+        imported_by: decoded
+            .attr(crate::wire::entry::IMPORTED)
+            .map(str::to_string),
         text: decoded.text(),
         edited: decoded.attr("edited").and_then(|v| v.parse().ok()),
         amends: decoded

@@ -387,6 +387,10 @@ fn an_export_imports_into_another_diary_byte_for_byte_and_only_once() {
             .map(|l| {
                 let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
                 v.as_object_mut().unwrap().remove("id");
+                // The second diary says who imported each entry into it.
+                if let Some(by) = v.as_object_mut().unwrap().remove("imported_by") {
+                    assert_eq!(by, "carol", "{l}");
+                }
                 v
             })
             .collect()
@@ -400,14 +404,14 @@ fn an_export_imports_into_another_diary_byte_for_byte_and_only_once() {
     );
     let md = out(&md);
     assert!(md.starts_with("# Diary\n\n## "), "{md}");
-    assert!(md.contains("(bob) two\n  lines"), "{md}");
+    assert!(md.contains("(bob, imported by carol) two\n  lines"), "{md}");
     let txt = run_diary(
         second.addr,
         &["export", "--format", "txt", "--tag", "weather"],
         b"",
     );
     assert!(
-        out(&txt).contains("[ann@laptop] 今天下雨了 #weather"),
+        out(&txt).contains("[ann@laptop, imported by carol] 今天下雨了 #weather"),
         "{}",
         out(&txt)
     );
@@ -431,7 +435,7 @@ fn dates_select_imported_entries_by_their_own_times() {
     let texts = |args: &[&str]| shown_texts(server.addr, args);
     assert_eq!(
         texts(&["--utc", "past", "--since", "2020", "--until", "2020"]),
-        ["[ann] from 2020"]
+        ["[ann, imported] from 2020"]
     );
     assert_eq!(texts(&["past", "--until", "2020-12-31"]).len(), 2);
     assert_eq!(

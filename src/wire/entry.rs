@@ -187,6 +187,9 @@ pub fn push_by_attr(name: &str, attrs: &mut String) {
 /// The attribute of an amendment (`amends=N`: its text replaces entry
 /// N's) and of a deletion (`deletes=N`: entry N is hidden).
 pub const AMENDS: &str = "amends";
+/// The attribute naming who imported an entry (`-`: not known); its `by=`
+/// is the author it was imported under, which nobody checked.
+pub const IMPORTED: &str = "imported";
 pub const DELETES: &str = "deletes";
 
 /// Whether attribute key `key` makes its line an amendment or a deletion:

@@ -130,9 +130,20 @@ impl Display {
         self.fit_ids(e.id);
         let time = self.time(&e.time);
         let prefix = format!("{:>width$}  {time}  ", e.id, width = self.id_width);
-        let prefix = match &e.author {
-            Some(author) => format!("{prefix}[{}] ", printable(author)),
-            None => prefix,
+        // An imported entry's author is only what the import said: who
+        // imported it is always shown with it.
+        let importer = match e.imported_by.as_deref() {
+            Some("-") => Some("imported".to_string()),
+            Some(by) => Some(format!("imported by {}", printable(by))),
+            None => None,
+        };
+        let prefix = match (&e.author, importer) {
+            (Some(author), Some(importer)) => {
+                format!("{prefix}[{}, {importer}] ", printable(author))
+            }
+            (Some(author), None) => format!("{prefix}[{}] ", printable(author)),
+            (None, Some(importer)) => format!("{prefix}[{importer}] "),
+            (None, None) => prefix,
         };
         let prefix = match (e.amends, e.deletes) {
             (Some(n), _) => format!("{prefix}(#{n} now reads) "),
@@ -157,6 +168,7 @@ impl Display {
         if !e.attrs.is_empty()
             && (e
                 .attr("edited")
+                .or(e.attr(entry::IMPORTED))
                 .or(e.attr(entry::AMENDS))
                 .or(e.attr(entry::DELETES)))
             .is_some()
@@ -231,6 +243,7 @@ mod tests {
             id: 3,
             time: "2026-11-25T06:06:20.608+00:00".into(),
             author: Some("ev\u{1b}[1mil".into()),
+            imported_by: None,
             text: "a\u{1b}[2Jb".into(),
             edited: None,
             amends: None,

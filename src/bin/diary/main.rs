@@ -1029,9 +1029,20 @@ fn export(
             day = date.to_string();
             writeln!(out, "\n## {day}\n")?;
         }
-        let by = entry.author.map(|a| format!(" ({a})")).unwrap_or_default();
+        let by = match (&entry.author, entry.imported_by.as_deref()) {
+            (Some(a), Some("-")) => format!(" ({}, imported)", display::printable(a)),
+            (Some(a), Some(i)) => format!(
+                " ({}, imported by {})",
+                display::printable(a),
+                display::printable(i)
+            ),
+            (Some(a), None) => format!(" ({})", display::printable(a)),
+            (None, Some("-")) => " (imported)".to_string(),
+            (None, Some(i)) => format!(" (imported by {})", display::printable(i)),
+            (None, None) => String::new(),
+        };
         // Continuation lines indented, so they stay in the item.
-        let text = entry.text.replace('\n', "\n  ");
+        let text = display::printable(&entry.text).replace('\n', "\n  ");
         writeln!(out, "- **{clock}**{by} {text}")
     })?;
     match reply {
@@ -1053,6 +1064,9 @@ struct Exported<'a> {
     id: u64,
     time: &'a str,
     author: Option<&'a str>,
+    /// Who imported it into this diary, when it was (`-`: not known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    imported_by: Option<&'a str>,
     text: &'a str,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     versions: Vec<Version<'a>>,
@@ -1159,6 +1173,7 @@ fn write_exported(
         id: entry.id,
         time: &entry.time,
         author: entry.author.as_deref(),
+        imported_by: entry.imported_by.as_deref(),
         text: &entry.text,
         versions: versions
             .unwrap_or_default()
