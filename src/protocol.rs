@@ -321,13 +321,20 @@ pub fn check_text(raw: &[u8]) -> Result<&str, RequestError> {
     if !crate::wire::ascii::has_control(raw) {
         return Ok(text);
     }
-    if let Some(at) = raw
-        .iter()
-        .position(|&b| (b < 0x20 && b != b'\t' && b != b'\n') || b == 0x7f)
-    {
+    if let Some(at) = refused_byte_at(raw) {
         return Err(RequestError::ControlByte { byte: raw[at], at });
     }
     Ok(text)
+}
+
+/// Where entry text holds a byte no entry may: a control byte below 0x20
+/// other than tab and newline, or DEL. Writes and imports refuse the same
+/// ones, so that whatever one stored, the other takes back (an export
+/// imports). C1 controls and bidi overrides are text here; clients show
+/// them escaped.
+fn refused_byte_at(text: &[u8]) -> Option<usize> {
+    text.iter()
+        .position(|&b| (b < 0x20 && b != b'\t' && b != b'\n') || b == 0x7f)
 }
 
 /// The text of `raw` when it is a valid plain write: what [`parse`] makes
@@ -419,8 +426,11 @@ fn parse_import(args: &str, max_entry: usize) -> Result<Command<'_>, RequestErro
             .map(std::borrow::Cow::Owned)
             .ok_or_else(|| usage("the text has an unknown backslash escape".into()))?,
     };
-    if text.contains(|c: char| c.is_control() && !matches!(c, '\n' | '\t')) {
-        return Err(usage("the text has a control character".into()));
+    if let Some(at) = refused_byte_at(text.as_bytes()) {
+        return Err(usage(format!(
+            "the text has a control byte 0x{:02x}",
+            text.as_bytes()[at]
+        )));
     }
     entry_text(&text, max_entry)?;
     Ok(Command::Import {
@@ -937,6 +947,26 @@ Multi-line replies end with a line \"end\"; errors are \"err CODE REASON\".
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 26, 8: a write and an import of the same text are both
+    /// taken or both refused, byte for byte.
+    #[test]
+    fn writes_and_imports_refuse_the_same_bytes() {
+        let mut chars: Vec<char> = (0u8..0x20).chain([0x7f]).map(char::from).collect();
+        chars.extend(['\u{85}', '\u{9b}', '\u{202e}', 'a', '\u{1b}']);
+        for c in chars {
+            let text = format!("x{c}y");
+            let written = cmd(&format!("/write {text}")).is_ok();
+            let mut escaped = Vec::new();
+            crate::wire::entry::escape_into(&text, &mut escaped);
+            let escaped = String::from_utf8(escaped).unwrap();
+            let imported = cmd(&format!("/import 2020-01-01T00:00:00Z - {escaped}")).is_ok();
+            // A newline ends a write's line; an import carries it escaped.
+            if c != '\n' {
+                assert_eq!(written, imported, "{:?}", c);
+            }
+        }
+    }
 
     fn cmd(raw: &str) -> Result<Command<'_>, RequestError> {
         parse(raw.as_bytes(), 100).command
