@@ -779,12 +779,16 @@ pub enum IdleClose {
     Quiet(u64),
     /// Replies left unread for this many seconds.
     Unread(u64),
+    /// No encrypted session made within this many seconds, from where
+    /// keys are required.
+    NoSession(u64),
 }
 
 pub fn push_idle(out: &mut Vec<u8>, why: IdleClose) {
     let reason = match why {
         IdleClose::Unread(s) => format!("replies unread for {s} s; closing"),
         IdleClose::Quiet(s) => format!("no traffic for {s} s; closing"),
+        IdleClose::NoSession(s) => format!("no session made within {s} s; closing"),
     };
     push_error(out, ErrorCode::Idle, &reason);
 }

@@ -170,6 +170,7 @@ struct Conn {
     last_active: Instant,
     /// When the output queue was last empty or last made progress.
     last_sent: Instant,
+    accepted: Instant,
 }
 
 impl Conn {
@@ -189,6 +190,7 @@ impl Conn {
             input_ended: false,
             last_active: Instant::now(),
             last_sent: Instant::now(),
+            accepted: Instant::now(),
         }
     }
 
@@ -651,6 +653,7 @@ impl TcpSide {
     /// their replies for too long (followers have their own bound).
     pub fn sweep(&mut self, now: Instant, registry: &Registry, stats: &mut Stats) {
         let (idle, send) = (self.limits.idle_timeout, self.limits.send_timeout);
+        let grace = self.limits.login_grace;
         for (key, conn) in self.conns.iter_mut() {
             if conn.dead {
                 continue;
@@ -665,7 +668,15 @@ impl TcpSide {
                 continue;
             }
             let unread_for = now.duration_since(conn.last_sent);
-            let why = if conn.out.queued() > 0 && unread_for >= send {
+            // From where keys are required, a connection holds a slot only
+            // as long as it takes to show one (sshd's LoginGraceTime): idle
+            // connections from outside cannot sit on slots for the idle timeout.
+            let must_authenticate = !conn.local
+                && !self.plaintext.allows(false)
+                && !matches!(&conn.link, Link::Secure(link) if link.is_open());
+            let why = if must_authenticate && now.duration_since(conn.accepted) >= grace {
+                IdleClose::NoSession(grace.as_secs())
+            } else if conn.out.queued() > 0 && unread_for >= send {
                 IdleClose::Unread(send.as_secs())
             } else if idle_for >= idle {
                 IdleClose::Quiet(idle.as_secs())

@@ -491,3 +491,74 @@ fn forged_failed_handshakes_lock_no_device_out() {
     tcp.expect("TCP: the device gets a session from its own address");
     drop(server);
 }
+
+/// Issue 26, 6: from where keys are required, a connection holds a slot
+/// only as long as it takes to make a session (`--login-grace`), not for
+/// the idle timeout: idle connections from outside give their slots back,
+/// while a device's session stays.
+#[test]
+fn connections_without_a_session_give_their_slot_back() {
+    use diary::client::secure::{Credentials, SecureStream};
+    use std::io::{BufRead, Read, Write};
+    let Some(link) = Link::new() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let device = diary::secure::keys::KeyPair::generate();
+    let allow = dir.path().join("allow");
+    std::fs::write(&allow, format!("{} laptop all\n", device.public)).unwrap();
+    let file = dir.path().join("d.log");
+    let args = [
+        "--listen",
+        "0.0.0.0:0",
+        "--fsync",
+        "never",
+        "--login-grace",
+        "1",
+    ];
+    let server = link
+        .diaryd(
+            &file,
+            &[&args[..], &["--allow", allow.to_str().unwrap()]].concat(),
+        )
+        .unwrap();
+    let to = SocketAddr::new(link.server_ip.parse().unwrap(), server.addr.port());
+    let creds = Credentials {
+        own: device,
+        server: server.key.parse().unwrap(),
+        pin: diary::client::Pin::Given,
+    };
+    let (idle, session) = link.in_client_ns(move || {
+        let started = std::time::Instant::now();
+        let idle: Vec<std::net::TcpStream> = (0..5)
+            .map(|_| std::net::TcpStream::connect(to).unwrap())
+            .collect();
+        let stream = std::net::TcpStream::connect(to).unwrap();
+        let deadline = started + Duration::from_secs(5);
+        let mut session =
+            SecureStream::connect(stream, &creds, &diary::client::Options::default(), deadline)
+                .unwrap();
+        let mut told = Vec::new();
+        for mut c in idle {
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut text = String::new();
+            let _ = c.read_to_string(&mut text);
+            told.push((text, started.elapsed()));
+        }
+        writeln!(session, "/write still in session").unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(&mut session)
+            .read_line(&mut line)
+            .unwrap();
+        (told, line)
+    });
+    for (text, after) in &idle {
+        assert_eq!(
+            text, "err idle no session made within 1 s; closing\n",
+            "after {after:?}"
+        );
+        assert!(*after < Duration::from_secs(4), "{after:?}");
+    }
+    assert!(session.starts_with("ok "), "{session}");
+    drop(server);
+}

@@ -60,6 +60,11 @@ struct Args {
     #[arg(long, default_value_t = Limits::default().idle_timeout.as_secs())]
     idle_timeout: u64,
 
+    /// Seconds a connection from where keys are required may take to make
+    /// its encrypted session before it is closed.
+    #[arg(long, default_value_t = Limits::default().login_grace.as_secs())]
+    login_grace: u64,
+
     /// Seconds a client may leave its replies unread before it is closed.
     #[arg(long, default_value_t = Limits::default().send_timeout.as_secs())]
     send_timeout: u64,
@@ -202,6 +207,7 @@ fn main() -> ExitCode {
         max_output: args.max_output.max(1024),
         idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
         send_timeout: Duration::from_secs(args.send_timeout.max(1)),
+        login_grace: Duration::from_secs(args.login_grace.max(1)),
         replay_memory: args.replay_memory,
         udp_reply: args.udp_reply,
         udp_queue: args.udp_queue.max(1),

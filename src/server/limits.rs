@@ -26,6 +26,10 @@ pub struct Limits {
     pub max_output: usize,
     /// A connection with no traffic either way for this long is closed.
     pub idle_timeout: Duration,
+    /// A connection from where keys are required that has made no
+    /// encrypted session within this long is closed (sshd's LoginGraceTime),
+    /// so idle connections from outside hold no slot for long.
+    pub login_grace: Duration,
     /// Tagged UDP writes remembered to answer retries.
     pub replay_memory: usize,
     /// Reply size for tagged UDP requests that do not say `max=`.
@@ -64,6 +68,7 @@ impl Default for Limits {
             local_reserve: 64,
             max_output: 1024 * 1024,
             idle_timeout: Duration::from_secs(300),
+            login_grace: Duration::from_secs(10),
             replay_memory: 100_000,
             udp_reply: crate::protocol::DEFAULT_UDP_REPLY,
             udp_queue: 4096,
