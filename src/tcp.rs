@@ -778,11 +778,21 @@ impl TcpSide {
                         self.per_source.remove(&conn.from.ip());
                     }
                 }
-                if let Link::Secure(link) = &conn.link
-                    && let Some(peer) = link.confirmed_peer()
-                    && let Some(n) = stats.device_sessions.get_mut(&peer.name)
-                {
-                    *n = n.saturating_sub(1);
+                if let Link::Secure(link) = &conn.link {
+                    if let Some(peer) = link.confirmed_peer()
+                        && let Some(n) = stats.device_sessions.get_mut(&peer.name)
+                    {
+                        *n = n.saturating_sub(1);
+                    } else if let Some(peer) = link.peer() {
+                        // No message of it ever opened: a replayed first
+                        // message, or a client that left at once.
+                        stats.auth_failures += 1;
+                        log::info!(
+                            "{}: TCP handshake from {} refused: no message followed it",
+                            peer.name,
+                            conn.from
+                        );
+                    }
                 }
             }
         }

@@ -515,6 +515,8 @@ fn connections_without_a_session_give_their_slot_back() {
         "never",
         "--login-grace",
         "1",
+        "--idle-timeout",
+        "3",
     ];
     let server = link
         .diaryd(
@@ -528,16 +530,34 @@ fn connections_without_a_session_give_their_slot_back() {
         server: server.key.parse().unwrap(),
         pin: diary::client::Pin::Given,
     };
-    let (idle, session) = link.in_client_ns(move || {
+    // A first message of the device's, as if captured and replayed.
+    let replayed = {
+        let mut hs = diary::secure::noise::initiator(&creds.own, &creds.server);
+        let mut first = [0u8; 256];
+        let n = hs
+            .write_message(&diary::secure::noise::stamp_now(), &mut first)
+            .unwrap();
+        let mut frame = Vec::new();
+        diary::secure::noise::push_frame(&mut frame, diary::secure::noise::INIT, &first[..n]);
+        frame
+    };
+    let (idle, session, replay_closed) = link.in_client_ns(move || {
         let started = std::time::Instant::now();
         let idle: Vec<std::net::TcpStream> = (0..5)
             .map(|_| std::net::TcpStream::connect(to).unwrap())
             .collect();
+        let mut replay = std::net::TcpStream::connect(to).unwrap();
+        replay.write_all(&replayed).unwrap();
         let stream = std::net::TcpStream::connect(to).unwrap();
         let deadline = started + Duration::from_secs(5);
         let mut session =
             SecureStream::connect(stream, &creds, &diary::client::Options::default(), deadline)
                 .unwrap();
+        writeln!(session, "/write in session").unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(&mut session)
+            .read_line(&mut line)
+            .unwrap();
         let mut told = Vec::new();
         for mut c in idle {
             c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -545,13 +565,23 @@ fn connections_without_a_session_give_their_slot_back() {
             let _ = c.read_to_string(&mut text);
             told.push((text, started.elapsed()));
         }
-        writeln!(session, "/write still in session").unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(&mut session)
-            .read_line(&mut line)
+        // The replay got its answer (IK must), and held its connection
+        // no longer than the idle time-out: no message of it opened.
+        replay
+            .set_read_timeout(Some(Duration::from_secs(8)))
             .unwrap();
-        (told, line)
+        let mut answered = Vec::new();
+        let _ = replay.read_to_end(&mut answered);
+        let replay_closed = (answered.first().copied(), started.elapsed());
+        drop(session);
+        (told, line, replay_closed)
     });
+    let log = server.terminate();
+    assert_eq!(replay_closed.0, Some(diary::secure::noise::REPLY));
+    assert!(
+        replay_closed.1 < Duration::from_secs(6),
+        "{replay_closed:?}: {log}"
+    );
     for (text, after) in &idle {
         assert_eq!(
             text, "err idle no session made within 1 s; closing\n",
@@ -560,5 +590,10 @@ fn connections_without_a_session_give_their_slot_back() {
         assert!(*after < Duration::from_secs(4), "{after:?}");
     }
     assert!(session.starts_with("ok "), "{session}");
-    drop(server);
+    assert!(
+        log.contains("laptop: TCP handshake from")
+            && log.contains("refused: no message followed it"),
+        "{log}"
+    );
+    assert_eq!(log.matches("laptop: TCP session from").count(), 1, "{log}");
 }
