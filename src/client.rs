@@ -15,6 +15,7 @@ pub use config::{DEFAULT_SERVER, Options, Proto, SecureMode, Security};
 pub use errors::{ClientError, KeyChange, Pin, Silence};
 
 use crate::client::secure::{Credentials, FromServer, SecureStream, UdpSession};
+use crate::protocol::{ErrorCode, ReplyLine, read_reply_line};
 use crate::wire::entry;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
@@ -446,21 +447,24 @@ impl Client {
                 };
                 let mut lines = text.lines();
                 let first = lines.next().unwrap_or_default();
-                if first == format!("id {tag} truncated") {
-                    return Ok(None);
-                }
-                if first.starts_with("err auth ") {
-                    return Err(plaintext_refused(addr));
-                }
-                if !first.starts_with("id ") {
+                match read_reply_line(first) {
+                    ReplyLine::Tag { tag: t, truncated } if t == tag => {
+                        if truncated {
+                            return Ok(None);
+                        }
+                    }
+                    // A late answer to an earlier request.
+                    ReplyLine::Tag { .. } => continue,
+                    ReplyLine::Error { code, .. } if code == ErrorCode::Auth.as_str() => {
+                        return Err(plaintext_refused(addr));
+                    }
                     // diaryd answers every tagged request with its tag.
-                    return Err(ClientError::NotDiary {
-                        server: addr,
-                        got: text.chars().take(80).collect(),
-                    });
-                }
-                if first != format!("id {tag}") {
-                    continue; // a late answer to an earlier request
+                    _ => {
+                        return Err(ClientError::NotDiary {
+                            server: addr,
+                            got: text.chars().take(80).collect(),
+                        });
+                    }
                 }
                 if attempts == 1 {
                     self.rtt.sample(started.elapsed());
@@ -558,30 +562,37 @@ impl Client {
         let first = link
             .read_line(deadline, addr)?
             .ok_or_else(|| io_err(io::ErrorKind::UnexpectedEof.into()))?;
-        if first == format!("id {tag}") {
-            if sink.each.is_some() {
-                return link.stream_reply(deadline, addr, sink).map(Exchange::Reply);
-            }
-            return read_reply(|| link.read_line(deadline, addr), sink).map(Exchange::Reply);
-        }
-        let mut next = || link.read_line(deadline, addr);
         let expired = first.as_bytes() == crate::protocol::SESSION_EXPIRED.trim_ascii_end();
-        if first.starts_with("err idle ") || first.starts_with("id ") || expired {
+        match read_reply_line(&first) {
+            ReplyLine::Tag {
+                tag: t,
+                truncated: false,
+            } if t == tag => {
+                if sink.each.is_some() {
+                    return link.stream_reply(deadline, addr, sink).map(Exchange::Reply);
+                }
+                read_reply(|| link.read_line(deadline, addr), sink).map(Exchange::Reply)
+            }
             // The server's notice before it closed an idle connection, or
             // a reply to an earlier request: not this request's answer.
-            return Ok(Exchange::Stale);
-        }
-        if first.starts_with("err auth ") {
-            return Err(plaintext_refused(addr));
-        }
-        if first.starts_with("err ") {
+            ReplyLine::Tag { .. } => Ok(Exchange::Stale),
+            ReplyLine::Error { code, .. } if code == ErrorCode::Idle.as_str() => {
+                Ok(Exchange::Stale)
+            }
+            _ if expired => Ok(Exchange::Stale),
+            ReplyLine::Error { code, .. } if code == ErrorCode::Auth.as_str() => {
+                Err(plaintext_refused(addr))
+            }
             // Errors about the envelope itself, or `busy`, come without a tag.
-            return read_reply_from_first(first, &mut next, sink).map(Exchange::Reply);
+            ReplyLine::Error { .. } => {
+                let mut next = || link.read_line(deadline, addr);
+                read_reply_from_first(first, &mut next, sink).map(Exchange::Reply)
+            }
+            _ => Err(ClientError::NotDiary {
+                server: addr,
+                got: first.chars().take(80).collect(),
+            }),
         }
-        Err(ClientError::NotDiary {
-            server: addr,
-            got: first.chars().take(80).collect(),
-        })
     }
 }
 
@@ -822,15 +833,20 @@ fn pipeline_pass(
             })
             .map_err(|e| (answered, e))?;
         let (tag, _) = &entries[answered];
-        if first != format!("id {tag}") {
-            let e = if first.starts_with("id ") || first.starts_with("err ") {
-                ClientError::Io(addr, Proto::Tcp, io::Error::other(first))
-            } else {
-                ClientError::NotDiary {
-                    server: addr,
-                    got: first.chars().take(80).collect(),
-                }
-            };
+        let e = match read_reply_line(&first) {
+            ReplyLine::Tag {
+                tag: t,
+                truncated: false,
+            } if t == tag => None,
+            ReplyLine::Tag { .. } | ReplyLine::Error { .. } => {
+                Some(ClientError::Io(addr, Proto::Tcp, io::Error::other(first)))
+            }
+            _ => Some(ClientError::NotDiary {
+                server: addr,
+                got: first.chars().take(80).collect(),
+            }),
+        };
+        if let Some(e) = e {
             return Err((answered, e));
         }
         let reply = read_reply(next, &mut Sink::gather()).map_err(|e| (answered, e))?;
@@ -878,7 +894,7 @@ impl<'a> Sink<'a> {
     /// Hands on line `*seen + 1` of this attempt's reply, unless an earlier
     /// attempt already did. Whether it was the end line instead.
     fn offer(&mut self, line: &str, seen: &mut usize) -> Result<bool, ClientError> {
-        if line == "end" {
+        if read_reply_line(line) == ReplyLine::End {
             return Ok(true);
         }
         *seen += 1;
@@ -917,7 +933,7 @@ fn read_reply_from_first(
             if sink.offer(&line, &mut seen)? {
                 break;
             }
-        } else if line == "end" {
+        } else if read_reply_line(&line) == ReplyLine::End {
             break;
         } else {
             lines.push(line);
@@ -930,29 +946,22 @@ fn read_reply_from_first(
 /// The reply a first line makes by itself (an ack, a refusal, `bye` or a
 /// cookie); `None` when it begins a reply of lines (entries, help, stats).
 fn one_line_reply(first: &str) -> Option<Result<Reply, ClientError>> {
-    if let Some(rest) = first.strip_prefix("ok ") {
-        let (id, time) = rest.split_once(' ').unwrap_or((rest, ""));
-        return Some(
-            id.parse()
-                .map(|id| Reply::Stored {
-                    id,
-                    time: time.to_string(),
-                })
-                .map_err(|_| ClientError::BadReply(first.to_string())),
-        );
-    }
-    if let Some(rest) = first.strip_prefix("err ") {
-        let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
-        return Some(Ok(Reply::Refused {
+    Some(match read_reply_line(first) {
+        ReplyLine::Ack { id, time } => id
+            .parse()
+            .map(|id| Reply::Stored {
+                id,
+                time: time.to_string(),
+            })
+            .map_err(|_| ClientError::BadReply(first.to_string())),
+        ReplyLine::Error { code, message } => Ok(Reply::Refused {
             code: code.to_string(),
             message: message.to_string(),
-        }));
-    }
-    if first == "bye" {
-        return Some(Ok(Reply::Bye));
-    }
-    let cookie = first.strip_prefix("cookie ")?;
-    Some(Ok(Reply::Cookie(cookie.to_string())))
+        }),
+        ReplyLine::Bye => Ok(Reply::Bye),
+        ReplyLine::Cookie(cookie) => Ok(Reply::Cookie(cookie.to_string())),
+        _ => return None,
+    })
 }
 
 fn ended_early() -> ClientError {
@@ -1050,36 +1059,39 @@ pub fn follow(
                         return Ok(());
                     }
                 }
-            } else if let Some(rest) = text.strip_prefix("# following entries after ") {
-                pause = FOLLOW_FIRST_PAUSE;
-                let (id, named) = match rest.split_once(" in diary ") {
-                    Some((id, named)) => (id, Some(named)),
-                    None => (rest, None),
-                };
-                let id = id
-                    .parse()
-                    .map_err(|_| ClientError::BadReply(text.to_string()))?;
-                if let Some(named) = named {
-                    diary.get_or_insert_with(|| named.to_string());
-                }
-                after.get_or_insert(id);
-                on_event(&FollowEvent::Following(id));
             } else if text.as_bytes() == crate::protocol::SESSION_EXPIRED.trim_ascii_end() {
                 // A new session on a new connection, at once and quietly.
                 break String::new();
-            } else if text.starts_with("err behind ") {
-                let resume = text
-                    .rsplit("since ")
-                    .next()
-                    .and_then(|s| s.trim_end_matches('"').parse().ok())
-                    .ok_or_else(|| ClientError::BadReply(text.to_string()))?;
-                // Resume from what was actually received, which is never past the notice's id.
-                after = Some(after.map_or(resume, |a: u64| a.min(resume)));
-                on_event(&FollowEvent::Resuming(after.unwrap_or(resume)));
-                break String::new();
-            } else if let Some(rest) = text.strip_prefix("err ") {
-                let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
-                return Err(ClientError::BadReply(format!("{code}: {message}")));
+            } else {
+                match read_reply_line(text) {
+                    ReplyLine::Following {
+                        after: id,
+                        diary: named,
+                    } => {
+                        pause = FOLLOW_FIRST_PAUSE;
+                        let id = id
+                            .parse()
+                            .map_err(|_| ClientError::BadReply(text.to_string()))?;
+                        if let Some(named) = named {
+                            diary.get_or_insert_with(|| named.to_string());
+                        }
+                        after.get_or_insert(id);
+                        on_event(&FollowEvent::Following(id));
+                    }
+                    ReplyLine::Error { code, message } if code == ErrorCode::Behind.as_str() => {
+                        let resume = crate::protocol::resume_id(message)
+                            .ok_or_else(|| ClientError::BadReply(text.to_string()))?;
+                        // Resume from what was actually received, which is
+                        // never past the notice's id.
+                        after = Some(after.map_or(resume, |a: u64| a.min(resume)));
+                        on_event(&FollowEvent::Resuming(after.unwrap_or(resume)));
+                        break String::new();
+                    }
+                    ReplyLine::Error { code, message } => {
+                        return Err(ClientError::BadReply(format!("{code}: {message}")));
+                    }
+                    _ => {}
+                }
             }
         };
         if !ended.is_empty() {

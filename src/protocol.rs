@@ -585,9 +585,20 @@ pub fn parse_since(s: &str) -> Result<Since, String> {
         .ok_or_else(|| format!("{s} does not exist in the local time zone"))
 }
 
+/// The words that begin or mark reply lines: written below, and read by
+/// [`read_reply_line`], so that client and server share one spelling.
+const TAG_WORD: &str = "id ";
+const TRUNCATED_WORD: &str = " truncated";
+const ACK_WORD: &str = "ok ";
+const ERROR_WORD: &str = "err ";
+const COOKIE_WORD: &str = "cookie ";
+const FOLLOWING_WORDS: &str = "# following entries after ";
+const IN_DIARY_WORDS: &str = " in diary ";
+const RESUME_WORDS: &str = "/follow since ";
+
 /// `id TAG\n`: first line of a reply to an enveloped request.
 pub fn push_tag(out: &mut Vec<u8>, tag: &str) {
-    out.extend_from_slice(b"id ");
+    out.extend_from_slice(TAG_WORD.as_bytes());
     out.extend_from_slice(tag.as_bytes());
     out.push(b'\n');
 }
@@ -595,14 +606,15 @@ pub fn push_tag(out: &mut Vec<u8>, tag: &str) {
 /// `id TAG truncated\n`: the whole reply to an enveloped UDP request whose
 /// real reply is over the datagram limit; the client asks again over TCP.
 pub fn push_truncated(out: &mut Vec<u8>, tag: &str) {
-    out.extend_from_slice(b"id ");
+    out.extend_from_slice(TAG_WORD.as_bytes());
     out.extend_from_slice(tag.as_bytes());
-    out.extend_from_slice(b" truncated\n");
+    out.extend_from_slice(TRUNCATED_WORD.as_bytes());
+    out.push(b'\n');
 }
 
 /// `ok ID TIMESTAMP\n`: the entry is stored.
 pub fn push_ack(out: &mut Vec<u8>, id: &str, timestamp: &str) {
-    out.extend_from_slice(b"ok ");
+    out.extend_from_slice(ACK_WORD.as_bytes());
     out.extend_from_slice(id.as_bytes());
     out.push(b' ');
     out.extend_from_slice(timestamp.as_bytes());
@@ -619,7 +631,7 @@ pub fn ack_timestamp(ack: &[u8]) -> &str {
 /// `err CODE MESSAGE\n`.
 pub fn push_error(out: &mut Vec<u8>, code: ErrorCode, message: &dyn fmt::Display) {
     use std::io::Write;
-    out.extend_from_slice(b"err ");
+    out.extend_from_slice(ERROR_WORD.as_bytes());
     out.extend_from_slice(code.as_str().as_bytes());
     out.push(b' ');
     let _ = write!(out, "{message}");
@@ -659,7 +671,7 @@ pub fn push_help(out: &mut Vec<u8>) {
 
 /// `cookie HEX\n`: the reply to `/cookie` over UDP.
 pub fn push_cookie(out: &mut Vec<u8>, cookie: &[u8]) {
-    out.extend_from_slice(b"cookie ");
+    out.extend_from_slice(COOKIE_WORD.as_bytes());
     out.extend_from_slice(cookie);
     out.push(b'\n');
 }
@@ -685,7 +697,7 @@ pub fn push_follow_is_tcp_only(out: &mut Vec<u8>) {
 /// The first line of a follow: entries after `after` of diary `diary` come next.
 pub fn push_following(out: &mut Vec<u8>, after: u64, diary: &str) {
     use std::io::Write;
-    let _ = writeln!(out, "# following entries after {after} in diary {diary}");
+    let _ = writeln!(out, "{FOLLOWING_WORDS}{after}{IN_DIARY_WORDS}{diary}");
 }
 
 /// To a follower whose input ended: the follow goes on.
@@ -724,7 +736,7 @@ pub fn push_behind(out: &mut Vec<u8>, limit: usize, resume: u64) {
         out,
         ErrorCode::Behind,
         &format_args!(
-            "this follower fell more than {limit} bytes behind; resume with \"/follow since {resume}\""
+            "this follower fell more than {limit} bytes behind; resume with \"{RESUME_WORDS}{resume}\""
         ),
     );
 }
@@ -948,6 +960,84 @@ Entry lines are ID<TAB>TIME<TAB>TEXT; \\n \\t \\\\ in TEXT stand for newline, ta
 Multi-line replies end with a line \"end\"; errors are \"err CODE REASON\".
 ";
 
+/// A reply line, read as the client reads it (the reading side of the
+/// writers above, with the same words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyLine<'a> {
+    /// `id TAG` or `id TAG truncated`: whose reply follows.
+    Tag {
+        tag: &'a str,
+        truncated: bool,
+    },
+    /// `ok ID TIME`.
+    Ack {
+        id: &'a str,
+        time: &'a str,
+    },
+    /// `err CODE MESSAGE`.
+    Error {
+        code: &'a str,
+        message: &'a str,
+    },
+    /// `cookie HEX`.
+    Cookie(&'a str),
+    /// `# following entries after ID [in diary NAME]`.
+    Following {
+        after: &'a str,
+        diary: Option<&'a str>,
+    },
+    Bye,
+    End,
+    /// An entry, a note, a help or stats line: the caller reads it.
+    Other(&'a str),
+}
+
+pub fn read_reply_line(line: &str) -> ReplyLine<'_> {
+    if let Some(rest) = line.strip_prefix(TAG_WORD) {
+        return match rest.strip_suffix(TRUNCATED_WORD) {
+            Some(tag) => ReplyLine::Tag {
+                tag,
+                truncated: true,
+            },
+            None => ReplyLine::Tag {
+                tag: rest,
+                truncated: false,
+            },
+        };
+    }
+    if let Some(rest) = line.strip_prefix(ACK_WORD) {
+        let (id, time) = rest.split_once(' ').unwrap_or((rest, ""));
+        return ReplyLine::Ack { id, time };
+    }
+    if let Some(rest) = line.strip_prefix(ERROR_WORD) {
+        let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
+        return ReplyLine::Error { code, message };
+    }
+    if let Some(cookie) = line.strip_prefix(COOKIE_WORD) {
+        return ReplyLine::Cookie(cookie);
+    }
+    if let Some(rest) = line.strip_prefix(FOLLOWING_WORDS) {
+        let (after, diary) = match rest.split_once(IN_DIARY_WORDS) {
+            Some((after, diary)) => (after, Some(diary)),
+            None => (rest, None),
+        };
+        return ReplyLine::Following { after, diary };
+    }
+    if line.as_bytes() == BYE.trim_ascii_end() {
+        return ReplyLine::Bye;
+    }
+    if line.as_bytes() == END.trim_ascii_end() {
+        return ReplyLine::End;
+    }
+    ReplyLine::Other(line)
+}
+
+/// The id a `behind` error's message says to resume from.
+pub fn resume_id(message: &str) -> Option<u64> {
+    let (_, after) = message.rsplit_once(RESUME_WORDS)?;
+    after.trim_end_matches('"').parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -974,6 +1064,68 @@ mod tests {
 
     fn cmd(raw: &str) -> Result<Command<'_>, RequestError> {
         parse(raw.as_bytes(), 100).command
+    }
+
+    /// Every reply line the server writes reads back as what it is.
+    #[test]
+    fn reply_lines_read_back_as_written() {
+        let read = |out: &[u8]| std::str::from_utf8(out).unwrap().trim_end().to_string();
+        let mut out = Vec::new();
+        push_tag(&mut out, "t1");
+        assert_eq!(
+            read_reply_line(&read(&out)),
+            ReplyLine::Tag {
+                tag: "t1",
+                truncated: false
+            }
+        );
+        out.clear();
+        push_truncated(&mut out, "t1");
+        assert_eq!(
+            read_reply_line(&read(&out)),
+            ReplyLine::Tag {
+                tag: "t1",
+                truncated: true
+            }
+        );
+        out.clear();
+        push_ack(&mut out, "12", "2026-11-25T06:00:28.123+00:00");
+        assert_eq!(
+            read_reply_line(&read(&out)),
+            ReplyLine::Ack {
+                id: "12",
+                time: "2026-11-25T06:00:28.123+00:00"
+            }
+        );
+        out.clear();
+        push_behind(&mut out, 1024, 77);
+        let line = read(&out);
+        let ReplyLine::Error {
+            code: "behind",
+            message,
+        } = read_reply_line(&line)
+        else {
+            panic!("{line}");
+        };
+        assert_eq!(resume_id(message), Some(77));
+        out.clear();
+        push_cookie(&mut out, b"abc");
+        assert_eq!(read_reply_line(&read(&out)), ReplyLine::Cookie("abc"));
+        out.clear();
+        push_following(&mut out, 5, "d-1");
+        assert_eq!(
+            read_reply_line(&read(&out)),
+            ReplyLine::Following {
+                after: "5",
+                diary: Some("d-1")
+            }
+        );
+        assert_eq!(read_reply_line(&read(BYE)), ReplyLine::Bye);
+        assert_eq!(read_reply_line(&read(END)), ReplyLine::End);
+        assert_eq!(
+            read_reply_line("1\tT\ttext"),
+            ReplyLine::Other("1\tT\ttext")
+        );
     }
 
     #[test]
