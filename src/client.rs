@@ -113,19 +113,19 @@ pub fn parse_entry(line: &str) -> Option<Entry> {
 }
 
 /// A TCP connection, in plaintext or encrypted.
-pub enum Wire {
+pub enum ClientStream {
     Plain(TcpStream),
     Secure(Box<SecureStream>),
 }
 
-impl Wire {
+impl ClientStream {
     /// Connects, with a handshake if there are keys.
     pub fn connect(
         addr: SocketAddr,
         opts: &Options,
         creds: Option<&Credentials>,
         deadline: Instant,
-    ) -> Result<Wire, ClientError> {
+    ) -> Result<ClientStream, ClientError> {
         let wait = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(10));
@@ -136,10 +136,10 @@ impl Wire {
             let stream = TcpStream::connect_timeout(&addr, wait).map_err(io_err)?;
             stream.set_nodelay(true).map_err(io_err)?;
             let Some(creds) = creds else {
-                return Ok(Wire::Plain(stream));
+                return Ok(ClientStream::Plain(stream));
             };
             match SecureStream::connect(stream, creds, opts, deadline) {
-                Ok(secure) => return Ok(Wire::Secure(Box::new(secure))),
+                Ok(secure) => return Ok(ClientStream::Secure(Box::new(secure))),
                 Err(ClientError::StaleHandshake(_)) if tries < 3 => tries += 1,
                 Err(e) => return Err(e),
             }
@@ -148,46 +148,46 @@ impl Wire {
 
     pub fn tcp(&self) -> &TcpStream {
         match self {
-            Wire::Plain(stream) => stream,
-            Wire::Secure(secure) => secure.tcp(),
+            ClientStream::Plain(stream) => stream,
+            ClientStream::Secure(secure) => secure.tcp(),
         }
     }
 }
 
-impl io::Read for Wire {
+impl io::Read for ClientStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Wire::Plain(stream) => stream.read(buf),
-            Wire::Secure(secure) => secure.read(buf),
+            ClientStream::Plain(stream) => stream.read(buf),
+            ClientStream::Secure(secure) => secure.read(buf),
         }
     }
 }
 
-impl Write for Wire {
+impl Write for ClientStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Wire::Plain(stream) => stream.write(buf),
-            Wire::Secure(secure) => secure.write(buf),
+            ClientStream::Plain(stream) => stream.write(buf),
+            ClientStream::Secure(secure) => secure.write(buf),
         }
     }
 
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         match self {
-            Wire::Plain(stream) => stream.write_all(buf),
-            Wire::Secure(secure) => secure.write_all(buf),
+            ClientStream::Plain(stream) => stream.write_all(buf),
+            ClientStream::Secure(secure) => secure.write_all(buf),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         match self {
-            Wire::Plain(stream) => stream.flush(),
-            Wire::Secure(secure) => secure.flush(),
+            ClientStream::Plain(stream) => stream.flush(),
+            ClientStream::Secure(secure) => secure.flush(),
         }
     }
 }
 
 struct TcpLink {
-    reader: BufReader<Wire>,
+    reader: BufReader<ClientStream>,
 }
 
 pub struct Client {
@@ -536,7 +536,7 @@ impl Client {
             self.tcp = None;
         }
         if self.tcp.is_none() {
-            let wire = Wire::connect(self.addr, &self.opts, self.creds.as_ref(), deadline)?;
+            let wire = ClientStream::connect(self.addr, &self.opts, self.creds.as_ref(), deadline)?;
             self.tcp = Some(TcpLink {
                 reader: BufReader::new(wire),
             });
@@ -614,7 +614,7 @@ fn plaintext_refused(addr: SocketAddr) -> ClientError {
 
 impl TcpLink {
     fn needs_renewal(&self) -> bool {
-        matches!(self.reader.get_ref(), Wire::Secure(s) if s.needs_renewal())
+        matches!(self.reader.get_ref(), ClientStream::Secure(s) if s.needs_renewal())
     }
 
     /// Whether nothing has arrived unasked: no bytes, no end of stream.
@@ -622,7 +622,7 @@ impl TcpLink {
         if !self.reader.buffer().is_empty() {
             return false;
         }
-        if matches!(self.reader.get_ref(), Wire::Secure(s) if s.has_buffered()) {
+        if matches!(self.reader.get_ref(), ClientStream::Secure(s) if s.has_buffered()) {
             return false;
         }
         let stream = self.reader.get_ref().tcp();
@@ -801,7 +801,8 @@ fn pipeline_pass(
 ) -> Result<usize, (usize, ClientError)> {
     let timeout = opts.timeout;
     let by = opts.by();
-    let wire = Wire::connect(addr, opts, creds, Instant::now() + timeout).map_err(|e| (0, e))?;
+    let wire =
+        ClientStream::connect(addr, opts, creds, Instant::now() + timeout).map_err(|e| (0, e))?;
     let mut link = TcpLink {
         reader: BufReader::new(wire),
     };
@@ -1011,7 +1012,7 @@ pub fn follow(
     let mut connected_once = false;
     loop {
         let deadline = Instant::now() + opts.timeout;
-        let mut wire = match Wire::connect(addr, opts, creds.as_ref(), deadline) {
+        let mut wire = match ClientStream::connect(addr, opts, creds.as_ref(), deadline) {
             Ok(wire) => wire,
             Err(e) if !connected_once || e.is_final() => return Err(e),
             Err(e) => {

@@ -8,12 +8,12 @@
 //! failed commit's acks are patched into errors before the flush; and no
 //! connection leaves the slab before the reap, so neither a patched reply
 //! nor a stale event can reach the wrong client. The UDP side, the TCP side
-//! and the diary they share ([`Shared`]) each own their state; this file
+//! and the diary they share ([`ServerState`]) each own their state; this file
 //! only calls them in order.
 
 use crate::server::access::gatekeeper::{Gatekeeper, SharedGate};
 use crate::server::service::{AckSite, Service};
-use crate::server::state::Shared;
+use crate::server::state::ServerState;
 use crate::store::Store;
 use crate::tcp::{self, TcpSide};
 use crate::udp::UdpSide;
@@ -50,7 +50,7 @@ pub struct Server {
     poll: Poll,
     udp: UdpSide,
     tcp: TcpSide,
-    shared: Shared,
+    shared: ServerState,
     local_addr: SocketAddr,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
@@ -88,7 +88,7 @@ impl Server {
         let mut tcp = TcpSide::new(listener, &limits, gate.clone());
         tcp.register_listener(poll.registry(), LISTENER)?;
         udp.register(poll.registry())?;
-        let mut shared = Shared::new(store, limits.replay_memory);
+        let mut shared = ServerState::new(store, limits.replay_memory);
         shared.stats().insecure_open = insecure_open;
         Ok(Server {
             poll,

@@ -28,7 +28,7 @@ use crate::server::service::{AckSite, Outcome, Service, Transport};
 use crate::server::stats::Stats;
 use crate::store::Store;
 use crate::tcp::follow::{Fed, Follower};
-use crate::tcp::framing::{Frame, LineFramer, OutBuf};
+use crate::tcp::framing::{LineFrame, LineFramer, OutBuf};
 use crate::tcp::secure::{SecureLink, Step};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
@@ -527,12 +527,12 @@ impl TcpSide {
                 return true;
             };
             let range = match &frame {
-                Frame::TooLong => {
+                LineFrame::TooLong => {
                     protocol::push_line_too_long(&mut conn.out.buf, max_entry);
                     conn.framer.consume(&frame);
                     continue;
                 }
-                Frame::Line(range) => range.clone(),
+                LineFrame::Line(range) => range.clone(),
             };
             let start = conn.out.buf.len();
             let peer = match &conn.link {

@@ -22,7 +22,7 @@ use crate::server::limits::{AMPLIFICATION, Limits};
 use crate::server::service::{AckSite, Outcome, Service, Transport};
 use crate::server::stats::Stats;
 use crate::udp::datagrams::RecvBatch;
-use crate::udp::sessions::{FirstMessage, Opened, UdpSessions};
+use crate::udp::sessions::{FirstMessage, SessionRequest, UdpSessions};
 use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
 use std::collections::{HashMap, VecDeque};
@@ -262,7 +262,7 @@ impl UdpSide {
         request: &[u8],
         size: usize,
         from: Source,
-        session: Option<Opened>,
+        session: Option<SessionRequest>,
         service: &mut impl Service,
     ) {
         let request = protocol::parse(request, self.limits.max_entry);

@@ -4,7 +4,7 @@
 //! something other than the lines that were sent.
 
 use diary::protocol::{self, Command};
-use diary::tcp::framing::{Frame, LineFramer};
+use diary::tcp::framing::{LineFrame, LineFramer};
 use diary::wire::entry::{
     self, decode_line, encode_line, encode_line_digits, format_timestamp, parse_timestamp,
 };
@@ -150,10 +150,10 @@ proptest! {
             framer.read_from(&mut &piece[..]).unwrap();
             while let Some(frame) = framer.peek() {
                 match &frame {
-                    Frame::Line(range) => {
+                    LineFrame::Line(range) => {
                         got.push(Some(framer.line(range.clone()).to_vec()));
                     }
-                    Frame::TooLong => got.push(None),
+                    LineFrame::TooLong => got.push(None),
                 }
                 framer.consume(&frame);
             }

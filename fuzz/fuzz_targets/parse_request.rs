@@ -4,7 +4,7 @@
 #![no_main]
 
 use diary::protocol::{self, Command};
-use diary::tcp::framing::{Frame, LineFramer};
+use diary::tcp::framing::{LineFrame, LineFramer};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     for chunk in data.chunks(7) {
         framer.read_from(&mut &chunk[..]).unwrap();
         while let Some(frame) = framer.peek() {
-            if let Frame::Line(range) = &frame {
+            if let LineFrame::Line(range) = &frame {
                 let line = framer.line(range.clone()).to_vec();
                 assert!(line.len() <= 256 && !line.contains(&b'\n'));
                 check_request(&line);

@@ -330,7 +330,7 @@ impl SecureStream {
         (self.stream, self.transport)
     }
 
-    /// Opened bytes not yet read.
+    /// Received bytes not yet read.
     pub fn has_buffered(&self) -> bool {
         self.plain_start < self.plain.len() || !self.rx.is_empty()
     }
@@ -544,14 +544,14 @@ impl UdpSession {
     pub fn open(&mut self, datagram: &[u8]) -> FromServer {
         let mut plain = Vec::new();
         match self.open_into(datagram, &mut plain) {
-            Opened::Plain => FromServer::Plain(plain),
-            Opened::Refused(why) => FromServer::Refused(why),
-            Opened::Ignored => FromServer::Ignored,
+            Received::Plain => FromServer::Plain(plain),
+            Received::Refused(why) => FromServer::Refused(why),
+            Received::Ignored => FromServer::Ignored,
         }
     }
 
     /// As [`UdpSession::open`], the plaintext into `plain`.
-    pub fn open_into(&mut self, datagram: &[u8], plain: &mut Vec<u8>) -> Opened {
+    pub fn open_into(&mut self, datagram: &[u8], plain: &mut Vec<u8>) -> Received {
         match noise::parse_datagram(datagram) {
             Some(Datagram::Data {
                 receiver,
@@ -563,24 +563,24 @@ impl UdpSession {
                     Ok(n) => {
                         self.window.mark(nonce);
                         plain.truncate(n);
-                        Opened::Plain
+                        Received::Plain
                     }
-                    Err(_) => Opened::Ignored,
+                    Err(_) => Received::Ignored,
                 }
             }
             // A refusal is not sealed (there may be no session to seal
             // it with): anyone could forge one, and all it can make the
             // client do is a new handshake.
             Some(Datagram::Refused { receiver, why }) if receiver == self.remote => {
-                Opened::Refused(why)
+                Received::Refused(why)
             }
-            _ => Opened::Ignored,
+            _ => Received::Ignored,
         }
     }
 }
 
 /// What [`UdpSession::open_into`] found.
-pub enum Opened {
+pub enum Received {
     Plain,
     Refused(Option<Refusal>),
     Ignored,

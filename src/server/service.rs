@@ -2,7 +2,7 @@
 //! hands a parsed request to a [`Service`] and learns what to do next
 //! ([`Outcome`]); it never touches the loop, the handler or the commit.
 //!
-//! The loop implements the trait ([`crate::server::state::Shared`]) and lends it to
+//! The loop implements the trait ([`crate::server::state::ServerState`]) and lends it to
 //! the UDP side, then the TCP side, for each step of an iteration.
 
 use crate::protocol::Request;

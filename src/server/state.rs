@@ -50,7 +50,7 @@ pub struct FailedBatch {
     pub sites: Vec<AckSite>,
 }
 
-pub struct Shared {
+pub struct ServerState {
     store: Store,
     replay: ReplayMemory,
     stats: Stats,
@@ -69,7 +69,7 @@ pub struct Shared {
     sync_log: Throttle,
 }
 
-impl Shared {
+impl ServerState {
     /// Whether the stored entry `id` holds another text than `command`
     /// asks for (`false` when it cannot be told: not yet in the file).
     fn differs_from(&self, id: u64, command: &Command) -> bool {
@@ -91,7 +91,7 @@ impl Shared {
 
     /// Shares `store`, remembering up to `replay_memory` tagged writes,
     /// starting with the newest ones in the file.
-    pub fn new(store: Store, replay_memory: usize) -> Shared {
+    pub fn new(store: Store, replay_memory: usize) -> ServerState {
         let mut replay = ReplayMemory::new(replay_memory);
         let recent = store.recent_requests(replay_memory, |key, id, timestamp| {
             replay.remember(key, id, 0, timestamp);
@@ -103,7 +103,7 @@ impl Shared {
                  a retry of a write from before this start may be stored again"
             ),
         }
-        Shared {
+        ServerState {
             store,
             replay,
             stats: Stats::default(),
@@ -250,7 +250,7 @@ impl Shared {
     }
 }
 
-impl Service for Shared {
+impl Service for ServerState {
     fn answer(
         &mut self,
         request: &Request,

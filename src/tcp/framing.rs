@@ -18,7 +18,7 @@ const RETAINED: usize = 64 * 1024;
 
 /// One complete request line, or the news that a line was too long.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Frame {
+pub enum LineFrame {
     /// Byte range of the line in the framer's buffer, without `\r\n`.
     Line(Range<usize>),
     /// A line over the limit was dropped (or is being dropped) up to its newline.
@@ -101,7 +101,7 @@ impl LineFramer {
     }
 
     /// The next complete line (or too-long report), without consuming it.
-    pub fn peek(&mut self) -> Option<Frame> {
+    pub fn peek(&mut self) -> Option<LineFrame> {
         loop {
             let pending = &self.buf[self.scanned..self.end];
             match memchr::memchr(b'\n', pending) {
@@ -121,10 +121,10 @@ impl LineFramer {
                         // Complete but too long: drop it through its newline.
                         self.scanned = newline;
                         self.discarding = true;
-                        return Some(Frame::TooLong);
+                        return Some(LineFrame::TooLong);
                     }
                     self.scanned = newline;
-                    return Some(Frame::Line(self.start..end));
+                    return Some(LineFrame::Line(self.start..end));
                 }
                 None => {
                     self.scanned = self.end;
@@ -136,7 +136,7 @@ impl LineFramer {
                         self.start = self.end;
                         self.scanned = self.start;
                         self.discarding = true;
-                        return Some(Frame::TooLong);
+                        return Some(LineFrame::TooLong);
                     }
                     return None;
                 }
@@ -145,8 +145,8 @@ impl LineFramer {
     }
 
     /// Consumes the frame [`LineFramer::peek`] just returned.
-    pub fn consume(&mut self, frame: &Frame) {
-        if let Frame::Line(_) = frame {
+    pub fn consume(&mut self, frame: &LineFrame) {
+        if let LineFrame::Line(_) = frame {
             // peek left `scanned` on the line's newline.
             debug_assert_eq!(self.buf[self.scanned], b'\n');
             self.start = self.scanned + 1;
@@ -266,8 +266,8 @@ mod tests {
         let mut got = Vec::new();
         while let Some(frame) = framer.peek() {
             got.push(match &frame {
-                Frame::Line(r) => Ok(framer.line(r.clone()).to_vec()),
-                Frame::TooLong => Err(()),
+                LineFrame::Line(r) => Ok(framer.line(r.clone()).to_vec()),
+                LineFrame::TooLong => Err(()),
             });
             framer.consume(&frame);
         }

@@ -110,7 +110,7 @@ impl HandshakeLoad {
 }
 
 /// What a datagram that opened holds.
-pub struct Opened {
+pub struct SessionRequest {
     pub index: u32,
     pub peer: Peer,
     /// It came from the session's proven address.
@@ -276,7 +276,7 @@ impl UdpSessions {
         plain: &mut Vec<u8>,
         refusal: &mut Vec<u8>,
         stats: &mut Stats,
-    ) -> Option<Opened> {
+    ) -> Option<SessionRequest> {
         let expired = self
             .sessions
             .get(&receiver)
@@ -305,7 +305,7 @@ impl UdpSessions {
                 .entry(session.peer.name.clone())
                 .or_default() += 1;
         }
-        Some(Opened {
+        Some(SessionRequest {
             index: receiver,
             peer: session.peer.clone(),
             proven: from == session.proven,

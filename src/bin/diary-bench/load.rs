@@ -7,7 +7,7 @@
 //! server the same bytes come back, so the same code measures both.
 
 use diary::client::Options;
-use diary::client::secure::{Credentials, Opened, SecureStream, UdpSession};
+use diary::client::secure::{Credentials, Received, SecureStream, UdpSession};
 use diary::secure::noise::{self, DATA};
 use diary::tcp::framing::OutBuf;
 use hdrhistogram::Histogram;
@@ -412,7 +412,7 @@ fn udp_receive(
         };
         let reply = match &mut client.session {
             Some(session) => match session.open_into(&buf[..n], &mut client.plain) {
-                Opened::Plain => &client.plain[..],
+                Received::Plain => &client.plain[..],
                 _ => {
                     tally.errors += tally.measuring as u64;
                     continue;

@@ -9,10 +9,10 @@
 //! diaryd's request path to what cannot be saved is a measurement too.
 
 use diary::server::service::{AckSite, Outcome, Service};
-use diary::server::state::Shared;
+use diary::server::state::ServerState;
 use diary::store::disk::{Disk, SyncFn};
 use diary::store::{FsyncPolicy, Store};
-use diary::tcp::framing::{Frame, LineFramer};
+use diary::tcp::framing::{LineFrame, LineFramer};
 use serde::Serialize;
 use std::io;
 use std::time::Instant;
@@ -132,7 +132,7 @@ fn one_round(input: &[u8], batch: usize, lines: u64, sink: Sink) -> io::Result<f
         Sink::File => Store::open(&path, FsyncPolicy::Never),
     }
     .map_err(io::Error::other)?;
-    let mut shared = Shared::new(store, 0);
+    let mut shared = ServerState::new(store, 0);
     let max_entry = 64 * 1024;
     let mut framer = LineFramer::new(max_entry + 128);
     let mut out = Vec::with_capacity(64 * 1024);
@@ -144,7 +144,7 @@ fn one_round(input: &[u8], batch: usize, lines: u64, sink: Sink) -> io::Result<f
             framer.read_from(&mut src)?;
             // As the event loop does for each line, minus the sockets.
             while let Some(frame) = framer.peek() {
-                let Frame::Line(range) = frame.clone() else {
+                let LineFrame::Line(range) = frame.clone() else {
                     return Err(io::Error::other("a generated line was too long"));
                 };
                 let line = framer.line(range);
