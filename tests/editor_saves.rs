@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::writers::{check_exactly_once, retrying_writer};
 use common::*;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -160,7 +161,7 @@ fn a_hand_edit_of_an_old_entry_is_kept_while_writes_go_on() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let stop = stop.clone();
-        std::thread::spawn(move || tagged_writer(addr, "w", &stop))
+        std::thread::spawn(move || retrying_writer(addr, "w", true, stop))
     };
     std::thread::sleep(Duration::from_millis(100));
     for _ in 0..3 {
@@ -175,54 +176,8 @@ fn a_hand_edit_of_an_old_entry_is_kept_while_writes_go_on() {
     let acked = writer.join().unwrap();
     let entries = texts(&file);
     assert_eq!(entries[0].1, "the old entry with the typo");
-    assert_exactly_once(&entries[1..], &acked);
-    assert!(acked.len() > 10, "the writer wrote: {}", acked.len());
-}
-
-/// Writes `{who}-{i}` tagged lines over one TCP connection until `stop`,
-/// each sent again with its tag after `err io` (the file changed under the
-/// batch); the acknowledged (id, text) pairs.
-fn tagged_writer(
-    addr: SocketAddr,
-    who: &str,
-    stop: &std::sync::atomic::AtomicBool,
-) -> Vec<(u64, String)> {
-    let mut c = Tcp::connect(addr);
-    let mut acked = Vec::new();
-    for i in 0.. {
-        if stop.load(std::sync::atomic::Ordering::SeqCst) {
-            break;
-        }
-        let text = format!("{who} line {i}");
-        let give_up = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            assert!(
-                std::time::Instant::now() < give_up,
-                "{who}-{i} refused for 30 s: writes never came back"
-            );
-            c.send(&format!("/id {who}-{i} {text}"));
-            assert_eq!(c.line().trim_end(), format!("id {who}-{i}"));
-            let reply = c.line();
-            if reply.starts_with("ok ") {
-                acked.push((ack_id(&reply), text));
-                break;
-            }
-            assert!(reply.starts_with("err io "), "{reply}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-    acked
-}
-
-/// Every acknowledged line is among `entries` once, under its id, and
-/// nothing else is.
-fn assert_exactly_once(entries: &[(u64, String)], acked: &[(u64, String)]) {
-    let mut want = acked.to_vec();
-    want.sort();
-    let mut have = entries.to_vec();
-    have.sort();
-    assert_eq!(have.len(), want.len(), "as many entries as acks");
-    assert_eq!(have, want);
+    let acked = check_exactly_once(&entries[1..], &[acked]);
+    assert!(acked > 10, "the writer wrote: {acked}");
 }
 
 /// `sed -i` over a large diary (it reads it all, then renames its copy
@@ -257,7 +212,7 @@ fn sed_i_over_a_large_diary_while_ten_writers_write_loses_nothing() {
     let writers: Vec<_> = (0..10)
         .map(|w| {
             let stop = stop.clone();
-            std::thread::spawn(move || tagged_writer(addr, &format!("w{w}"), &stop))
+            std::thread::spawn(move || retrying_writer(addr, &format!("w{w}"), true, stop))
         })
         .collect();
     std::thread::sleep(Duration::from_millis(100));
@@ -274,17 +229,14 @@ fn sed_i_over_a_large_diary_while_ten_writers_write_loses_nothing() {
         std::thread::sleep(Duration::from_millis(200));
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let acked: Vec<(u64, String)> = writers
-        .into_iter()
-        .flat_map(|w| w.join().unwrap())
-        .collect();
+    let acked: Vec<_> = writers.into_iter().map(|w| w.join().unwrap()).collect();
     let entries = texts(&file);
     assert_eq!(entries[0].1, "the line sed edits 2 1 0");
     for (i, (id, _)) in entries.iter().enumerate() {
         assert_eq!(*id, i as u64 + 1, "ids are dense");
     }
-    assert_exactly_once(&entries[50_001..], &acked);
-    assert!(acked.len() > 50, "the writers wrote: {}", acked.len());
+    let acked = check_exactly_once(&entries[50_001..], &acked);
+    assert!(acked > 50, "the writers wrote: {acked}");
 }
 
 /// A copy with a line added by hand under an id diaryd has since given to

@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub mod netns;
+pub mod writers;
 
 /// A server running in a thread of the test; stopped and joined on drop.
 pub struct TestServer {
