@@ -154,63 +154,86 @@ fn run(
             }
             Outcome::Replied
         }
-        Command::Follow { since, diary } => {
-            let len = store.len();
-            let after = match since {
-                Some(Since::Id(id)) => Some(*id),
-                // The entries from there on, times being mostly in order.
-                Some(Since::Time(ms)) => Some(store.first_at_or_after(*ms) - 1),
-                None => None,
-            };
-            if !tcp {
-                protocol::push_follow_is_tcp_only(out);
-            } else if let Some(wanted) = diary.filter(|d| *d != store.identity()) {
-                protocol::push_other_diary(out, wanted, store.identity());
-            } else if let Some(after) = after.filter(|&a| a > len) {
-                protocol::push_past_end(out, after, len);
-            } else {
-                return Outcome::Follow { after };
-            }
-            Outcome::Replied
-        }
+        Command::Follow { since, diary } => follow(*since, *diary, tcp, store, out),
         Command::Past { query } => {
-            if tcp {
-                stats.tcp_reads += 1;
-            } else {
-                stats.udp_reads += 1;
-            }
-            let result = match transport {
-                Transport::Tcp => history::cursor(store, query).map(Outcome::Stream),
-                Transport::Udp {
-                    limit, raw: true, ..
-                } => {
-                    let room = limit.saturating_sub(out.len() - start);
-                    history::fit_newest(store, query, room, UDP_SCAN, out)
-                        .map(|()| Outcome::Replied)
-                }
-                Transport::Udp {
-                    limit, raw: false, ..
-                } => history::cursor(store, query).and_then(|mut c| {
-                    // One byte over the limit is enough to know it does not fit.
-                    let room = (limit + 1).saturating_sub(out.len() - start);
-                    let done = history::fill(store, &mut c, out, room, UDP_SCAN)?;
-                    if let (false, Some(tag)) = (done, tag)
-                        && out.len() - start <= limit
-                    {
-                        // Too much to look through for one datagram: as
-                        // for a reply too big, the client asks over TCP.
-                        out.truncate(start);
-                        protocol::push_truncated(out, tag);
-                    }
-                    Ok(Outcome::Replied)
-                }),
-            };
-            result.unwrap_or_else(|e| {
-                // The tag line stays: the error answers the same request.
-                out.truncate(body);
-                protocol::push_read_error(out, &e);
-                Outcome::Replied
-            })
+            let tag_at = (tag, start, body);
+            past(query, transport, store, stats, tag_at, out)
         }
     }
+}
+
+/// `/follow`: where the follow starts, or why it cannot.
+fn follow(
+    since: Option<Since>,
+    diary: Option<&str>,
+    tcp: bool,
+    store: &Store,
+    out: &mut Vec<u8>,
+) -> Outcome {
+    let len = store.len();
+    let after = match since {
+        Some(Since::Id(id)) => Some(id),
+        // The entries from there on, times being mostly in order.
+        Some(Since::Time(ms)) => Some(store.first_at_or_after(ms) - 1),
+        None => None,
+    };
+    if !tcp {
+        protocol::push_follow_is_tcp_only(out);
+    } else if let Some(wanted) = diary.filter(|d| *d != store.identity()) {
+        protocol::push_other_diary(out, wanted, store.identity());
+    } else if let Some(after) = after.filter(|&a| a > len) {
+        protocol::push_past_end(out, after, len);
+    } else {
+        return Outcome::Follow { after };
+    }
+    Outcome::Replied
+}
+
+/// `/past`: a stream over TCP; over UDP what fits one datagram, or
+/// `id TAG truncated` (the client asks over TCP). `tag_at` is the request's
+/// tag and where its reply and its body start in `out`.
+fn past(
+    query: &protocol::PastQuery,
+    transport: Transport,
+    store: &mut Store,
+    stats: &mut Stats,
+    (tag, start, body): (Option<&str>, usize, usize),
+    out: &mut Vec<u8>,
+) -> Outcome {
+    if transport == Transport::Tcp {
+        stats.tcp_reads += 1;
+    } else {
+        stats.udp_reads += 1;
+    }
+    let result = match transport {
+        Transport::Tcp => history::cursor(store, query).map(Outcome::Stream),
+        Transport::Udp {
+            limit, raw: true, ..
+        } => {
+            let room = limit.saturating_sub(out.len() - start);
+            history::fit_newest(store, query, room, UDP_SCAN, out).map(|()| Outcome::Replied)
+        }
+        Transport::Udp {
+            limit, raw: false, ..
+        } => history::cursor(store, query).and_then(|mut c| {
+            // One byte over the limit is enough to know it does not fit.
+            let room = (limit + 1).saturating_sub(out.len() - start);
+            let done = history::fill(store, &mut c, out, room, UDP_SCAN)?;
+            if let (false, Some(tag)) = (done, tag)
+                && out.len() - start <= limit
+            {
+                // Too much to look through for one datagram: as
+                // for a reply too big, the client asks over TCP.
+                out.truncate(start);
+                protocol::push_truncated(out, tag);
+            }
+            Ok(Outcome::Replied)
+        }),
+    };
+    result.unwrap_or_else(|e| {
+        // The tag line stays: the error answers the same request.
+        out.truncate(body);
+        protocol::push_read_error(out, &e);
+        Outcome::Replied
+    })
 }

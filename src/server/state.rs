@@ -20,7 +20,7 @@ use crate::protocol::{self, Command, ErrorCode, Request};
 use crate::server::access::allow::Scopes;
 use crate::server::access::gatekeeper::Peer;
 use crate::server::logging::{self, Throttle};
-use crate::server::replay::ReplayMemory;
+use crate::server::replay::{Remembered, ReplayMemory};
 use crate::server::service::{AckSite, Outcome, Service, Transport};
 use crate::server::stats::Stats;
 use crate::store::{CommitError, Store};
@@ -70,6 +70,53 @@ pub struct ServerState {
 }
 
 impl ServerState {
+    /// The answer to a tagged write already stored as `seen`: its ack
+    /// again, unless the request's text is another one, or the file at the
+    /// path is not the one it was stored in.
+    fn answer_retry(
+        &self,
+        seen: Remembered,
+        tag: &str,
+        command: &Result<Command, protocol::RequestError>,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
+        protocol::push_tag(out, tag);
+        if let Ok(command) = command
+            && self.differs_from(seen.id, command)
+        {
+            // Never a false "stored": the tag holds another text.
+            protocol::push_error(
+                out,
+                ErrorCode::BadArgument,
+                &format_args!(
+                    "tag {tag} was used for another entry (#{}); a new request needs a new tag",
+                    seen.id
+                ),
+            );
+            return Outcome::Replied;
+        }
+        if let Some(lost) = self.store.lost() {
+            let why = self.store.describe(lost);
+            out.extend_from_slice(&protocol::stored_elsewhere_line(seen.id, &why));
+            return Outcome::Replied;
+        }
+        let ack_at = out.len();
+        let mut digits = itoa::Buffer::new();
+        protocol::push_ack(out, digits.format(seen.id), seen.timestamp);
+        // A retry of a write not yet durable shares its fate.
+        if seen.id > self.store.durable() {
+            Outcome::Wrote {
+                id: seen.id,
+                ack_at,
+            }
+        } else {
+            Outcome::Acked {
+                id: seen.id,
+                ack_at,
+            }
+        }
+    }
+
     /// Whether the stored entry `id` holds another text than `command`
     /// asks for (`false` when it cannot be told: not yet in the file).
     fn differs_from(&self, id: u64, command: &Command) -> bool {
@@ -293,41 +340,7 @@ impl Service for ServerState {
             _ => return handler::handle(request, how, &mut self.store, &mut self.stats, out),
         };
         if let Some(seen) = self.replay.get(author, tag) {
-            protocol::push_tag(out, tag);
-            if let Ok(command) = &request.command
-                && self.differs_from(seen.id, command)
-            {
-                // Never a false "stored": the tag holds another text.
-                protocol::push_error(
-                    out,
-                    ErrorCode::BadArgument,
-                    &format_args!(
-                        "tag {tag} was used for another entry (#{}); a new request needs a new tag",
-                        seen.id
-                    ),
-                );
-                return Outcome::Replied;
-            }
-            if let Some(lost) = self.store.lost() {
-                let why = self.store.describe(lost);
-                out.extend_from_slice(&protocol::stored_elsewhere_line(seen.id, &why));
-                return Outcome::Replied;
-            }
-            let ack_at = out.len();
-            let mut digits = itoa::Buffer::new();
-            protocol::push_ack(out, digits.format(seen.id), seen.timestamp);
-            // A retry of a write not yet durable shares its fate.
-            return if seen.id > self.store.durable() {
-                Outcome::Wrote {
-                    id: seen.id,
-                    ack_at,
-                }
-            } else {
-                Outcome::Acked {
-                    id: seen.id,
-                    ack_at,
-                }
-            };
+            return self.answer_retry(seen, tag, &request.command, out);
         }
         let outcome = handler::handle(request, how, &mut self.store, &mut self.stats, out);
         if let Outcome::Wrote { id, ack_at } = &outcome {
