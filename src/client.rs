@@ -113,7 +113,7 @@ pub fn parse_entry(line: &str) -> Option<Entry> {
 }
 
 /// A TCP connection, in plaintext or encrypted.
-pub enum ClientStream {
+pub(crate) enum ClientStream {
     Plain(TcpStream),
     Secure(Box<SecureStream>),
 }
@@ -719,7 +719,7 @@ impl TcpLink {
 /// sends with its default `--max-entry` (64 KiB of text, escaped at most
 /// to twice that), and a bound on what a server that is not diaryd (or an
 /// impostor) can make the client hold.
-pub const MAX_SERVER_LINE: usize = 8 << 20;
+pub(crate) const MAX_SERVER_LINE: usize = 8 << 20;
 
 /// `read_line`, but a line over [`MAX_SERVER_LINE`] is an error (the
 /// connection is no diary reply) rather than memory without end.
@@ -866,7 +866,7 @@ fn resolve(server: &str) -> Result<SocketAddr, ClientError> {
 }
 
 /// What takes the lines of a reply one at a time.
-pub type EachLine<'a> = dyn FnMut(&str) -> io::Result<()> + 'a;
+pub(crate) type EachLine<'a> = dyn FnMut(&str) -> io::Result<()> + 'a;
 
 /// Where the lines of a reply of lines go: gathered into
 /// [`Reply::Lines`], or handed on one at a time.

@@ -180,7 +180,7 @@ impl Server {
 
     /// Re-reads the allow file; a removed device's sessions end before
     /// anything else is read. A bad file keeps the old list.
-    pub fn reload_allow_file(&mut self) {
+    pub(crate) fn reload_allow_file(&mut self) {
         match self.gate.lock().reload() {
             Ok(devices) => log::info!("allow file re-read: {devices} devices allowed"),
             Err(e) => log::error!("{e}; still allowing the devices of the previous allow file"),

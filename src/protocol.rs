@@ -14,14 +14,14 @@ use std::fmt;
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8888";
 /// The UDP reply size both ends use unless told otherwise: what crosses
 /// most paths unfragmented (DNS flag day 2020's EDNS buffer size).
-pub const DEFAULT_UDP_REPLY: usize = 1232;
+pub(crate) const DEFAULT_UDP_REPLY: usize = 1232;
 
 /// Longest request tag the official client may use.
 pub const MAX_TAG_LEN: usize = 32;
 /// Last line of every multi-line reply.
-pub const END: &[u8] = b"end\n";
+pub(crate) const END: &[u8] = b"end\n";
 /// Reply to `e` / `/quit`.
-pub const BYE: &[u8] = b"bye\n";
+pub(crate) const BYE: &[u8] = b"bye\n";
 
 /// What a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,7 +163,8 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    #[cfg(test)]
+    pub(crate) const ALL: [ErrorCode; 16] = [
         ErrorCode::BadUtf8,
         ErrorCode::BadByte,
         ErrorCode::Empty,
@@ -301,7 +302,7 @@ fn split_envelope(raw: &[u8]) -> Result<(Option<Envelope<'_>>, &[u8]), RequestEr
 
 /// Whether a request reads the store. Those must see every write before
 /// them, so a pending batch is committed first.
-pub fn reads_store(request: &Request) -> bool {
+pub(crate) fn reads_store(request: &Request) -> bool {
     matches!(
         request.command,
         Ok(Command::Past { .. } | Command::Stats | Command::Follow { .. })
@@ -342,7 +343,7 @@ fn refused_byte_at(text: &[u8]) -> Option<usize> {
 /// (commands, envelopes, text that is not valid), which `parse` answers.
 /// Plain lines are most of a bulk writer's traffic; this lets the TCP
 /// side store them without the general dispatch.
-pub fn plain_write(raw: &[u8], max_entry: usize) -> Option<&str> {
+pub(crate) fn plain_write(raw: &[u8], max_entry: usize) -> Option<&str> {
     match raw {
         [b'/', ..] | b"p" | b"h" | b"e" => None,
         _ => entry_text(check_text(raw).ok()?, max_entry).ok(),
@@ -597,7 +598,7 @@ const IN_DIARY_WORDS: &str = " in diary ";
 const RESUME_WORDS: &str = "/follow since ";
 
 /// `id TAG\n`: first line of a reply to an enveloped request.
-pub fn push_tag(out: &mut Vec<u8>, tag: &str) {
+pub(crate) fn push_tag(out: &mut Vec<u8>, tag: &str) {
     out.extend_from_slice(TAG_WORD.as_bytes());
     out.extend_from_slice(tag.as_bytes());
     out.push(b'\n');
@@ -605,7 +606,7 @@ pub fn push_tag(out: &mut Vec<u8>, tag: &str) {
 
 /// `id TAG truncated\n`: the whole reply to an enveloped UDP request whose
 /// real reply is over the datagram limit; the client asks again over TCP.
-pub fn push_truncated(out: &mut Vec<u8>, tag: &str) {
+pub(crate) fn push_truncated(out: &mut Vec<u8>, tag: &str) {
     out.extend_from_slice(TAG_WORD.as_bytes());
     out.extend_from_slice(tag.as_bytes());
     out.extend_from_slice(TRUNCATED_WORD.as_bytes());
@@ -622,14 +623,14 @@ pub fn push_ack(out: &mut Vec<u8>, id: &str, timestamp: &str) {
 }
 
 /// The TIME of the `ok ID TIME` line at the start of `ack` ("" if none).
-pub fn ack_timestamp(ack: &[u8]) -> &str {
+pub(crate) fn ack_timestamp(ack: &[u8]) -> &str {
     let line = ack.split(|&b| b == b'\n').next().unwrap_or_default();
     let time = line.splitn(3, |&b| b == b' ').nth(2).unwrap_or_default();
     std::str::from_utf8(time).unwrap_or_default()
 }
 
 /// `err CODE MESSAGE\n`.
-pub fn push_error(out: &mut Vec<u8>, code: ErrorCode, message: &dyn fmt::Display) {
+pub(crate) fn push_error(out: &mut Vec<u8>, code: ErrorCode, message: &dyn fmt::Display) {
     use std::io::Write;
     out.extend_from_slice(ERROR_WORD.as_bytes());
     out.extend_from_slice(code.as_str().as_bytes());
@@ -640,14 +641,19 @@ pub fn push_error(out: &mut Vec<u8>, code: ErrorCode, message: &dyn fmt::Display
 
 /// The reply to plaintext from where keys are required: short, so that
 /// it stays within three times any request worth answering.
-pub const AUTH_REQUIRED: &[u8] = b"err auth keys required\n";
+pub(crate) const AUTH_REQUIRED: &[u8] = b"err auth keys required\n";
 
 /// Sent before the server closes an encrypted connection whose session
 /// is past its lifetime; the client reconnects, with a new handshake.
-pub const SESSION_EXPIRED: &[u8] = b"# session expired; reconnect to renew it\n";
+pub(crate) const SESSION_EXPIRED: &[u8] = b"# session expired; reconnect to renew it\n";
 
 /// A device asked for what its scopes do not cover.
-pub fn push_forbidden(out: &mut Vec<u8>, device: &str, needed: &str, has: &dyn fmt::Display) {
+pub(crate) fn push_forbidden(
+    out: &mut Vec<u8>,
+    device: &str,
+    needed: &str,
+    has: &dyn fmt::Display,
+) {
     push_error(
         out,
         ErrorCode::Forbidden,
@@ -659,25 +665,25 @@ pub fn push_forbidden(out: &mut Vec<u8>, device: &str, needed: &str, has: &dyn f
 }
 
 /// `end\n`: the last line of a multi-line reply.
-pub fn push_end(out: &mut Vec<u8>) {
+pub(crate) fn push_end(out: &mut Vec<u8>) {
     out.extend_from_slice(END);
 }
 
 /// The help text and its end line.
-pub fn push_help(out: &mut Vec<u8>) {
+pub(crate) fn push_help(out: &mut Vec<u8>) {
     out.extend_from_slice(HELP.as_bytes());
     push_end(out);
 }
 
 /// `cookie HEX\n`: the reply to `/cookie` over UDP.
-pub fn push_cookie(out: &mut Vec<u8>, cookie: &[u8]) {
+pub(crate) fn push_cookie(out: &mut Vec<u8>, cookie: &[u8]) {
     out.extend_from_slice(COOKIE_WORD.as_bytes());
     out.extend_from_slice(cookie);
     out.push(b'\n');
 }
 
 /// `/cookie` over TCP, where replies have no size limit.
-pub fn push_cookie_is_udp_only(out: &mut Vec<u8>) {
+pub(crate) fn push_cookie_is_udp_only(out: &mut Vec<u8>) {
     push_error(
         out,
         ErrorCode::UdpOnly,
@@ -686,7 +692,7 @@ pub fn push_cookie_is_udp_only(out: &mut Vec<u8>) {
 }
 
 /// `/follow` over UDP, which cannot stream.
-pub fn push_follow_is_tcp_only(out: &mut Vec<u8>) {
+pub(crate) fn push_follow_is_tcp_only(out: &mut Vec<u8>) {
     push_error(
         out,
         ErrorCode::TcpOnly,
@@ -695,18 +701,18 @@ pub fn push_follow_is_tcp_only(out: &mut Vec<u8>) {
 }
 
 /// The first line of a follow: entries after `after` of diary `diary` come next.
-pub fn push_following(out: &mut Vec<u8>, after: u64, diary: &str) {
+pub(crate) fn push_following(out: &mut Vec<u8>, after: u64, diary: &str) {
     use std::io::Write;
     let _ = writeln!(out, "{FOLLOWING_WORDS}{after}{IN_DIARY_WORDS}{diary}");
 }
 
 /// To a follower whose input ended: the follow goes on.
-pub fn push_follow_goes_on(out: &mut Vec<u8>) {
+pub(crate) fn push_follow_goes_on(out: &mut Vec<u8>) {
     out.extend_from_slice(b"# end of your input seen; following goes on\n");
 }
 
 /// A follow that asks to resume after an entry the diary does not have.
-pub fn push_past_end(out: &mut Vec<u8>, after: u64, len: u64) {
+pub(crate) fn push_past_end(out: &mut Vec<u8>, after: u64, len: u64) {
     push_error(
         out,
         ErrorCode::PastEnd,
@@ -719,7 +725,7 @@ pub fn push_past_end(out: &mut Vec<u8>, after: u64, len: u64) {
 }
 
 /// A follow that asks to resume a diary other than the one served here.
-pub fn push_other_diary(out: &mut Vec<u8>, wanted: &str, served: &str) {
+pub(crate) fn push_other_diary(out: &mut Vec<u8>, wanted: &str, served: &str) {
     push_error(
         out,
         ErrorCode::OtherDiary,
@@ -731,7 +737,7 @@ pub fn push_other_diary(out: &mut Vec<u8>, wanted: &str, served: &str) {
 }
 
 /// The last line to a follower that fell `limit` bytes behind.
-pub fn push_behind(out: &mut Vec<u8>, limit: usize, resume: u64) {
+pub(crate) fn push_behind(out: &mut Vec<u8>, limit: usize, resume: u64) {
     push_error(
         out,
         ErrorCode::Behind,
@@ -742,7 +748,7 @@ pub fn push_behind(out: &mut Vec<u8>, limit: usize, resume: u64) {
 }
 
 /// Over raw UDP, before the entries of a `p` that did not all fit.
-pub fn push_left_out(out: &mut Vec<u8>, left_out: u64, selected: u64) {
+pub(crate) fn push_left_out(out: &mut Vec<u8>, left_out: u64, selected: u64) {
     use std::io::Write;
     let _ = writeln!(
         out,
@@ -753,7 +759,7 @@ pub fn push_left_out(out: &mut Vec<u8>, left_out: u64, selected: u64) {
 
 /// The first line of a plain UDP `/past` that looked through only the
 /// newest `looked` entries, when the selection may go on before them.
-pub fn push_searched_newest(out: &mut Vec<u8>, looked: u64) {
+pub(crate) fn push_searched_newest(out: &mut Vec<u8>, looked: u64) {
     use std::io::Write;
     let _ = writeln!(
         out,
@@ -763,7 +769,7 @@ pub fn push_searched_newest(out: &mut Vec<u8>, looked: u64) {
 }
 
 /// A TCP line over the entry limit.
-pub fn push_line_too_long(out: &mut Vec<u8>, max_entry: usize) {
+pub(crate) fn push_line_too_long(out: &mut Vec<u8>, max_entry: usize) {
     push_error(
         out,
         ErrorCode::TooLong,
@@ -772,7 +778,7 @@ pub fn push_line_too_long(out: &mut Vec<u8>, max_entry: usize) {
 }
 
 /// The one line a connection over the limit gets before it is closed.
-pub fn busy_line(max_connections: usize) -> Vec<u8> {
+pub(crate) fn busy_line(max_connections: usize) -> Vec<u8> {
     let mut out = Vec::new();
     push_error(
         &mut out,
@@ -786,7 +792,7 @@ pub fn busy_line(max_connections: usize) -> Vec<u8> {
 
 /// Why a connection is being closed by the sweep.
 #[derive(Debug, Clone, Copy)]
-pub enum IdleClose {
+pub(crate) enum IdleClose {
     /// No traffic either way for this many seconds.
     Quiet(u64),
     /// Replies left unread for this many seconds.
@@ -796,7 +802,7 @@ pub enum IdleClose {
     NoSession(u64),
 }
 
-pub fn push_idle(out: &mut Vec<u8>, why: IdleClose) {
+pub(crate) fn push_idle(out: &mut Vec<u8>, why: IdleClose) {
     let reason = match why {
         IdleClose::Unread(s) => format!("replies unread for {s} s; closing"),
         IdleClose::Quiet(s) => format!("no traffic for {s} s; closing"),
@@ -806,7 +812,7 @@ pub fn push_idle(out: &mut Vec<u8>, why: IdleClose) {
 }
 
 /// The line that replaces the ack of every write of a failed commit.
-pub fn commit_failed_line(error: &dyn fmt::Display) -> Vec<u8> {
+pub(crate) fn commit_failed_line(error: &dyn fmt::Display) -> Vec<u8> {
     let mut line = Vec::new();
     push_error(
         &mut line,
@@ -819,7 +825,7 @@ pub fn commit_failed_line(error: &dyn fmt::Display) -> Vec<u8> {
 /// The reply to a retry of write `id` while the file at the diary's path
 /// is not the diary diaryd wrote it into (`why`): "stored" would not be
 /// true of the file there, so the client is told to send it again later.
-pub fn stored_elsewhere_line(id: u64, why: &dyn fmt::Display) -> Vec<u8> {
+pub(crate) fn stored_elsewhere_line(id: u64, why: &dyn fmt::Display) -> Vec<u8> {
     let mut line = Vec::new();
     push_error(
         &mut line,
@@ -833,7 +839,7 @@ pub fn stored_elsewhere_line(id: u64, why: &dyn fmt::Display) -> Vec<u8> {
 }
 
 /// A reply that could not read the diary.
-pub fn push_read_error(out: &mut Vec<u8>, error: &dyn fmt::Display) {
+pub(crate) fn push_read_error(out: &mut Vec<u8>, error: &dyn fmt::Display) {
     push_error(
         out,
         ErrorCode::Io,
@@ -842,7 +848,10 @@ pub fn push_read_error(out: &mut Vec<u8>, error: &dyn fmt::Display) {
 }
 
 /// The reply to `/stats`: one `NAME VALUE` line per figure, then `end`.
-pub fn push_figures<N: AsRef<str>>(out: &mut Vec<u8>, figures: impl IntoIterator<Item = (N, u64)>) {
+pub(crate) fn push_figures<N: AsRef<str>>(
+    out: &mut Vec<u8>,
+    figures: impl IntoIterator<Item = (N, u64)>,
+) {
     let mut digits = itoa::Buffer::new();
     for (name, value) in figures {
         out.extend_from_slice(name.as_ref().as_bytes());
@@ -854,7 +863,7 @@ pub fn push_figures<N: AsRef<str>>(out: &mut Vec<u8>, figures: impl IntoIterator
 }
 
 /// To a new connection from an address that has `limit` open already.
-pub fn busy_source_line(limit: usize) -> Vec<u8> {
+pub(crate) fn busy_source_line(limit: usize) -> Vec<u8> {
     let mut out = Vec::new();
     push_error(
         &mut out,
@@ -869,7 +878,7 @@ pub fn busy_source_line(limit: usize) -> Vec<u8> {
 
 /// How a datagram reply that came out over its limit is made to fit.
 #[derive(Debug, Clone, Copy)]
-pub enum Oversize<'a> {
+pub(crate) enum Oversize<'a> {
     /// A write: the entry is stored either way, so the ack at `ack_at` is
     /// shortened to `ok ID`, or `ok`.
     Ack { ack_at: usize, id: u64 },
@@ -882,7 +891,7 @@ pub enum Oversize<'a> {
 
 /// Makes the reply in `out[start..]` fit in `limit` bytes, as `how` says.
 /// The one place the datagram limit is enforced.
-pub fn fit_datagram(out: &mut Vec<u8>, start: usize, limit: usize, how: Oversize) {
+pub(crate) fn fit_datagram(out: &mut Vec<u8>, start: usize, limit: usize, how: Oversize) {
     if out.len() - start <= limit {
         return;
     }
@@ -927,7 +936,7 @@ fn cut_to_limit(out: &mut Vec<u8>, start: usize, limit: usize) {
 
 /// Replaces the ack line at `at` in `buf` with `line` (a failed commit's
 /// error); in a datagram of at most `limit` bytes, the short `err io`.
-pub fn replace_ack(buf: &mut Vec<u8>, at: usize, line: &[u8], limit: usize) {
+pub(crate) fn replace_ack(buf: &mut Vec<u8>, at: usize, line: &[u8], limit: usize) {
     let end = buf[at..]
         .iter()
         .position(|&b| b == b'\n')
@@ -963,7 +972,7 @@ Multi-line replies end with a line \"end\"; errors are \"err CODE REASON\".
 /// A reply line, read as the client reads it (the reading side of the
 /// writers above, with the same words).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplyLine<'a> {
+pub(crate) enum ReplyLine<'a> {
     /// `id TAG` or `id TAG truncated`: whose reply follows.
     Tag {
         tag: &'a str,
@@ -992,7 +1001,7 @@ pub enum ReplyLine<'a> {
     Other(&'a str),
 }
 
-pub fn read_reply_line(line: &str) -> ReplyLine<'_> {
+pub(crate) fn read_reply_line(line: &str) -> ReplyLine<'_> {
     if let Some(rest) = line.strip_prefix(TAG_WORD) {
         return match rest.strip_suffix(TRUNCATED_WORD) {
             Some(tag) => ReplyLine::Tag {
@@ -1033,7 +1042,7 @@ pub fn read_reply_line(line: &str) -> ReplyLine<'_> {
 }
 
 /// The id a `behind` error's message says to resume from.
-pub fn resume_id(message: &str) -> Option<u64> {
+pub(crate) fn resume_id(message: &str) -> Option<u64> {
     let (_, after) = message.rsplit_once(RESUME_WORDS)?;
     after.trim_end_matches('"').parse().ok()
 }

@@ -86,7 +86,7 @@ impl fmt::Display for FsyncPolicy {
 }
 
 /// How long `interval` lets written data wait for its `fdatasync`.
-pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A small step back of the clock (NTP slewing, a VM's correction) is
 /// absorbed: the entry keeps the previous time. A bigger one is believed
@@ -133,7 +133,7 @@ impl fmt::Display for OpenError {
 impl std::error::Error for OpenError {}
 
 /// `path` quoted for a POSIX shell, for the commands hints suggest.
-pub fn shell_quote(path: &Path) -> String {
+pub(crate) fn shell_quote(path: &Path) -> String {
     let text = path.display().to_string();
     if !text.is_empty()
         && text
@@ -214,7 +214,7 @@ impl Recovery {
 /// the file changed under them before they reached the disk): every id
 /// from `first_lost` on was forgotten, pending ones included.
 #[derive(Debug)]
-pub struct Loss {
+pub(crate) struct Loss {
     pub first_lost: u64,
     pub error: io::Error,
 }
@@ -228,7 +228,7 @@ pub struct CommitError {
 
 /// A line that changes an earlier entry, kept after it (append-only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Record {
+pub(crate) enum Record {
     /// Its text replaces entry N's (`amends=N`).
     Amends(u64),
     /// Entry N is hidden (`deletes=N`).
@@ -483,17 +483,17 @@ impl Store {
     }
 
     /// How entry `id` was changed since it was written, if it was.
-    pub fn edit_of(&self, id: u64) -> Option<Edit> {
+    pub(crate) fn edit_of(&self, id: u64) -> Option<Edit> {
         self.edits.get(&id).copied()
     }
 
     /// Whether any entry was ever amended or deleted.
-    pub fn has_edits(&self) -> bool {
+    pub(crate) fn has_edits(&self) -> bool {
         !self.edits.is_empty()
     }
 
     /// Whether line `id` is an amendment or a deletion.
-    pub fn is_record(&self, id: u64) -> bool {
+    pub(crate) fn is_record(&self, id: u64) -> bool {
         self.records.contains(&id)
     }
 
@@ -509,7 +509,7 @@ impl Store {
 
     /// Buffers an amendment or a deletion of an entry: a line of its own,
     /// after everything, the entry's line untouched (append-only).
-    pub fn append_record(
+    pub(crate) fn append_record(
         &mut self,
         text: &str,
         req: Option<&str>,
@@ -522,7 +522,7 @@ impl Store {
     /// Saves the index beside the diary (`FILE.index`) for a quick next
     /// start. Only at a clean stop: everything written durable, the file at
     /// the path the one written, and as long as it was written.
-    pub fn save_index(&self) -> io::Result<()> {
+    pub(crate) fn save_index(&self) -> io::Result<()> {
         let settled = !self.has_pending()
             && self.durable == self.written()
             && self.committed == self.index.len()
@@ -572,14 +572,19 @@ impl Store {
     }
 
     /// As [`Store::append`], recording who wrote it (`by=`).
-    pub fn append_by(&mut self, text: &str, req: Option<&str>, by: Option<&str>) -> Appended<'_> {
+    pub(crate) fn append_by(
+        &mut self,
+        text: &str,
+        req: Option<&str>,
+        by: Option<&str>,
+    ) -> Appended<'_> {
         self.append_entry(text, req, by, None, None)
     }
 
     /// Buffers an entry from elsewhere with its own time (RFC 3339, kept as
     /// written) and author, marked `imported=IMPORTER` (`-`: unknown).
     /// Times need not be in order: the index is built for that.
-    pub fn append_imported(
+    pub(crate) fn append_imported(
         &mut self,
         text: &str,
         req: Option<&str>,
@@ -684,7 +689,7 @@ impl Store {
         stamp
     }
 
-    pub fn has_pending(&self) -> bool {
+    pub(crate) fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }
 
@@ -706,7 +711,7 @@ impl Store {
     /// small: then it keeps growing until the flush returns, so that each
     /// flush covers as many writes as came during the one before (fewer,
     /// larger writes; the loop serves meanwhile). Whether it was written.
-    pub fn commit_when_due(&mut self) -> Result<bool, CommitError> {
+    pub(crate) fn commit_when_due(&mut self) -> Result<bool, CommitError> {
         const SMALL: usize = 64 * 1024;
         if self.pending.is_empty()
             || (self.syncer.as_ref().is_some_and(Syncer::in_flight) && self.pending.len() < SMALL)
@@ -776,7 +781,10 @@ impl Store {
     /// For policy `always`: flushes run on a thread of their own from now
     /// on, and `waker` wakes the loop when one returns. Writes of a batch
     /// are then durable only once [`Store::durable`] covers them.
-    pub fn flush_off_the_loop(&mut self, waker: std::sync::Arc<mio::Waker>) -> io::Result<()> {
+    pub(crate) fn flush_off_the_loop(
+        &mut self,
+        waker: std::sync::Arc<mio::Waker>,
+    ) -> io::Result<()> {
         if self.policy == FsyncPolicy::Always {
             self.syncer = Some(Syncer::start(self.disk.sync_handle()?, waker.clone())?);
             self.waker = Some(waker);
@@ -804,7 +812,7 @@ impl Store {
     }
 
     /// Takes in a flush that returned, if one has.
-    pub fn poll_sync(&mut self) {
+    pub(crate) fn poll_sync(&mut self) {
         if let Some(result) = self.syncer.as_mut().and_then(Syncer::try_result) {
             self.sync_returned(result);
         }
@@ -846,17 +854,17 @@ impl Store {
     }
 
     /// The losses since the last call, oldest first.
-    pub fn take_losses(&mut self) -> Vec<Loss> {
+    pub(crate) fn take_losses(&mut self) -> Vec<Loss> {
         std::mem::take(&mut self.losses)
     }
 
     /// For policy `interval`: how long until written data is due for its flush.
-    pub fn sync_deadline(&self) -> Option<Instant> {
+    pub(crate) fn sync_deadline(&self) -> Option<Instant> {
         self.unsynced_since.map(|t| t + SYNC_INTERVAL)
     }
 
     /// For policy `interval`: flushes if the deadline has passed.
-    pub fn sync_if_due(&mut self, now: Instant) -> io::Result<()> {
+    pub(crate) fn sync_if_due(&mut self, now: Instant) -> io::Result<()> {
         match self.sync_deadline() {
             Some(deadline) if now >= deadline => self.sync_now(),
             _ => Ok(()),
@@ -865,7 +873,7 @@ impl Store {
 
     /// Flushes whatever was written (used at shutdown whatever the policy).
     /// Until a flush succeeds after one failed, every commit fails.
-    pub fn sync_now(&mut self) -> io::Result<()> {
+    pub(crate) fn sync_now(&mut self) -> io::Result<()> {
         self.unsynced_since = None;
         if let Some(result) = self.syncer.as_mut().and_then(Syncer::wait) {
             self.sync_returned(result);
@@ -896,12 +904,12 @@ impl Store {
     /// `millis` (len + 1 if none): none before it is. Times need not be in
     /// order, so entries from it on must still be checked with
     /// [`Store::millis_of`].
-    pub fn first_at_or_after(&self, millis: i64) -> u64 {
+    pub(crate) fn first_at_or_after(&self, millis: i64) -> u64 {
         self.index.first_candidate(millis, self.committed)
     }
 
     /// The time of committed entry `id`.
-    pub fn millis_of(&self, id: u64) -> i64 {
+    pub(crate) fn millis_of(&self, id: u64) -> i64 {
         self.index.millis[(id - 1) as usize]
     }
 
@@ -916,14 +924,14 @@ impl Store {
 
     /// Size in bytes of the committed entries `first..end` (ids, end
     /// exclusive), with any other lines among them.
-    pub fn span_len(&self, first: u64, end: u64) -> u64 {
+    pub(crate) fn span_len(&self, first: u64, end: u64) -> u64 {
         self.offset_of(end) - self.offset_of(first)
     }
 
     /// The first entry after `first` at least `bytes` further into the
     /// file (the end of the committed entries if none is): where a scan
     /// that may read only so much stops.
-    pub fn id_after_bytes(&self, first: u64, bytes: u64) -> u64 {
+    pub(crate) fn id_after_bytes(&self, first: u64, bytes: u64) -> u64 {
         let end = self.len() + 1;
         if first >= end {
             return end;
@@ -936,7 +944,7 @@ impl Store {
     /// The first of the entries before `end` that take up at most `bytes`
     /// of the file (at least one entry, if there is one): where a scan back
     /// from `end` that may read only so much stops.
-    pub fn id_before_bytes(&self, end: u64, bytes: u64) -> u64 {
+    pub(crate) fn id_before_bytes(&self, end: u64, bytes: u64) -> u64 {
         let end = end.min(self.len() + 1);
         if end <= 1 {
             return 1;
@@ -976,7 +984,7 @@ impl Store {
 
     /// Calls `f` with each committed entry `first..end` (end exclusive),
     /// newest first, line without its newline, until it breaks.
-    pub fn for_each_rev(
+    pub(crate) fn for_each_rev(
         &self,
         first: u64,
         end: u64,
@@ -1034,7 +1042,7 @@ impl Store {
 
     /// Calls `f` with each committed entry `first..end`, oldest first, line
     /// with its newline, reading at most about `chunk` bytes at a time.
-    pub fn for_each(
+    pub(crate) fn for_each(
         &self,
         first: u64,
         end: u64,
@@ -1058,7 +1066,7 @@ impl Store {
     /// checks its own rule: a match may lie outside the text, or across an
     /// escape.) Returns the id it stopped before: `end`, or the id at which
     /// `f` broke.
-    pub fn for_each_holding(
+    pub(crate) fn for_each_holding(
         &self,
         first: u64,
         end: u64,
@@ -1096,7 +1104,7 @@ impl Store {
     /// the importer of an imported entry, otherwise its author. Only lines
     /// holding a tag are looked at, and only those fields: every line here
     /// passed the scan already.
-    pub fn recent_requests(
+    pub(crate) fn recent_requests(
         &self,
         limit: usize,
         mut f: impl FnMut((Option<&str>, &str), u64, &str),

@@ -222,7 +222,7 @@ impl Conn {
     }
 }
 
-pub struct TcpSide {
+pub(crate) struct TcpSide {
     listener: Option<TcpListener>,
     conns: Slab<Conn>,
     limits: Limits,
@@ -264,7 +264,11 @@ impl TcpSide {
         }
     }
 
-    pub fn register_listener(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+    pub(crate) fn register_listener(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+    ) -> io::Result<()> {
         match self.listener.as_mut() {
             Some(listener) => registry.register(listener, token, Interest::READABLE),
             None => Ok(()),
@@ -272,7 +276,7 @@ impl TcpSide {
     }
 
     /// Whether connections wait to be served without a new event.
-    pub fn has_resumable(&self) -> bool {
+    pub(crate) fn has_resumable(&self) -> bool {
         !self.resume.is_empty()
     }
 
@@ -341,7 +345,12 @@ impl TcpSide {
     }
 
     /// Handles readiness of connection `key`.
-    pub fn on_event(&mut self, key: usize, event: &mio::event::Event, service: &mut impl Service) {
+    pub(crate) fn on_event(
+        &mut self,
+        key: usize,
+        event: &mio::event::Event,
+        service: &mut impl Service,
+    ) {
         if event.is_readable() || event.is_read_closed() || event.is_error() {
             // A hang-up in this event raises no other: read to the end.
             let to_the_end = event.is_read_closed() || event.is_error();
@@ -360,7 +369,7 @@ impl TcpSide {
     }
 
     /// Serves the connections that were paused or newly accepted.
-    pub fn serve_resumed(&mut self, service: &mut impl Service) {
+    pub(crate) fn serve_resumed(&mut self, service: &mut impl Service) {
         for key in std::mem::take(&mut self.resume) {
             // No event will come for what is already waiting: read it all.
             self.serve(key, true, service);
@@ -616,7 +625,7 @@ impl TcpSide {
 
     /// Replaces the ack at stream position `at` of connection `key`'s
     /// output with `line`.
-    pub fn patch_ack(&mut self, key: usize, at: u64, line: &[u8]) {
+    pub(crate) fn patch_ack(&mut self, key: usize, at: u64, line: &[u8]) {
         if let Some(conn) = self.conns.get_mut(key)
             && let Some(i) = conn.out.index_of(at)
         {
@@ -641,7 +650,7 @@ impl TcpSide {
     }
 
     /// Feeds every follower what was committed this iteration.
-    pub fn feed_followers(&mut self, service: &mut impl Service) {
+    pub(crate) fn feed_followers(&mut self, service: &mut impl Service) {
         for i in 0..self.followers.len() {
             let key = self.followers[i];
             self.continue_stream(key, service);
@@ -651,7 +660,7 @@ impl TcpSide {
 
     /// Closes connections idle too long, and those that have not read
     /// their replies for too long (followers have their own bound).
-    pub fn sweep(&mut self, now: Instant, registry: &Registry, stats: &mut Stats) {
+    pub(crate) fn sweep(&mut self, now: Instant, registry: &Registry, stats: &mut Stats) {
         let (idle, send) = (self.limits.idle_timeout, self.limits.send_timeout);
         let grace = self.limits.login_grace;
         for (key, conn) in self.conns.iter_mut() {
@@ -762,7 +771,7 @@ impl TcpSide {
     }
 
     /// Removes the connections that died this iteration.
-    pub fn reap(&mut self, registry: &Registry, stats: &mut Stats) {
+    pub(crate) fn reap(&mut self, registry: &Registry, stats: &mut Stats) {
         self.dead
             .extend(self.conns.iter().filter(|(_, c)| c.dead).map(|(k, _)| k));
         self.dead.sort_unstable();
@@ -811,7 +820,7 @@ impl TcpSide {
     /// Closes the sessions of devices the allow file no longer lists (their
     /// scopes change at once for the others), and those past their
     /// lifetime: a client renews its session with a new connection.
-    pub fn check_sessions(&mut self) {
+    pub(crate) fn check_sessions(&mut self) {
         let gate = self.gate.lock();
         let reloaded =
             std::mem::replace(&mut self.generation, gate.generation()) != gate.generation();
@@ -860,14 +869,14 @@ impl TcpSide {
     }
 
     /// Stops taking new connections (at shutdown).
-    pub fn stop_accepting(&mut self, registry: &Registry) {
+    pub(crate) fn stop_accepting(&mut self, registry: &Registry) {
         if let Some(mut listener) = self.listener.take() {
             let _ = registry.deregister(&mut listener);
         }
     }
 
     /// One more try to send every connection's output; whether any is left.
-    pub fn flush_all(&mut self) -> bool {
+    pub(crate) fn flush_all(&mut self) -> bool {
         let mut pending = false;
         for (_, conn) in self.conns.iter_mut() {
             if !conn.dead && conn.flush().is_ok() {

@@ -32,15 +32,15 @@ use std::time::{Duration, Instant};
 
 /// Largest reply to a datagram without an `/id` envelope: the seed's client
 /// reads with `recvfrom(1024)`.
-pub const RAW_REPLY_LIMIT: usize = 1024;
+pub(crate) const RAW_REPLY_LIMIT: usize = 1024;
 /// Smallest and largest reply size a client may ask for with `max=`.
-pub const MIN_REPLY_LIMIT: usize = 512;
-pub const MAX_REPLY_LIMIT: usize = 65_507;
+pub(crate) const MIN_REPLY_LIMIT: usize = 512;
+pub(crate) const MAX_REPLY_LIMIT: usize = 65_507;
 /// Datagrams read per iteration before the loop turns to other work.
 const BUDGET: usize = 1024;
 
 /// The request in a datagram: one trailing `\n` or `\r\n` is not part of it.
-pub fn request_bytes(datagram: &[u8]) -> &[u8] {
+pub(crate) fn request_bytes(datagram: &[u8]) -> &[u8] {
     let d = datagram.strip_suffix(b"\n").unwrap_or(datagram);
     if d.len() < datagram.len() {
         d.strip_suffix(b"\r").unwrap_or(d)
@@ -68,7 +68,7 @@ struct Queued {
     session: u32,
 }
 
-pub struct UdpSide {
+pub(crate) struct UdpSide {
     socket: UdpSocket,
     token: Token,
     batch: RecvBatch,
@@ -117,12 +117,12 @@ impl UdpSide {
         registry.register(&mut self.socket, self.token, Interest::READABLE)
     }
 
-    pub fn on_readable(&mut self) {
+    pub(crate) fn on_readable(&mut self) {
         self.readable = true;
     }
 
     /// Whether datagrams may still be waiting (the budget ran out).
-    pub fn has_waiting(&self) -> bool {
+    pub(crate) fn has_waiting(&self) -> bool {
         self.readable
     }
 
@@ -372,7 +372,7 @@ impl UdpSide {
     }
 
     /// Replaces the ack at byte `at` of the reply in `slot` with `line`.
-    pub fn patch_ack(&mut self, slot: u64, at: usize, limit: usize, line: &[u8]) {
+    pub(crate) fn patch_ack(&mut self, slot: u64, at: usize, limit: usize, line: &[u8]) {
         let queued = slot
             .checked_sub(self.sent)
             .and_then(|i| usize::try_from(i).ok())
@@ -384,7 +384,7 @@ impl UdpSide {
 
     /// Once a second, and after the allow file is re-read: forgets
     /// sources gone quiet, expired sessions and those of removed devices.
-    pub fn sweep(&mut self, now: Instant, stats: &mut Stats) {
+    pub(crate) fn sweep(&mut self, now: Instant, stats: &mut Stats) {
         self.sources.prune(now);
         stats.udp_sources = self.sources.len() as u64;
         self.sessions.sweep(&self.gate.lock(), stats);
@@ -411,12 +411,12 @@ impl UdpSide {
     }
 
     /// Whether replies wait in the queue, held or not.
-    pub fn has_queued(&self) -> bool {
+    pub(crate) fn has_queued(&self) -> bool {
         !self.queue.is_empty()
     }
 
     /// Sends what it can; whether the socket would take no more.
-    pub fn send_queued(&mut self, stats: &mut Stats, settled: u64) -> bool {
+    pub(crate) fn send_queued(&mut self, stats: &mut Stats, settled: u64) -> bool {
         while self.queue.front().is_some_and(|q| q.hold <= settled) {
             self.seal_released(settled);
             let replies = self
@@ -475,34 +475,30 @@ impl UdpSide {
 
 /// UDP sources seen lately, for `/stats` (UDP has no connections to count).
 #[derive(Debug, Default)]
-pub struct RecentSources {
+pub(crate) struct RecentSources {
     seen: HashMap<SocketAddr, Instant>,
 }
 
 impl RecentSources {
     /// How long a source counts as a client after its last datagram.
-    pub const WINDOW: Duration = Duration::from_secs(60);
+    pub(crate) const WINDOW: Duration = Duration::from_secs(60);
     /// Sources tracked at most; a flood of new ones is not remembered.
     const CAPACITY: usize = 65_536;
 
-    pub fn saw(&mut self, from: SocketAddr, now: Instant) {
+    pub(crate) fn saw(&mut self, from: SocketAddr, now: Instant) {
         if self.seen.len() < Self::CAPACITY || self.seen.contains_key(&from) {
             self.seen.insert(from, now);
         }
     }
 
     /// Forgets sources quiet for longer than the window.
-    pub fn prune(&mut self, now: Instant) {
+    pub(crate) fn prune(&mut self, now: Instant) {
         self.seen
             .retain(|_, t| now.duration_since(*t) < Self::WINDOW);
     }
 
     pub fn len(&self) -> usize {
         self.seen.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
     }
 }
 

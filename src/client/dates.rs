@@ -25,7 +25,7 @@ impl Point {
 }
 
 /// The forms [`parse_point`] accepts, for error messages and help.
-pub const FORMS: &str = "an entry id (120, or #2026: four digits alone are a year), today, yesterday, \"3 days ago\", \"5 hours ago\", \
+pub(crate) const FORMS: &str = "an entry id (120, or #2026: four digits alone are a year), today, yesterday, \"3 days ago\", \"5 hours ago\", \
      2026, 2026-11, 2026-11-25, 2026/11/25, \"2026-11-25 08:30\", \"2026-11-25 08:30:15\", \
      or RFC 3339 (2026-11-25T08:30:00+08:00)";
 

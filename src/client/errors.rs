@@ -159,7 +159,7 @@ impl std::error::Error for ClientError {}
 impl ClientError {
     /// Trying again cannot help: the server is not diaryd, or it refused
     /// this device, or the keys are wrong.
-    pub fn is_final(&self) -> bool {
+    pub(crate) fn is_final(&self) -> bool {
         matches!(
             self,
             ClientError::NotDiary { .. }

@@ -24,7 +24,10 @@ pub struct Credentials {
 
 /// The keys to use with the server at `addr`, or `None` for plaintext.
 /// On first contact the server's key is asked for, pinned and shown.
-pub fn credentials(opts: &Options, addr: SocketAddr) -> Result<Option<Credentials>, ClientError> {
+pub(crate) fn credentials(
+    opts: &Options,
+    addr: SocketAddr,
+) -> Result<Option<Credentials>, ClientError> {
     let security = &opts.security;
     let wanted = match security.mode {
         SecureMode::Plain => false,
@@ -106,7 +109,7 @@ pub fn credentials(opts: &Options, addr: SocketAddr) -> Result<Option<Credential
 /// The one spelling of a server's address its pin is kept under: an IPv4
 /// address as such even when reached as `::ffff:a.b.c.d`, the port in
 /// plain digits.
-pub fn pin_address(addr: SocketAddr) -> String {
+pub(crate) fn pin_address(addr: SocketAddr) -> String {
     let ip = match addr.ip() {
         std::net::IpAddr::V6(v6) => v6
             .to_ipv4_mapped()
@@ -117,7 +120,7 @@ pub fn pin_address(addr: SocketAddr) -> String {
 }
 
 /// Asks the server for its public key, over the chosen transport.
-pub fn fetch_server_key(opts: &Options, addr: SocketAddr) -> Result<PublicKey, ClientError> {
+pub(crate) fn fetch_server_key(opts: &Options, addr: SocketAddr) -> Result<PublicKey, ClientError> {
     let io_err = |e| ClientError::Io(addr, opts.proto, e);
     let deadline = Instant::now() + opts.timeout;
     match opts.proto {
@@ -176,7 +179,7 @@ pub fn fetch_server_key(opts: &Options, addr: SocketAddr) -> Result<PublicKey, C
 }
 
 /// A UDP socket connected to `addr`.
-pub fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+pub(crate) fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
     let local: SocketAddr = if addr.is_ipv4() {
         "0.0.0.0:0".parse().expect("valid")
     } else {
@@ -188,7 +191,7 @@ pub fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 /// What a refusal means to the person at the keyboard.
-pub fn refusal_error(
+pub(crate) fn refusal_error(
     why: Option<Refusal>,
     opts: &Options,
     addr: SocketAddr,
@@ -331,12 +334,12 @@ impl SecureStream {
     }
 
     /// Received bytes not yet read.
-    pub fn has_buffered(&self) -> bool {
+    pub(crate) fn has_buffered(&self) -> bool {
         self.plain_start < self.plain.len() || !self.rx.is_empty()
     }
 
     /// Past its lifetime: a new connection makes a new session.
-    pub fn needs_renewal(&self) -> bool {
+    pub(crate) fn needs_renewal(&self) -> bool {
         self.started.elapsed() >= REKEY_AFTER
     }
 }
@@ -521,7 +524,7 @@ impl UdpSession {
     }
 
     /// Past its lifetime or its message count: make a new one.
-    pub fn needs_renewal(&self) -> bool {
+    pub(crate) fn needs_renewal(&self) -> bool {
         self.started.elapsed() >= REKEY_AFTER || self.next_nonce >= REKEY_AFTER_MESSAGES
     }
 

@@ -14,8 +14,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The one Noise protocol both transports speak: WireGuard's pattern.
-pub const NOISE_PARAMS: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
-pub const KEY_LEN: usize = 32;
+pub(crate) const NOISE_PARAMS: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
+pub(crate) const KEY_LEN: usize = 32;
 
 /// A public key; its text form is standard base64.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -191,7 +191,7 @@ pub fn load_or_create(path: &Path) -> Result<(KeyPair, bool), String> {
 }
 
 /// `$XDG_CONFIG_HOME/diary`, or `~/.config/diary`.
-pub fn config_dir() -> PathBuf {
+pub(crate) fn config_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CONFIG_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
@@ -206,13 +206,13 @@ pub fn default_device_key() -> PathBuf {
 }
 
 /// The client's pins of server keys, as ssh's `known_hosts`.
-pub fn default_known_servers() -> PathBuf {
+pub(crate) fn default_known_servers() -> PathBuf {
     config_dir().join("known_servers")
 }
 
 /// The pinned key of `server` (as the user wrote its address) in a
 /// known_servers file, with its line number.
-pub fn pinned_key(file: &Path, server: &str) -> Result<Option<(PublicKey, usize)>, String> {
+pub(crate) fn pinned_key(file: &Path, server: &str) -> Result<Option<(PublicKey, usize)>, String> {
     let text = match fs::read_to_string(file) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -233,7 +233,7 @@ pub fn pinned_key(file: &Path, server: &str) -> Result<Option<(PublicKey, usize)
 }
 
 /// Appends `server KEY` to a known_servers file, made if need be.
-pub fn pin_key(file: &Path, server: &str, key: &PublicKey) -> Result<(), String> {
+pub(crate) fn pin_key(file: &Path, server: &str, key: &PublicKey) -> Result<(), String> {
     if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::DirBuilder::new()
             .recursive(true)

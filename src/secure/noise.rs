@@ -24,46 +24,46 @@ pub const REFUSED: u8 = 5;
 /// UDP, under load: before any Diffie-Hellman work the server asks the
 /// source to prove it receives at its address, with a cookie to send back
 /// (WireGuard's cookie reply).
-pub const COOKIE: u8 = 6;
+pub(crate) const COOKIE: u8 = 6;
 /// UDP: a first message carrying the cookie its source was given.
-pub const INIT_WITH_COOKIE: u8 = 7;
+pub(crate) const INIT_WITH_COOKIE: u8 = 7;
 /// A cookie as sent: 96 bits of MAC in hex.
 pub const COOKIE_LEN: usize = 24;
 
 /// Bound into every handshake: a peer speaking anything else fails it.
-pub const PROLOGUE: &[u8] = b"diary noise v1";
+pub(crate) const PROLOGUE: &[u8] = b"diary noise v1";
 /// Snow's authentication tag, added to every sealed message.
-pub const TAG_LEN: usize = 16;
+pub(crate) const TAG_LEN: usize = 16;
 /// Largest Noise message.
-pub const MAX_MESSAGE: usize = 65_535;
+pub(crate) const MAX_MESSAGE: usize = 65_535;
 /// Largest plaintext in one TCP frame.
-pub const MAX_FRAME_PLAINTEXT: usize = MAX_MESSAGE - TAG_LEN;
+pub(crate) const MAX_FRAME_PLAINTEXT: usize = MAX_MESSAGE - TAG_LEN;
 /// The handshake's first payload: the initiator's clock (nanoseconds), so
 /// a replayed first message is refused, as WireGuard's TAI64N stamp is.
-pub const STAMP_LEN: usize = 8;
+pub(crate) const STAMP_LEN: usize = 8;
 /// A key request is padded to this, so its answer is smaller than it.
-pub const KEY_REQUEST_LEN: usize = 64;
+pub(crate) const KEY_REQUEST_LEN: usize = 64;
 
 /// A session is renewed by a new handshake after this long (WireGuard's
 /// REKEY_AFTER_TIME) …
-pub const REKEY_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
+pub(crate) const REKEY_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
 /// … and the server forgets it after this long (REJECT_AFTER_TIME).
-pub const REJECT_AFTER: std::time::Duration = std::time::Duration::from_secs(180);
+pub(crate) const REJECT_AFTER: std::time::Duration = std::time::Duration::from_secs(180);
 /// A session is also renewed after this many messages sent.
-pub const REKEY_AFTER_MESSAGES: u64 = 1 << 40;
+pub(crate) const REKEY_AFTER_MESSAGES: u64 = 1 << 40;
 
 /// UDP: type, then the index the sender picked for itself.
-pub const UDP_INIT_HEADER: usize = 1 + 4;
+pub(crate) const UDP_INIT_HEADER: usize = 1 + 4;
 /// UDP: type, the sender's index, then the cookie.
-pub const UDP_INIT_WITH_COOKIE_HEADER: usize = UDP_INIT_HEADER + COOKIE_LEN;
+pub(crate) const UDP_INIT_WITH_COOKIE_HEADER: usize = UDP_INIT_HEADER + COOKIE_LEN;
 /// UDP: type, the responder's index, the initiator's index.
-pub const UDP_REPLY_HEADER: usize = 1 + 4 + 4;
+pub(crate) const UDP_REPLY_HEADER: usize = 1 + 4 + 4;
 /// UDP: type, the receiver's index, the nonce.
 pub const UDP_DATA_HEADER: usize = 1 + 4 + 8;
 /// What sealing adds to a datagram's plaintext.
-pub const UDP_DATA_OVERHEAD: usize = UDP_DATA_HEADER + TAG_LEN;
+pub(crate) const UDP_DATA_OVERHEAD: usize = UDP_DATA_HEADER + TAG_LEN;
 /// TCP frames: type, then the body's length (big-endian u16).
-pub const TCP_HEADER: usize = 3;
+pub(crate) const TCP_HEADER: usize = 3;
 
 /// Why the server refused; the code byte of a [`REFUSED`] message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +109,7 @@ impl Refusal {
     }
 }
 
-pub fn params() -> snow::params::NoiseParams {
+pub(crate) fn params() -> snow::params::NoiseParams {
     NOISE_PARAMS.parse().expect("valid Noise parameters")
 }
 
@@ -123,7 +123,7 @@ pub fn initiator(own: &KeyPair, server: &PublicKey) -> snow::HandshakeState {
         .expect("a complete IK initiator")
 }
 
-pub fn responder(own: &KeyPair) -> snow::HandshakeState {
+pub(crate) fn responder(own: &KeyPair) -> snow::HandshakeState {
     snow::Builder::new(params())
         .local_private_key(&own.private)
         .and_then(|b| b.prologue(PROLOGUE))
@@ -236,32 +236,32 @@ pub fn push_init(out: &mut Vec<u8>, sender: u32, cookie: Option<&[u8; COOKIE_LEN
 /// The answer to a first message under load: no handshake yet, only a
 /// cookie for the address it came from (smaller than the first message,
 /// so it amplifies nothing).
-pub fn push_cookie(out: &mut Vec<u8>, receiver: u32, cookie: &[u8; COOKIE_LEN]) {
+pub(crate) fn push_cookie(out: &mut Vec<u8>, receiver: u32, cookie: &[u8; COOKIE_LEN]) {
     out.push(COOKIE);
     out.extend_from_slice(&receiver.to_le_bytes());
     out.extend_from_slice(cookie);
 }
 
-pub fn push_reply(out: &mut Vec<u8>, sender: u32, receiver: u32, noise: &[u8]) {
+pub(crate) fn push_reply(out: &mut Vec<u8>, sender: u32, receiver: u32, noise: &[u8]) {
     out.push(REPLY);
     out.extend_from_slice(&sender.to_le_bytes());
     out.extend_from_slice(&receiver.to_le_bytes());
     out.extend_from_slice(noise);
 }
 
-pub fn key_request() -> [u8; KEY_REQUEST_LEN] {
+pub(crate) fn key_request() -> [u8; KEY_REQUEST_LEN] {
     let mut request = [0u8; KEY_REQUEST_LEN];
     request[0] = KEY;
     request
 }
 
-pub fn push_key(out: &mut Vec<u8>, key: &PublicKey) {
+pub(crate) fn push_key(out: &mut Vec<u8>, key: &PublicKey) {
     out.push(KEY);
     out.extend_from_slice(&key.0);
 }
 
 /// A refusal within `room` bytes (the words are cut to fit).
-pub fn push_refused(out: &mut Vec<u8>, receiver: u32, why: Refusal, room: usize) {
+pub(crate) fn push_refused(out: &mut Vec<u8>, receiver: u32, why: Refusal, room: usize) {
     out.push(REFUSED);
     out.extend_from_slice(&receiver.to_le_bytes());
     out.push(why as u8);

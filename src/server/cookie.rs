@@ -36,7 +36,7 @@ impl Default for CookieJar {
 }
 
 impl CookieJar {
-    pub const EPOCH: Duration = Duration::from_secs(600);
+    pub(crate) const EPOCH: Duration = Duration::from_secs(600);
 
     fn epoch(&self, now: Instant) -> u64 {
         (now.duration_since(self.started).as_secs() / Self::EPOCH.as_secs()) + 1

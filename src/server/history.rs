@@ -258,7 +258,7 @@ pub fn fill(
 
 /// Appends whole entries from `*next` up to `end` (exclusive) while they
 /// fit in `room` bytes, advancing `*next`.
-pub fn fill_follow(
+pub(crate) fn fill_follow(
     store: &Store,
     next: &mut u64,
     end: u64,
@@ -288,7 +288,7 @@ pub fn fill_follow(
 /// Entries that must each be looked at are looked for only among the
 /// newest that take up `scan` bytes of the file; if the selection may go
 /// on further back, the first line says so instead.
-pub fn fit_newest(
+pub(crate) fn fit_newest(
     store: &Store,
     query: &PastQuery,
     room: usize,

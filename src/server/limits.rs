@@ -6,7 +6,7 @@ use std::time::Duration;
 /// A reply to a UDP source that has not proven its address is at most
 /// this many times its request (QUIC's anti-amplification rule): plain
 /// replies, handshakes and sealed replies alike.
-pub const AMPLIFICATION: usize = 3;
+pub(crate) const AMPLIFICATION: usize = 3;
 
 /// Per-client limits; see README "Limits and safety".
 #[derive(Debug, Clone)]

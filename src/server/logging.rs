@@ -50,7 +50,7 @@ pub fn init(level: log::LevelFilter) {
 /// says how many were held back when the next one goes through (Redis
 /// rate-limits its repeating warnings the same way).
 #[derive(Debug)]
-pub struct Throttle {
+pub(crate) struct Throttle {
     period: Duration,
     burst: u32,
     window_start: Option<Instant>,
@@ -94,7 +94,7 @@ impl Default for Throttle {
 }
 
 /// Logs a warning through `throttle`, noting what it held back.
-pub fn warn_throttled(throttle: &mut Throttle, message: std::fmt::Arguments) {
+pub(crate) fn warn_throttled(throttle: &mut Throttle, message: std::fmt::Arguments) {
     if let Some(held) = throttle.allow(Instant::now()) {
         if held > 0 {
             log::warn!("{message} ({held} more like it held back)");
@@ -105,7 +105,7 @@ pub fn warn_throttled(throttle: &mut Throttle, message: std::fmt::Arguments) {
 }
 
 /// As [`warn_throttled`], at info level.
-pub fn info_throttled(throttle: &mut Throttle, message: std::fmt::Arguments) {
+pub(crate) fn info_throttled(throttle: &mut Throttle, message: std::fmt::Arguments) {
     if let Some(held) = throttle.allow(Instant::now()) {
         if held > 0 {
             log::info!("{message} ({held} more like it held back)");

@@ -23,7 +23,7 @@ use hashbrown::HashTable;
 /// entries cost a cache miss per write, for the eviction, in the UDP
 /// profile. Evicting reads the oldest slot, next in the ring, and touches no
 /// other slot.
-pub struct ReplayMemory {
+pub(crate) struct ReplayMemory {
     slots: Vec<Slot>,
     /// The slot the next write fills: the oldest one once the ring is full.
     next: usize,
@@ -54,7 +54,7 @@ const STAMP_LEN: usize = 40;
 
 /// A remembered write: what its ack said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Remembered<'a> {
+pub(crate) struct Remembered<'a> {
     pub id: u64,
     pub timestamp: &'a str,
 }
@@ -128,7 +128,7 @@ impl ReplayMemory {
 
     /// Remembers that `writer`'s write tagged `tag`, of batch `batch`, got
     /// `id` at `timestamp`.
-    pub fn remember(
+    pub(crate) fn remember(
         &mut self,
         (writer, tag): (Option<&str>, &str),
         id: u64,
@@ -192,7 +192,7 @@ impl ReplayMemory {
 
     /// Forgets the writes of `batch`: its commit failed, and their ids
     /// will be given to other writes.
-    pub fn forget_batch(&mut self, batch: u64) {
+    pub(crate) fn forget_batch(&mut self, batch: u64) {
         for at in 0..self.slots.len() {
             if self.slots[at].batch == batch {
                 self.unindex(at);

@@ -166,7 +166,7 @@ impl ServerState {
 
     /// The loop's group commit, at the end of an iteration: a small batch
     /// waits while a flush is in flight (see [`Store::commit_when_due`]).
-    pub fn commit_when_due(&mut self) {
+    pub(crate) fn commit_when_due(&mut self) {
         let first_id = self.store.len() + 1;
         let result = self.store.commit_when_due();
         self.after_commit(first_id, result);
@@ -218,7 +218,7 @@ impl ServerState {
     /// Takes in flushes that returned: their batches are durable; a loss
     /// (a flush failed, or the file changed under unflushed writes) fails
     /// every batch not durable, the one being built included.
-    pub fn settle(&mut self) {
+    pub(crate) fn settle(&mut self) {
         self.store.poll_sync();
         for loss in self.store.take_losses() {
             logging::warn_throttled(
@@ -267,7 +267,7 @@ impl ServerState {
     }
 
     /// For policy `interval`: flushes the file if it is due.
-    pub fn sync_if_due(&mut self, now: Instant) {
+    pub(crate) fn sync_if_due(&mut self, now: Instant) {
         if let Err(e) = self.store.sync_if_due(now) {
             logging::warn_throttled(
                 &mut self.sync_log,
@@ -278,21 +278,21 @@ impl ServerState {
 
     /// Once a second: notices what a person did to the diary file while
     /// nothing was being written (commits check it themselves).
-    pub fn watch_file(&mut self) {
+    pub(crate) fn watch_file(&mut self) {
         if !self.store.has_pending() {
             self.store.watch();
         }
     }
 
     /// Flushes whatever was written, whatever the policy (at shutdown).
-    pub fn sync_now(&mut self) {
+    pub(crate) fn sync_now(&mut self) {
         if let Err(e) = self.store.sync_now() {
             log::error!("final fdatasync failed: {e}");
         }
         self.settle();
     }
 
-    pub fn store_mut(&mut self) -> &mut Store {
+    pub(crate) fn store_mut(&mut self) -> &mut Store {
         &mut self.store
     }
 }

@@ -6,7 +6,7 @@
 /// Digits of the last id asked for, right-aligned in a buffer that holds
 /// any `u64`.
 #[derive(Debug)]
-pub struct IdDigits {
+pub(crate) struct IdDigits {
     id: u64,
     buf: [u8; 20],
     start: usize,

@@ -33,7 +33,7 @@ const SAMPLES: usize = 32;
 const HEADER: usize = 12 + 4 + 8 * 8 + 32 + 32;
 
 /// `FILE.index` for the diary at `path`.
-pub fn path_for(diary: &Path) -> PathBuf {
+pub(crate) fn path_for(diary: &Path) -> PathBuf {
     let mut name = diary.as_os_str().to_owned();
     name.push(".index");
     PathBuf::from(name)

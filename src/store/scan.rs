@@ -27,7 +27,7 @@ use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
 /// Entries per block of the time index's running maximum.
 const BLOCK: usize = 1024;
 /// The format this version writes.
-pub const FORMAT: u32 = 2;
+pub(crate) const FORMAT: u32 = 2;
 
 /// Where each entry starts and when it was written.
 ///
@@ -36,7 +36,7 @@ pub const FORMAT: u32 = 2;
 /// entries (8 bytes per 1024 entries), and then filters each candidate by
 /// its own time.
 #[derive(Debug, Default, Clone)]
-pub struct Index {
+pub(crate) struct Index {
     /// `offsets[i]` is where entry `i + 1` starts.
     pub offsets: Vec<u64>,
     /// `millis[i]` is entry `i + 1`'s own time.
@@ -50,12 +50,8 @@ impl Index {
         self.offsets.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.offsets.is_empty()
-    }
-
     /// An index of entries whose offsets and times are known.
-    pub fn from_parts(offsets: Vec<u64>, millis: Vec<i64>) -> Index {
+    pub(crate) fn from_parts(offsets: Vec<u64>, millis: Vec<i64>) -> Index {
         let mut running = i64::MIN;
         let block_max = millis
             .chunks(BLOCK)
@@ -98,7 +94,7 @@ impl Index {
     /// The first of the first `len` entries whose time, or an earlier
     /// entry's, is at or after `millis` (1-based; `len + 1` if none). No
     /// entry before it is at or after `millis`.
-    pub fn first_candidate(&self, millis: i64, len: usize) -> u64 {
+    pub(crate) fn first_candidate(&self, millis: i64, len: usize) -> u64 {
         let blocks = len.div_ceil(BLOCK);
         let b = self.block_max[..blocks].partition_point(|&m| m < millis);
         let mut running = b.checked_sub(1).map_or(i64::MIN, |p| self.block_max[p]);
@@ -114,7 +110,7 @@ impl Index {
 
 /// What a scan found.
 #[derive(Debug, Default)]
-pub struct Scan {
+pub(crate) struct Scan {
     pub index: Index,
     /// Bytes of complete, kept lines (where the file is cut to, if cut).
     pub len: u64,
@@ -129,7 +125,7 @@ pub struct Scan {
 }
 
 #[derive(Debug, Clone)]
-pub struct Cut {
+pub(crate) struct Cut {
     /// Offset of the first byte cut.
     pub at: u64,
     /// Line number (1-based) of the first line cut.
@@ -147,7 +143,7 @@ pub enum CutReason {
 
 /// A line that stops the scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadLine {
+pub(crate) struct BadLine {
     /// Line number, 1-based.
     pub line: u64,
     pub reason: String,
@@ -161,7 +157,7 @@ impl fmt::Display for BadLine {
 
 /// How strict a scan is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// At start: a torn end is reported in [`Scan::cut`].
     Recover,
     /// Lines added while diaryd runs, or a replacing file: everything must
@@ -179,7 +175,7 @@ pub struct From {
 }
 
 impl From {
-    pub const START: From = From {
+    pub(crate) const START: From = From {
         offset: 0,
         line: 0,
         next_id: 1,
@@ -189,7 +185,7 @@ impl From {
 /// Scans `file` from `from` to its end: as far as it can with the fast
 /// path over whole blocks, then line by line from the first line that
 /// needs judging, if any.
-pub fn scan(file: &File, from: From, mode: Mode) -> Result<Scan, ScanError> {
+pub(crate) fn scan(file: &File, from: From, mode: Mode) -> Result<Scan, ScanError> {
     let mut scan = Scan {
         len: from.offset,
         lines: from.line,
@@ -332,12 +328,12 @@ fn read_meta(body: &[u8], number: u64, scan: &mut Scan) -> Result<(), ScanError>
 }
 
 /// A diary id: 32 lowercase hex digits.
-pub fn is_identity(id: &str) -> bool {
+pub(crate) fn is_identity(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// A new random diary id.
-pub fn new_identity() -> String {
+pub(crate) fn new_identity() -> String {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("the system has randomness");
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -345,7 +341,7 @@ pub fn new_identity() -> String {
 
 /// Why a scan stopped.
 #[derive(Debug)]
-pub enum ScanError {
+pub(crate) enum ScanError {
     Io(io::Error),
     Bad(BadLine),
 }

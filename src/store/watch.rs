@@ -79,7 +79,7 @@ impl Store {
     /// diary saved over it is re-opened, anything else refuses writes until
     /// it is put right. Returns whether the index changed. Call it only
     /// with no batch pending (a commit does so itself).
-    pub fn watch(&mut self) -> bool {
+    pub(crate) fn watch(&mut self) -> bool {
         if !self.disk.is_the_file() {
             return false;
         }

@@ -17,7 +17,7 @@ const NOTICE_ROOM: usize = 200;
 
 /// Where a follower stands.
 #[derive(Debug)]
-pub struct Follower {
+pub(crate) struct Follower {
     /// The next entry to send.
     next: u64,
     /// The newest entry when the follow began.
@@ -27,7 +27,7 @@ pub struct Follower {
 /// Whether a follow goes on after a feed. When it does not, the reason
 /// is queued and the connection is to close once it is sent.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Fed {
+pub(crate) enum Fed {
     Following,
     /// It fell more than the limit behind.
     Behind,
@@ -84,7 +84,7 @@ impl Follower {
 
     /// Whether a feed now would queue more: entries are waiting and the
     /// queue has room for a refill.
-    pub fn wants_more(&self, store: &Store, queued: usize, limit: usize) -> bool {
+    pub(crate) fn wants_more(&self, store: &Store, queued: usize, limit: usize) -> bool {
         self.next <= store.durable() && queued <= limit / 2
     }
 }

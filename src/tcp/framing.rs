@@ -96,7 +96,7 @@ impl LineFramer {
 
     /// Whether the last read took less than it was offered (the source had
     /// no more at that moment).
-    pub fn read_left_room(&self) -> bool {
+    pub(crate) fn read_left_room(&self) -> bool {
         self.left_room
     }
 
@@ -192,7 +192,7 @@ impl OutBuf {
     }
 
     /// Where stream position `at` is in `buf`, if still queued.
-    pub fn index_of(&self, at: u64) -> Option<usize> {
+    pub(crate) fn index_of(&self, at: u64) -> Option<usize> {
         let i = usize::try_from(at.checked_sub(self.base)?).ok()?;
         (i >= self.sent && i < self.buf.len()).then_some(i)
     }
@@ -219,7 +219,7 @@ impl OutBuf {
     }
 
     /// Bytes that may be sent now.
-    pub fn sendable(&self) -> usize {
+    pub(crate) fn sendable(&self) -> usize {
         self.limit() - self.sent
     }
 

@@ -61,11 +61,11 @@ impl SecureLink {
         self.peer.as_ref()
     }
 
-    pub fn peer_mut(&mut self) -> Option<&mut Peer> {
+    pub(crate) fn peer_mut(&mut self) -> Option<&mut Peer> {
         self.peer.as_mut()
     }
 
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.transport.is_some()
     }
 
@@ -73,7 +73,7 @@ impl SecureLink {
     /// Noise IK first message can be replayed (after a restart the server
     /// has forgotten its stamp), so a session is the device's only once
     /// one of its messages opens.
-    pub fn newly_confirmed(&mut self) -> Option<&Peer> {
+    pub(crate) fn newly_confirmed(&mut self) -> Option<&Peer> {
         if !self.confirmed || self.announced {
             return None;
         }
@@ -82,7 +82,7 @@ impl SecureLink {
     }
 
     /// The device of a confirmed session.
-    pub fn confirmed_peer(&self) -> Option<&Peer> {
+    pub(crate) fn confirmed_peer(&self) -> Option<&Peer> {
         self.peer.as_ref().filter(|_| self.confirmed)
     }
 
@@ -184,7 +184,7 @@ impl SecureLink {
     }
 
     /// Sends sealed bytes until none are left or the socket is full.
-    pub fn send_sealed(&mut self, stream: &mut impl Write) -> io::Result<()> {
+    pub(crate) fn send_sealed(&mut self, stream: &mut impl Write) -> io::Result<()> {
         while self.tx_sent < self.tx.len() {
             match stream.write(&self.tx[self.tx_sent..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -221,7 +221,7 @@ impl SecureLink {
     }
 
     /// Gives back the buffers of a quiet connection.
-    pub fn release_idle(&mut self) {
+    pub(crate) fn release_idle(&mut self) {
         if self.rx_start == self.rx_end {
             self.rx = Vec::new();
             self.rx_start = 0;

@@ -16,7 +16,7 @@ use std::io;
 use std::net::SocketAddr;
 
 /// Datagrams per system call.
-pub const BATCH: usize = 64;
+pub(crate) const BATCH: usize = 64;
 /// Room for the largest UDP payload.
 const SLOT: usize = 65_536;
 /// Room for one datagram's control messages: its `IP_PKTINFO` or
@@ -30,7 +30,7 @@ const LOOPBACK_IFINDEX: i32 = 1;
 
 /// Asks the kernel to say which interface each datagram came in on, so
 /// that [`RecvBatch::via_loopback`] can tell. Call once on a bound socket.
-pub fn report_arrival(socket: &UdpSocket) -> io::Result<()> {
+pub(crate) fn report_arrival(socket: &UdpSocket) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
@@ -98,7 +98,7 @@ impl RecvBatch {
     /// false unless [`report_arrival`] was called. (Linux delivers an IPv6
     /// datagram from a forged v4-mapped loopback source on any interface.)
     /// Where the kernel does not say, only a plain IPv4 or IPv6 source counts.
-    pub fn via_loopback(&self, i: usize) -> bool {
+    pub(crate) fn via_loopback(&self, i: usize) -> bool {
         self.received[i].3
     }
 

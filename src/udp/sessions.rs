@@ -135,9 +135,9 @@ impl Default for UdpSessions {
 }
 
 impl UdpSessions {
-    pub const PER_DEVICE: usize = 64;
+    pub(crate) const PER_DEVICE: usize = 64;
     /// A session none of whose messages opened by then is dropped.
-    pub const CONFIRM_WITHIN: Duration = Duration::from_secs(30);
+    pub(crate) const CONFIRM_WITHIN: Duration = Duration::from_secs(30);
 
     /// Sessions forgotten after `limits.session_lifetime`.
     pub fn new(limits: &Limits) -> UdpSessions {
@@ -331,7 +331,7 @@ impl UdpSessions {
 
     /// Forgets expired sessions, and after a reload of the allow file
     /// those of removed devices; a device's new scopes apply at once.
-    pub fn sweep(&mut self, gate: &Gatekeeper, stats: &mut Stats) {
+    pub(crate) fn sweep(&mut self, gate: &Gatekeeper, stats: &mut Stats) {
         let reloaded = gate.generation() != self.generation;
         self.generation = gate.generation();
         let mut gone = Vec::new();

@@ -76,7 +76,7 @@ pub fn has_control(bytes: &[u8]) -> bool {
 
 /// Whether `bytes` holds a byte the diary file escapes: a control byte
 /// below 0x20 (tab, newline, carriage return among them) or a backslash.
-pub fn needs_escape(bytes: &[u8]) -> bool {
+pub(crate) fn needs_escape(bytes: &[u8]) -> bool {
     any_word(
         bytes,
         b' ',
@@ -90,7 +90,7 @@ pub fn needs_escape(bytes: &[u8]) -> bool {
 /// or a backslash (an escape to check). For the startup scan's blocks of
 /// many lines: a whole 4 KiB at a time in a fold the compiler vectorizes,
 /// stopping at the first piece that has one.
-pub fn has_special(block: &[u8]) -> bool {
+pub(crate) fn has_special(block: &[u8]) -> bool {
     block.chunks(4096).any(|chunk| {
         chunk.iter().fold(0u8, |seen, &b| {
             seen | u8::from((b < 0x20 && b != b'\t' && b != b'\n') || b == b'\\')

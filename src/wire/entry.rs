@@ -194,19 +194,19 @@ pub const DELETES: &str = "deletes";
 
 /// Whether attribute key `key` makes its line an amendment or a deletion:
 /// the one rule both scans and the store follow.
-pub fn is_record_key(key: &[u8]) -> bool {
+pub(crate) fn is_record_key(key: &[u8]) -> bool {
     key == AMENDS.as_bytes() || key == DELETES.as_bytes()
 }
 
 /// Whether `attrs` (each with its leading tab) make their line an
 /// amendment or a deletion.
-pub fn has_record_attr(attrs: &str) -> bool {
+pub(crate) fn has_record_attr(attrs: &str) -> bool {
     attr_in(attrs, AMENDS).is_some() || attr_in(attrs, DELETES).is_some()
 }
 
 /// The value of attribute `key` among `attrs` (each with its leading
 /// tab, as in [`EntryLine::attrs`]), still escaped.
-pub fn attr_in<'a>(attrs: &'a str, key: &str) -> Option<&'a str> {
+pub(crate) fn attr_in<'a>(attrs: &'a str, key: &str) -> Option<&'a str> {
     attrs
         .split('\t')
         .skip(1)
@@ -214,7 +214,7 @@ pub fn attr_in<'a>(attrs: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// The author among `attrs` (`by=NAME`), as [`EntryLine::author`] reads it.
-pub fn author_in(attrs: &str) -> Option<&str> {
+pub(crate) fn author_in(attrs: &str) -> Option<&str> {
     attr_in(attrs, "by")
 }
 
@@ -222,7 +222,7 @@ pub fn author_in(attrs: &str) -> Option<&str> {
 /// without checking the line again: it was checked when it was scanned or
 /// written, and a read that filters every line of a large diary needs
 /// only these. `None` for a line not in that shape.
-pub fn stored_text_and_attrs(line: &[u8]) -> Option<(&str, &str)> {
+pub(crate) fn stored_text_and_attrs(line: &[u8]) -> Option<(&str, &str)> {
     let rest = std::str::from_utf8(after_time(line)?).ok()?;
     Some(match memchr::memchr(b'\t', rest.as_bytes()) {
         Some(t3) => rest.split_at(t3),
@@ -232,7 +232,7 @@ pub fn stored_text_and_attrs(line: &[u8]) -> Option<(&str, &str)> {
 
 /// The escaped text of an entry line the store holds, as bytes, found as
 /// [`stored_text_and_attrs`] finds it.
-pub fn stored_text(line: &[u8]) -> Option<&[u8]> {
+pub(crate) fn stored_text(line: &[u8]) -> Option<&[u8]> {
     let rest = after_time(line)?;
     Some(&rest[..memchr::memchr(b'\t', rest).unwrap_or(rest.len())])
 }

@@ -6,7 +6,7 @@
 use crate::wire::entry;
 
 /// The largest compiled regular expression a `/past regex` may build.
-pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+pub(crate) const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 /// Compiles a `/past regex` pattern within [`REGEX_SIZE_LIMIT`].
 pub fn compile_regex(pattern: &str, ignore_case: bool) -> Result<regex::Regex, String> {
@@ -30,7 +30,7 @@ pub fn is_tag_word(word: &str) -> bool {
     !word.is_empty() && word.chars().all(is_tag_char)
 }
 
-pub fn is_tag_char(c: char) -> bool {
+pub(crate) fn is_tag_char(c: char) -> bool {
     c.is_alphanumeric() || c == '_' || c == '-'
 }
 

@@ -19,20 +19,20 @@ use std::sync::Arc;
 pub struct Scopes(u8);
 
 impl Scopes {
-    pub const WRITE: Scopes = Scopes(1);
-    pub const READ: Scopes = Scopes(2);
-    pub const FOLLOW: Scopes = Scopes(4);
-    pub const EDIT: Scopes = Scopes(8);
-    pub const IMPORT: Scopes = Scopes(16);
-    pub const ALL: Scopes = Scopes(31);
-    pub const NONE: Scopes = Scopes(0);
+    pub(crate) const WRITE: Scopes = Scopes(1);
+    pub(crate) const READ: Scopes = Scopes(2);
+    pub(crate) const FOLLOW: Scopes = Scopes(4);
+    pub(crate) const EDIT: Scopes = Scopes(8);
+    pub(crate) const IMPORT: Scopes = Scopes(16);
+    pub(crate) const ALL: Scopes = Scopes(31);
+    pub(crate) const NONE: Scopes = Scopes(0);
 
     pub fn contains(self, other: Scopes) -> bool {
         self.0 & other.0 == other.0
     }
 
     /// The scope a command needs; help, quit and cookies need none.
-    pub fn needed_by(command: &Command) -> Scopes {
+    pub(crate) fn needed_by(command: &Command) -> Scopes {
         match command {
             Command::Write(_) => Scopes::WRITE,
             Command::Amend { .. } | Command::Delete { .. } => Scopes::EDIT,
@@ -114,7 +114,7 @@ pub struct Device {
 
 /// The devices of an allow file, by public key.
 #[derive(Debug, Clone, Default)]
-pub struct AllowList {
+pub(crate) struct AllowList {
     devices: HashMap<PublicKey, Device>,
 }
 
@@ -125,10 +125,6 @@ impl AllowList {
 
     pub fn len(&self) -> usize {
         self.devices.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.devices.is_empty()
     }
 
     /// Reads an allow file; an error names `file:line` and the reason.

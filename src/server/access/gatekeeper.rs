@@ -29,7 +29,7 @@ impl SharedGate {
 
 /// Where plaintext is served: fixed at start, so checked without the lock.
 #[derive(Debug, Clone, Copy)]
-pub struct PlaintextRule {
+pub(crate) struct PlaintextRule {
     keys_required: bool,
     auth_loopback: bool,
 }
@@ -100,7 +100,7 @@ impl Gatekeeper {
         SharedGate(Arc::new(Mutex::new(self)))
     }
 
-    pub fn public_key(&self) -> PublicKey {
+    pub(crate) fn public_key(&self) -> PublicKey {
         self.key.public
     }
 
@@ -112,7 +112,7 @@ impl Gatekeeper {
         self.config.insecure_open
     }
 
-    pub fn plaintext_rule(&self) -> PlaintextRule {
+    pub(crate) fn plaintext_rule(&self) -> PlaintextRule {
         PlaintextRule {
             keys_required: self.allow.is_some(),
             auth_loopback: self.config.auth_loopback,
@@ -132,7 +132,7 @@ impl Gatekeeper {
         Ok(devices)
     }
 
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation
     }
 
@@ -143,7 +143,7 @@ impl Gatekeeper {
 
     /// Whether handshakes over `over` from `ip` are refused for now
     /// (too many failed).
-    pub fn is_limited(&mut self, over: Over, ip: IpAddr, now: Instant) -> bool {
+    pub(crate) fn is_limited(&mut self, over: Over, ip: IpAddr, now: Instant) -> bool {
         self.failures.is_limited((over, holder(ip)), now)
     }
 
