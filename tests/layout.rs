@@ -167,3 +167,29 @@ fn the_diary_binary_uses_only_client_code() {
         }
     }
 }
+
+/// The README's layout table names every source file, so a newcomer sees
+/// the whole of it, and each file opens with a `//!` saying what it owns.
+#[test]
+fn every_source_file_is_in_the_readme_and_says_what_it_owns() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    for file in files {
+        let rel = file
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            readme.contains(&format!("`{rel}`")),
+            "README's layout table does not list {rel}"
+        );
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            text.starts_with("//!"),
+            "{rel} does not open with a //! comment"
+        );
+    }
+}
