@@ -86,7 +86,7 @@ impl fmt::Display for FsyncPolicy {
 }
 
 /// How long `interval` lets written data wait for its `fdatasync`.
-pub(crate) const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A small step back of the clock (NTP slewing, a VM's correction) is
 /// absorbed: the entry keeps the previous time. A bigger one is believed
@@ -133,7 +133,7 @@ impl fmt::Display for OpenError {
 impl std::error::Error for OpenError {}
 
 /// `path` quoted for a POSIX shell, for the commands hints suggest.
-pub(crate) fn shell_quote(path: &Path) -> String {
+pub fn shell_quote(path: &Path) -> String {
     let text = path.display().to_string();
     if !text.is_empty()
         && text
@@ -214,7 +214,7 @@ impl Recovery {
 /// the file changed under them before they reached the disk): every id
 /// from `first_lost` on was forgotten, pending ones included.
 #[derive(Debug)]
-pub(crate) struct Loss {
+pub struct Loss {
     pub first_lost: u64,
     pub error: io::Error,
 }
@@ -228,7 +228,7 @@ pub struct CommitError {
 
 /// A line that changes an earlier entry, kept after it (append-only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Record {
+pub enum Record {
     /// Its text replaces entry N's (`amends=N`).
     Amends(u64),
     /// Entry N is hidden (`deletes=N`).
@@ -281,12 +281,26 @@ pub struct Appended<'a> {
 /// The device and inode of a file: what "the same file" means.
 type FileId = (u64, u64);
 
+/// How far the file goes: its entries, bytes and lines (of every kind).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct FileMark {
+    entries: usize,
+    bytes: u64,
+    lines: u64,
+}
+
+/// A time given to an entry, in milliseconds and as written.
+#[derive(Debug)]
+struct StampCache {
+    millis: i64,
+    text: String,
+}
+
 pub struct Store {
     disk: Box<dyn Disk>,
     path: PathBuf,
     policy: FsyncPolicy,
     identity: String,
-    held: FileId,
     /// Entries, pending ones included.
     index: Index,
     /// Entries written to the file (visible to reads).
@@ -296,17 +310,6 @@ pub struct Store {
     /// Complete lines in the file, of every kind.
     lines: u64,
     pending: Vec<u8>,
-    /// Written but not yet `fdatasync`ed (policy `interval`).
-    unsynced_since: Option<Instant>,
-    /// The last `fdatasync` failed: what was written may not be on the
-    /// disk, so no write is acknowledged until one succeeds (as Redis does
-    /// after a failed background fsync).
-    sync_failed: bool,
-    cached_stamp: (i64, String),
-    /// Amendments and deletions, by the entry they change.
-    edits: HashMap<u64, Edit>,
-    /// The ids of amendment and deletion lines.
-    records: std::collections::HashSet<u64>,
     /// The last appended id in decimal, for its line and its ack.
     id_text: id_digits::IdDigits,
     /// Attributes of the entry being appended.
@@ -315,16 +318,50 @@ pub struct Store {
     batch_clock: Option<i64>,
     /// The time given to the last batch.
     last_stamp: i64,
+    /// The newest time given, as written: the next entry of the same
+    /// millisecond reuses the text.
+    cached_stamp: StampCache,
+    /// Amendments and deletions.
+    journal: Journal,
+    /// The file at the path, as diaryd holds it.
+    watched: Watched,
+    /// What is durable, and the flushes that make it so.
+    flush: FlushState,
+}
+
+/// Amendments and deletions, appended as lines of their own.
+#[derive(Default)]
+struct Journal {
+    /// By the entry they change.
+    edits: HashMap<u64, Edit>,
+    /// The ids of amendment and deletion lines.
+    records: std::collections::HashSet<u64>,
+}
+
+/// The file diaryd holds, against what is at the path (see `watch`).
+struct Watched {
+    held: FileId,
     lost: Option<Lost>,
     /// The last file seen at the path and refused, while it stays as it was.
     refused: Option<watch::Refused>,
+}
+
+/// What is durable, and the flushes that make it so.
+#[derive(Default)]
+struct FlushState {
+    /// Written but not yet `fdatasync`ed (policy `interval`).
+    unsynced_since: Option<Instant>,
+    /// The last `fdatasync` failed: what was written may not be on the
+    /// disk, so no write is acknowledged until one succeeds (as Redis does
+    /// after a failed background fsync).
+    sync_failed: bool,
     /// Policy `always` with a syncer: flushes run off the loop's thread.
     syncer: Option<Syncer>,
     waker: Option<std::sync::Arc<mio::Waker>>,
-    /// Entries, bytes and lines a flush has made durable.
-    durable: (usize, u64, u64),
+    /// What a flush has made durable.
+    durable: FileMark,
     /// What the flush in flight makes durable when it returns.
-    sync_target: (usize, u64, u64),
+    sync_target: FileMark,
     losses: Vec<Loss>,
 }
 
@@ -429,31 +466,29 @@ impl Store {
             path: path.to_path_buf(),
             policy,
             identity,
-            held,
             committed: scan.index.len(),
             committed_len: scan.len,
             lines: scan.lines,
             index: scan.index,
             pending: Vec::with_capacity(64 * 1024),
-            unsynced_since: None,
-            sync_failed: false,
-            cached_stamp: (i64::MIN, String::new()),
-            edits: HashMap::new(),
-            records: std::collections::HashSet::new(),
             id_text: id_digits::IdDigits::default(),
             attrs: String::new(),
             batch_clock: None,
             last_stamp,
-            lost: None,
-            refused: None,
-            syncer: None,
-            waker: None,
-            durable: (0, 0, 0),
-            sync_target: (0, 0, 0),
-            losses: Vec::new(),
+            cached_stamp: StampCache {
+                millis: i64::MIN,
+                text: String::new(),
+            },
+            journal: Journal::default(),
+            watched: Watched {
+                held,
+                lost: None,
+                refused: None,
+            },
+            flush: FlushState::default(),
         };
         let mut store = store;
-        store.durable = store.written();
+        store.flush.durable = store.written();
         store
             .note_records(&records)
             .map_err(|e| OpenError::Io(path.to_path_buf(), e))?;
@@ -474,8 +509,8 @@ impl Store {
     }
 
     pub(crate) fn note_record(&mut self, id: u64, record: Record) {
-        self.records.insert(id);
-        let edit = self.edits.entry(record.target()).or_default();
+        self.journal.records.insert(id);
+        let edit = self.journal.edits.entry(record.target()).or_default();
         match record {
             Record::Amends(_) => edit.latest = edit.latest.max(id),
             Record::Deletes(_) => edit.deleted = true,
@@ -483,18 +518,18 @@ impl Store {
     }
 
     /// How entry `id` was changed since it was written, if it was.
-    pub(crate) fn edit_of(&self, id: u64) -> Option<Edit> {
-        self.edits.get(&id).copied()
+    pub fn edit_of(&self, id: u64) -> Option<Edit> {
+        self.journal.edits.get(&id).copied()
     }
 
     /// Whether any entry was ever amended or deleted.
-    pub(crate) fn has_edits(&self) -> bool {
-        !self.edits.is_empty()
+    pub fn has_edits(&self) -> bool {
+        !self.journal.edits.is_empty()
     }
 
     /// Whether line `id` is an amendment or a deletion.
-    pub(crate) fn is_record(&self, id: u64) -> bool {
-        self.records.contains(&id)
+    pub fn is_record(&self, id: u64) -> bool {
+        self.journal.records.contains(&id)
     }
 
     /// Committed line `id`, without its newline.
@@ -509,7 +544,7 @@ impl Store {
 
     /// Buffers an amendment or a deletion of an entry: a line of its own,
     /// after everything, the entry's line untouched (append-only).
-    pub(crate) fn append_record(
+    pub fn append_record(
         &mut self,
         text: &str,
         req: Option<&str>,
@@ -522,23 +557,23 @@ impl Store {
     /// Saves the index beside the diary (`FILE.index`) for a quick next
     /// start. Only at a clean stop: everything written durable, the file at
     /// the path the one written, and as long as it was written.
-    pub(crate) fn save_index(&self) -> io::Result<()> {
+    pub fn save_index(&self) -> io::Result<()> {
         let settled = !self.has_pending()
-            && self.durable == self.written()
+            && self.flush.durable == self.written()
             && self.committed == self.index.len()
-            && self.lost.is_none()
+            && self.watched.lost.is_none()
             && self.disk.is_the_file();
         if !settled {
             return Err(io::Error::other("the diary has writes not yet durable"));
         }
         let file = File::open(&self.path)?;
         let meta = file.metadata()?;
-        if (meta.dev(), meta.ino()) != self.held || meta.len() != self.committed_len {
+        if (meta.dev(), meta.ino()) != self.watched.held || meta.len() != self.committed_len {
             return Err(io::Error::other(
                 "the file at the path is not the one written",
             ));
         }
-        let mut records: Vec<u64> = self.records.iter().copied().collect();
+        let mut records: Vec<u64> = self.journal.records.iter().copied().collect();
         records.sort_unstable();
         saved_index::save(
             &self.path,
@@ -561,7 +596,7 @@ impl Store {
 
     /// Why writes are refused, if they are.
     pub fn lost(&self) -> Option<&Lost> {
-        self.lost.as_ref()
+        self.watched.lost.as_ref()
     }
 
     /// Buffers a new entry; it is stored by the next [`Store::commit`].
@@ -572,19 +607,14 @@ impl Store {
     }
 
     /// As [`Store::append`], recording who wrote it (`by=`).
-    pub(crate) fn append_by(
-        &mut self,
-        text: &str,
-        req: Option<&str>,
-        by: Option<&str>,
-    ) -> Appended<'_> {
+    pub fn append_by(&mut self, text: &str, req: Option<&str>, by: Option<&str>) -> Appended<'_> {
         self.append_entry(text, req, by, None, None)
     }
 
     /// Buffers an entry from elsewhere with its own time (RFC 3339, kept as
     /// written) and author, marked `imported=IMPORTER` (`-`: unknown).
     /// Times need not be in order: the index is built for that.
-    pub(crate) fn append_imported(
+    pub fn append_imported(
         &mut self,
         text: &str,
         req: Option<&str>,
@@ -619,12 +649,18 @@ impl Store {
         let millis = match imported {
             Some((time, millis, _)) => {
                 // The next entry of the batch formats its own time again.
-                self.cached_stamp = (i64::MIN, time.to_string());
+                self.cached_stamp = StampCache {
+                    millis: i64::MIN,
+                    text: time.to_string(),
+                };
                 millis
             }
             None => {
-                if self.cached_stamp.0 != millis {
-                    self.cached_stamp = (millis, entry::format_timestamp(millis));
+                if self.cached_stamp.millis != millis {
+                    self.cached_stamp = StampCache {
+                        millis,
+                        text: entry::format_timestamp(millis),
+                    };
                 }
                 millis
             }
@@ -654,7 +690,7 @@ impl Store {
         }
         entry::encode_line_digits(
             id_text,
-            &self.cached_stamp.1,
+            &self.cached_stamp.text,
             text,
             &self.attrs,
             &mut self.pending,
@@ -663,7 +699,7 @@ impl Store {
         Appended {
             id,
             id_text,
-            timestamp: &self.cached_stamp.1,
+            timestamp: &self.cached_stamp.text,
         }
     }
 
@@ -689,7 +725,7 @@ impl Store {
         stamp
     }
 
-    pub(crate) fn has_pending(&self) -> bool {
+    pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }
 
@@ -711,10 +747,11 @@ impl Store {
     /// small: then it keeps growing until the flush returns, so that each
     /// flush covers as many writes as came during the one before (fewer,
     /// larger writes; the loop serves meanwhile). Whether it was written.
-    pub(crate) fn commit_when_due(&mut self) -> Result<bool, CommitError> {
+    pub fn commit_when_due(&mut self) -> Result<bool, CommitError> {
         const SMALL: usize = 64 * 1024;
         if self.pending.is_empty()
-            || (self.syncer.as_ref().is_some_and(Syncer::in_flight) && self.pending.len() < SMALL)
+            || (self.flush.syncer.as_ref().is_some_and(Syncer::in_flight)
+                && self.pending.len() < SMALL)
         {
             return Ok(false);
         }
@@ -726,12 +763,12 @@ impl Store {
         if let Err(error) = self.check_file() {
             return Err(self.forget_batch(error));
         }
-        let earlier_sync = if self.sync_failed {
+        let earlier_sync = if self.flush.sync_failed {
             self.sync_now()
         } else {
             Ok(())
         };
-        let off_the_loop = self.syncer.is_some();
+        let off_the_loop = self.flush.syncer.is_some();
         let result = earlier_sync
             .and_then(|()| self.disk.append(&self.pending))
             .and_then(|()| {
@@ -739,7 +776,7 @@ impl Store {
                     FsyncPolicy::Always if off_the_loop => {}
                     FsyncPolicy::Always => self.disk.sync()?,
                     FsyncPolicy::Interval => {
-                        self.unsynced_since.get_or_insert_with(Instant::now);
+                        self.flush.unsynced_since.get_or_insert_with(Instant::now);
                     }
                     FsyncPolicy::Never => {}
                 }
@@ -754,7 +791,7 @@ impl Store {
                 if off_the_loop {
                     self.start_sync();
                 } else {
-                    self.durable = self.written();
+                    self.flush.durable = self.written();
                 }
                 Ok(())
             }
@@ -773,21 +810,22 @@ impl Store {
         CommitError { first_lost, error }
     }
 
-    /// Entries, bytes and lines written to the file.
-    fn written(&self) -> (usize, u64, u64) {
-        (self.committed, self.committed_len, self.lines)
+    /// How far the file is written.
+    fn written(&self) -> FileMark {
+        FileMark {
+            entries: self.committed,
+            bytes: self.committed_len,
+            lines: self.lines,
+        }
     }
 
     /// For policy `always`: flushes run on a thread of their own from now
     /// on, and `waker` wakes the loop when one returns. Writes of a batch
     /// are then durable only once [`Store::durable`] covers them.
-    pub(crate) fn flush_off_the_loop(
-        &mut self,
-        waker: std::sync::Arc<mio::Waker>,
-    ) -> io::Result<()> {
+    pub fn flush_off_the_loop(&mut self, waker: std::sync::Arc<mio::Waker>) -> io::Result<()> {
         if self.policy == FsyncPolicy::Always {
-            self.syncer = Some(Syncer::start(self.disk.sync_handle()?, waker.clone())?);
-            self.waker = Some(waker);
+            self.flush.syncer = Some(Syncer::start(self.disk.sync_handle()?, waker.clone())?);
+            self.flush.waker = Some(waker);
         }
         Ok(())
     }
@@ -795,25 +833,25 @@ impl Store {
     /// Entries that have reached the disk as the policy promises; with
     /// flushes off the loop, fewer than [`Store::len`] while one runs.
     pub fn durable(&self) -> u64 {
-        self.durable.0 as u64
+        self.flush.durable.entries as u64
     }
 
     /// Asks for a flush of what was written, unless one is in flight (its
     /// return asks again).
     fn start_sync(&mut self) {
         let target = self.written();
-        if let Some(syncer) = &mut self.syncer
+        if let Some(syncer) = &mut self.flush.syncer
             && !syncer.in_flight()
-            && target.0 > self.durable.0
+            && target.entries > self.flush.durable.entries
         {
-            self.sync_target = target;
+            self.flush.sync_target = target;
             syncer.request();
         }
     }
 
     /// Takes in a flush that returned, if one has.
-    pub(crate) fn poll_sync(&mut self) {
-        if let Some(result) = self.syncer.as_mut().and_then(Syncer::try_result) {
+    pub fn poll_sync(&mut self) {
+        if let Some(result) = self.flush.syncer.as_mut().and_then(Syncer::try_result) {
             self.sync_returned(result);
         }
     }
@@ -821,15 +859,15 @@ impl Store {
     fn sync_returned(&mut self, result: io::Result<()>) {
         match result {
             Ok(()) => {
-                self.durable = self.sync_target;
+                self.flush.durable = self.flush.sync_target;
                 self.start_sync();
             }
             Err(error) => {
                 // As after any failed fdatasync: what it covered may be
                 // gone, so cut back to what is known durable, and take no
                 // write until a flush succeeds.
-                self.sync_failed = true;
-                let _ = self.disk.truncate(self.durable.1);
+                self.flush.sync_failed = true;
+                let _ = self.disk.truncate(self.flush.durable.bytes);
                 self.lose_unsynced(error);
             }
         }
@@ -838,9 +876,13 @@ impl Store {
     /// Forgets every entry not yet durable, pending ones included, and
     /// records the loss for the acks that wait on them.
     fn lose_unsynced(&mut self, error: io::Error) {
-        let (count, len, lines) = self.durable;
+        let FileMark {
+            entries: count,
+            bytes: len,
+            lines,
+        } = self.flush.durable;
         if self.index.len() > count {
-            self.losses.push(Loss {
+            self.flush.losses.push(Loss {
                 first_lost: count as u64 + 1,
                 error,
             });
@@ -854,17 +896,17 @@ impl Store {
     }
 
     /// The losses since the last call, oldest first.
-    pub(crate) fn take_losses(&mut self) -> Vec<Loss> {
-        std::mem::take(&mut self.losses)
+    pub fn take_losses(&mut self) -> Vec<Loss> {
+        std::mem::take(&mut self.flush.losses)
     }
 
     /// For policy `interval`: how long until written data is due for its flush.
-    pub(crate) fn sync_deadline(&self) -> Option<Instant> {
-        self.unsynced_since.map(|t| t + SYNC_INTERVAL)
+    pub fn sync_deadline(&self) -> Option<Instant> {
+        self.flush.unsynced_since.map(|t| t + SYNC_INTERVAL)
     }
 
     /// For policy `interval`: flushes if the deadline has passed.
-    pub(crate) fn sync_if_due(&mut self, now: Instant) -> io::Result<()> {
+    pub fn sync_if_due(&mut self, now: Instant) -> io::Result<()> {
         match self.sync_deadline() {
             Some(deadline) if now >= deadline => self.sync_now(),
             _ => Ok(()),
@@ -873,15 +915,15 @@ impl Store {
 
     /// Flushes whatever was written (used at shutdown whatever the policy).
     /// Until a flush succeeds after one failed, every commit fails.
-    pub(crate) fn sync_now(&mut self) -> io::Result<()> {
-        self.unsynced_since = None;
-        if let Some(result) = self.syncer.as_mut().and_then(Syncer::wait) {
+    pub fn sync_now(&mut self) -> io::Result<()> {
+        self.flush.unsynced_since = None;
+        if let Some(result) = self.flush.syncer.as_mut().and_then(Syncer::wait) {
             self.sync_returned(result);
         }
         let result = self.disk.sync();
-        self.sync_failed = result.is_err();
+        self.flush.sync_failed = result.is_err();
         if result.is_ok() {
-            self.durable = self.written();
+            self.flush.durable = self.written();
         }
         result
     }
@@ -904,12 +946,12 @@ impl Store {
     /// `millis` (len + 1 if none): none before it is. Times need not be in
     /// order, so entries from it on must still be checked with
     /// [`Store::millis_of`].
-    pub(crate) fn first_at_or_after(&self, millis: i64) -> u64 {
+    pub fn first_at_or_after(&self, millis: i64) -> u64 {
         self.index.first_candidate(millis, self.committed)
     }
 
     /// The time of committed entry `id`.
-    pub(crate) fn millis_of(&self, id: u64) -> i64 {
+    pub fn millis_of(&self, id: u64) -> i64 {
         self.index.millis[(id - 1) as usize]
     }
 
@@ -924,14 +966,14 @@ impl Store {
 
     /// Size in bytes of the committed entries `first..end` (ids, end
     /// exclusive), with any other lines among them.
-    pub(crate) fn span_len(&self, first: u64, end: u64) -> u64 {
+    pub fn span_len(&self, first: u64, end: u64) -> u64 {
         self.offset_of(end) - self.offset_of(first)
     }
 
     /// The first entry after `first` at least `bytes` further into the
     /// file (the end of the committed entries if none is): where a scan
     /// that may read only so much stops.
-    pub(crate) fn id_after_bytes(&self, first: u64, bytes: u64) -> u64 {
+    pub fn id_after_bytes(&self, first: u64, bytes: u64) -> u64 {
         let end = self.len() + 1;
         if first >= end {
             return end;
@@ -944,7 +986,7 @@ impl Store {
     /// The first of the entries before `end` that take up at most `bytes`
     /// of the file (at least one entry, if there is one): where a scan back
     /// from `end` that may read only so much stops.
-    pub(crate) fn id_before_bytes(&self, end: u64, bytes: u64) -> u64 {
+    pub fn id_before_bytes(&self, end: u64, bytes: u64) -> u64 {
         let end = end.min(self.len() + 1);
         if end <= 1 {
             return 1;
@@ -984,7 +1026,7 @@ impl Store {
 
     /// Calls `f` with each committed entry `first..end` (end exclusive),
     /// newest first, line without its newline, until it breaks.
-    pub(crate) fn for_each_rev(
+    pub fn for_each_rev(
         &self,
         first: u64,
         end: u64,
@@ -1042,7 +1084,7 @@ impl Store {
 
     /// Calls `f` with each committed entry `first..end`, oldest first, line
     /// with its newline, reading at most about `chunk` bytes at a time.
-    pub(crate) fn for_each(
+    pub fn for_each(
         &self,
         first: u64,
         end: u64,
@@ -1066,7 +1108,7 @@ impl Store {
     /// checks its own rule: a match may lie outside the text, or across an
     /// escape.) Returns the id it stopped before: `end`, or the id at which
     /// `f` broke.
-    pub(crate) fn for_each_holding(
+    pub fn for_each_holding(
         &self,
         first: u64,
         end: u64,
@@ -1104,7 +1146,7 @@ impl Store {
     /// the importer of an imported entry, otherwise its author. Only lines
     /// holding a tag are looked at, and only those fields: every line here
     /// passed the scan already.
-    pub(crate) fn recent_requests(
+    pub fn recent_requests(
         &self,
         limit: usize,
         mut f: impl FnMut((Option<&str>, &str), u64, &str),

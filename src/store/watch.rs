@@ -51,10 +51,10 @@ impl Store {
     /// diary at the path: they will not be stored. Waits for the flush in
     /// flight (of that old file) and forgets them.
     fn drop_unsynced_of_old_file(&mut self) {
-        if let Some(result) = self.syncer.as_mut().and_then(Syncer::wait) {
+        if let Some(result) = self.flush.syncer.as_mut().and_then(Syncer::wait) {
             self.sync_returned(result);
         }
-        if self.committed > self.durable.0 {
+        if self.committed > self.flush.durable.entries {
             self.lose_unsynced(io::Error::other(
                 "the diary file changed before this write reached the disk; nothing stored, \
                  send it again",
@@ -65,7 +65,7 @@ impl Store {
     /// Before a commit: the file must be the one held, as it was left.
     pub(super) fn check_file(&mut self) -> io::Result<()> {
         let changed = self.watch();
-        match &self.lost {
+        match &self.watched.lost {
             Some(lost) => Err(io::Error::other(self.describe(lost))),
             None if changed => Err(io::Error::other(
                 "the diary file changed while this write waited; nothing stored, send it again",
@@ -79,16 +79,16 @@ impl Store {
     /// diary saved over it is re-opened, anything else refuses writes until
     /// it is put right. Returns whether the index changed. Call it only
     /// with no batch pending (a commit does so itself).
-    pub(crate) fn watch(&mut self) -> bool {
+    pub fn watch(&mut self) -> bool {
         if !self.disk.is_the_file() {
             return false;
         }
-        let before = self.lost.clone();
+        let before = self.watched.lost.clone();
         let outcome = self.look();
         let changed = matches!(outcome, Ok(true));
-        self.lost = outcome.err();
-        if self.lost != before {
-            match &self.lost {
+        self.watched.lost = outcome.err();
+        if self.watched.lost != before {
+            match &self.watched.lost {
                 Some(lost) => log::error!("{}", self.describe(lost)),
                 None => log::warn!(
                     "{} is this diary again ({} entries); writes are accepted again",
@@ -109,18 +109,18 @@ impl Store {
             }
             Err(e) => return Err(Lost::Replaced(format!("cannot look at it: {e}"))),
         };
-        if (meta.dev(), meta.ino()) != self.held {
+        if (meta.dev(), meta.ino()) != self.watched.held {
             let seen = (
                 (meta.dev(), meta.ino()),
                 meta.len(),
                 (meta.mtime(), meta.mtime_nsec()),
             );
-            if let Some(refused) = self.refused.as_ref().filter(|r| r.seen == seen) {
+            if let Some(refused) = self.watched.refused.as_ref().filter(|r| r.seen == seen) {
                 return Err(refused.lost.clone());
             }
             self.drop_unsynced_of_old_file();
             return self.adopt().map(|()| true).inspect_err(|lost| {
-                self.refused = Some(Refused {
+                self.watched.refused = Some(Refused {
                     seen,
                     lost: lost.clone(),
                 });
@@ -160,7 +160,7 @@ impl Store {
             self.index.push(scan.index.offsets[i], scan.index.millis[i]);
         }
         let records = scan.records.clone();
-        let all_durable = self.durable == self.written();
+        let all_durable = self.flush.durable == self.written();
         self.committed = self.index.len();
         self.committed_len = scan.len;
         self.lines = scan.lines;
@@ -169,7 +169,7 @@ impl Store {
         if all_durable {
             // Someone else's lines: whatever their writer promised, and
             // nothing of ours waits on a flush.
-            self.durable = self.written();
+            self.flush.durable = self.written();
         } else {
             self.start_sync();
         }
@@ -244,25 +244,25 @@ impl Store {
                 edited_note(&edited)
             );
         }
-        if let Some(waker) = self.waker.clone() {
+        if let Some(waker) = self.flush.waker.clone() {
             let handle = file
                 .sync_handle()
                 .map_err(|e| Lost::Replaced(e.to_string()))?;
-            self.syncer =
+            self.flush.syncer =
                 Some(Syncer::start(handle, waker).map_err(|e| Lost::Replaced(e.to_string()))?);
         }
         self.disk = Box::new(file);
-        self.held = (meta.dev(), meta.ino());
+        self.watched.held = (meta.dev(), meta.ino());
         self.committed = scan.index.len();
         self.committed_len = scan.len;
         self.lines = scan.lines;
         self.index = scan.index;
-        self.unsynced_since = None;
-        self.durable = self.written();
-        self.refused = None;
+        self.flush.unsynced_since = None;
+        self.flush.durable = self.written();
+        self.watched.refused = None;
         // The copy's amendments and deletions are the ones that count now.
-        self.edits.clear();
-        self.records.clear();
+        self.journal.edits.clear();
+        self.journal.records.clear();
         self.note_records(&scan.records)
             .map_err(|e| Lost::Replaced(format!("cannot read it: {e}")))?;
         Ok(())
