@@ -27,6 +27,29 @@ fn keyed_server(link: &Link, dir: &Path) -> (common::Daemon, PathBuf) {
     )
 }
 
+/// `diaryd` in the server's namespace with `args`, allowing one device
+/// named `name` (all scopes); that device's credentials for it.
+fn device_server(
+    link: &Link,
+    dir: &Path,
+    name: &str,
+    args: &[&str],
+) -> (common::Daemon, diary::client::secure::Credentials) {
+    let device = diary::secure::keys::KeyPair::generate();
+    let allow = dir.join("allow");
+    std::fs::write(&allow, format!("{} {name} all\n", device.public)).unwrap();
+    let allow = ["--fsync", "never", "--allow", allow.to_str().unwrap()];
+    let server = link
+        .diaryd(&dir.join("d.log"), &[args, &allow[..]].concat())
+        .unwrap();
+    let creds = diary::client::secure::Credentials {
+        own: device,
+        server: server.key.parse().unwrap(),
+        pin: diary::client::Pin::Given,
+    };
+    (server, creds)
+}
+
 /// The server's `/stats`, asked from its own machine.
 fn stats_inside(link: &Link, port: u16) -> Vec<(String, u64)> {
     let local = SocketAddr::from(([127, 0, 0, 1], port));
@@ -323,30 +346,13 @@ fn one_address_cannot_take_every_connection_slot() {
 /// cookie; sealed replies never follow the newest source at full size.
 #[test]
 fn sealed_replies_to_an_unproven_address_keep_the_3x_rule() {
-    use diary::client::secure::{Credentials, FromServer, UdpSession};
+    use diary::client::secure::{FromServer, UdpSession};
     let Some(link) = Link::new() else {
         return;
     };
     let second = third_address(&link);
     let dir = tempfile::tempdir().unwrap();
-    let device = diary::secure::keys::KeyPair::generate();
-    let allow = dir.path().join("allow");
-    std::fs::write(&allow, format!("{} sensor all\n", device.public)).unwrap();
-    let file = dir.path().join("d.log");
-    let allow = allow.to_str().unwrap();
-    let server = link
-        .diaryd(
-            &file,
-            &[
-                "--listen",
-                "0.0.0.0:0",
-                "--fsync",
-                "never",
-                "--allow",
-                allow,
-            ],
-        )
-        .unwrap();
+    let (server, creds) = device_server(&link, dir.path(), "sensor", &["--listen", "0.0.0.0:0"]);
     let port = server.addr.port();
     link.in_server_ns(move || {
         let mut c = common::Tcp::connect(SocketAddr::from(([127, 0, 0, 1], port)));
@@ -356,11 +362,6 @@ fn sealed_replies_to_an_unproven_address_keep_the_3x_rule() {
             ));
         }
     });
-    let creds = Credentials {
-        own: device,
-        server: server.key.parse().unwrap(),
-        pin: diary::client::Pin::Given,
-    };
     let to = SocketAddr::new(link.server_ip.parse().unwrap(), port);
     let (first, first_len, moved, moved_len) = {
         let (ip, second) = (link.client_ip.clone(), second.clone());
@@ -416,21 +417,14 @@ fn sealed_replies_to_an_unproven_address_keep_the_3x_rule() {
 /// overflow count locked out everyone else.
 #[test]
 fn forged_failed_handshakes_lock_no_device_out() {
-    use diary::client::secure::{Credentials, SecureStream, UdpSession};
+    use diary::client::secure::{SecureStream, UdpSession};
     use diary::secure::noise;
     let Some(link) = Link::new() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let device = diary::secure::keys::KeyPair::generate();
-    let allow = dir.path().join("allow");
-    std::fs::write(&allow, format!("{} laptop all\n", device.public)).unwrap();
-    let file = dir.path().join("d.log");
-    let args = ["--listen", "[::]:0", "--fsync", "never", "--allow"];
-    let server = link
-        .diaryd(&file, &[&args[..], &[allow.to_str().unwrap()]].concat())
-        .unwrap();
-    let server_key: diary::secure::keys::PublicKey = server.key.parse().unwrap();
+    let (server, creds) = device_server(&link, dir.path(), "laptop", &["--listen", "[::]:0"]);
+    let server_key = creds.server;
     let port = server.addr.port();
     let to = at(&link.server_ip6, port);
     // From-spec first messages of keys nobody allowed: each costs the
@@ -467,11 +461,6 @@ fn forged_failed_handshakes_lock_no_device_out() {
         "{stats:?}"
     );
 
-    let creds = Credentials {
-        own: device,
-        server: server_key,
-        pin: diary::client::Pin::Given,
-    };
     let client_ip6 = link.client_ip6.clone();
     let (udp, tcp) = link.in_client_ns(move || {
         let opts = diary::client::Options::default();
@@ -498,38 +487,22 @@ fn forged_failed_handshakes_lock_no_device_out() {
 /// while a device's session stays.
 #[test]
 fn connections_without_a_session_give_their_slot_back() {
-    use diary::client::secure::{Credentials, SecureStream};
+    use diary::client::secure::SecureStream;
     use std::io::{BufRead, Read, Write};
     let Some(link) = Link::new() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let device = diary::secure::keys::KeyPair::generate();
-    let allow = dir.path().join("allow");
-    std::fs::write(&allow, format!("{} laptop all\n", device.public)).unwrap();
-    let file = dir.path().join("d.log");
     let args = [
         "--listen",
         "0.0.0.0:0",
-        "--fsync",
-        "never",
         "--login-grace",
         "1",
         "--idle-timeout",
         "3",
     ];
-    let server = link
-        .diaryd(
-            &file,
-            &[&args[..], &["--allow", allow.to_str().unwrap()]].concat(),
-        )
-        .unwrap();
+    let (server, creds) = device_server(&link, dir.path(), "laptop", &args);
     let to = SocketAddr::new(link.server_ip.parse().unwrap(), server.addr.port());
-    let creds = Credentials {
-        own: device,
-        server: server.key.parse().unwrap(),
-        pin: diary::client::Pin::Given,
-    };
     // A first message of the device's, as if captured and replayed.
     let replayed = {
         let mut hs = diary::secure::noise::initiator(&creds.own, &creds.server);

@@ -434,22 +434,7 @@ fn a_revoked_device_is_refused_after_sighup_and_its_sessions_end() {
     std::fs::write(&allow, both[0].clone() + "\n").unwrap();
     server.signal(libc::SIGHUP);
     // The follow session is closed; its reconnection is refused, and it stops.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = follower.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the follower was not cut off");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(!status.success());
-    let mut stderr = String::new();
-    follower
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = cut_off(&mut follower, Duration::from_secs(10));
     assert!(stderr.contains("device key not allowed"), "{stderr}");
     for proto in ["udp", "tcp"] {
         let out = lost.run(&link, &addr, &["--proto", proto, "write", "after"]);
@@ -728,25 +713,7 @@ fn a_follow_ends_at_once_when_sighup_takes_its_scope() {
     )
     .unwrap();
     server.signal(libc::SIGHUP);
-    let cut = Instant::now();
-    let status = loop {
-        if let Some(status) = follower.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            cut.elapsed() < Duration::from_secs(5),
-            "the follow went on after its scope was taken"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(!status.success());
-    let mut stderr = String::new();
-    follower
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = cut_off(&mut follower, Duration::from_secs(5));
     assert!(stderr.contains("phone may not follow"), "{stderr}");
     let out = desk.run(&link, &addr, &["write", "after the cut"]);
     assert!(out.status.success(), "{out:?}");
@@ -760,4 +727,26 @@ fn a_follow_ends_at_once_when_sighup_takes_its_scope() {
     // It may still write and read.
     let out = phone.run(&link, &addr, &["write", "from the phone"]);
     assert!(out.status.success(), "{out:?}");
+}
+
+/// Waits for a follower to be cut off (to exit, and not with success),
+/// at most `within`; what it said on stderr.
+fn cut_off(follower: &mut Child, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = follower.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the follower was not cut off");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let mut stderr = String::new();
+    follower
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    stderr
 }

@@ -95,22 +95,20 @@ impl Default for Throttle {
 
 /// Logs a warning through `throttle`, noting what it held back.
 pub(crate) fn warn_throttled(throttle: &mut Throttle, message: std::fmt::Arguments) {
-    if let Some(held) = throttle.allow(Instant::now()) {
-        if held > 0 {
-            log::warn!("{message} ({held} more like it held back)");
-        } else {
-            log::warn!("{message}");
-        }
-    }
+    log_throttled(log::Level::Warn, throttle, message);
 }
 
-/// As [`warn_throttled`], at info level.
-pub(crate) fn info_throttled(throttle: &mut Throttle, message: std::fmt::Arguments) {
+/// Logs `message` at `level` through `throttle`, noting what it held back.
+pub(crate) fn log_throttled(
+    level: log::Level,
+    throttle: &mut Throttle,
+    message: std::fmt::Arguments,
+) {
     if let Some(held) = throttle.allow(Instant::now()) {
         if held > 0 {
-            log::info!("{message} ({held} more like it held back)");
+            log::log!(level, "{message} ({held} more like it held back)");
         } else {
-            log::info!("{message}");
+            log::log!(level, "{message}");
         }
     }
 }

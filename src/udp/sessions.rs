@@ -199,7 +199,8 @@ impl UdpSessions {
                     gate.failed(Over::Udp, from.ip(), now);
                     log::info!("UDP handshake from {from} refused: {}", why.words());
                 } else {
-                    crate::server::logging::info_throttled(
+                    crate::server::logging::log_throttled(
+                        log::Level::Info,
                         &mut self.refusal_log,
                         format_args!("UDP handshake from {from} refused: {}", why.words()),
                     );
