@@ -379,26 +379,10 @@ impl Client {
         let mut why = Silence::Quiet;
         while attempts <= self.opts.retries && Instant::now() < deadline {
             attempts += 1;
-            let socket = self.udp.as_ref().expect("made above");
-            let datagram = match &self.creds {
-                Some(creds) => {
-                    if self
-                        .udp_session
-                        .as_ref()
-                        .is_none_or(UdpSession::needs_renewal)
-                    {
-                        self.udp_session = Some(UdpSession::handshake(
-                            socket, creds, &self.opts, addr, deadline,
-                        )?);
-                    }
-                    // A new nonce for each try: the server opens each once.
-                    let session = self.udp_session.as_mut().expect("made above");
-                    session.seal(message.as_bytes())
-                }
-                None => message.as_bytes().to_vec(),
-            };
+            let datagram = self.udp_datagram(&message, deadline)?;
             // A refused send (nothing listening yet) is retried like a lost one.
-            let _ = socket.send(&datagram);
+            // The socket is named at each use: reading the reply borrows `self`.
+            let _ = self.udp.as_ref().expect("made above").send(&datagram);
             let last = attempts > self.opts.retries;
             let until = if last {
                 deadline
@@ -409,8 +393,12 @@ impl Client {
                 .checked_duration_since(Instant::now())
                 .filter(|d| !d.is_zero())
             {
-                socket.set_read_timeout(Some(left)).map_err(io_err)?;
-                let n = match socket.recv(&mut self.buf) {
+                self.udp
+                    .as_ref()
+                    .expect("made above")
+                    .set_read_timeout(Some(left))
+                    .map_err(io_err)?;
+                let n = match self.udp.as_ref().expect("made above").recv(&mut self.buf) {
                     Ok(n) => n,
                     Err(e)
                         if matches!(
@@ -428,22 +416,14 @@ impl Client {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(io_err(e)),
                 };
-                let text = match (&self.creds, &mut self.udp_session) {
-                    (Some(creds), Some(session)) => match session.open(&self.buf[..n]) {
-                        FromServer::Plain(plain) => String::from_utf8_lossy(&plain).into_owned(),
-                        FromServer::Ignored => continue,
-                        FromServer::Refused(Some(crate::secure::noise::Refusal::NoSession)) => {
-                            // Expired, or the server restarted: a new
-                            // session, and the same tagged request again.
-                            self.udp_session = None;
-                            attempts -= 1;
-                            break;
-                        }
-                        FromServer::Refused(why) => {
-                            return Err(secure::refusal_error(why, &self.opts, addr, creds));
-                        }
-                    },
-                    _ => String::from_utf8_lossy(&self.buf[..n]).into_owned(),
+                let text = match self.udp_heard(n)? {
+                    Heard::Text(text) => text,
+                    Heard::Nothing => continue,
+                    Heard::NewSession => {
+                        // The same tagged request again, on a new session.
+                        attempts -= 1;
+                        break;
+                    }
                 };
                 let mut lines = text.lines();
                 let first = lines.next().unwrap_or_default();
@@ -480,6 +460,46 @@ impl Client {
             waited: started.elapsed(),
             attempts,
             why,
+        })
+    }
+
+    /// The datagram for one try of `message`: sealed with a new nonce (the
+    /// server opens each once), on a session made or renewed first.
+    fn udp_datagram(&mut self, message: &str, deadline: Instant) -> Result<Vec<u8>, ClientError> {
+        let Some(creds) = &self.creds else {
+            return Ok(message.as_bytes().to_vec());
+        };
+        if self
+            .udp_session
+            .as_ref()
+            .is_none_or(UdpSession::needs_renewal)
+        {
+            let socket = self.udp.as_ref().expect("made by udp_request");
+            let session = UdpSession::handshake(socket, creds, &self.opts, self.addr, deadline)?;
+            self.udp_session = Some(session);
+        }
+        let session = self.udp_session.as_mut().expect("made above");
+        Ok(session.seal(message.as_bytes()))
+    }
+
+    /// What the `n` bytes received in `buf` say.
+    fn udp_heard(&mut self, n: usize) -> Result<Heard, ClientError> {
+        let (Some(creds), Some(session)) = (&self.creds, &mut self.udp_session) else {
+            return Ok(Heard::Text(
+                String::from_utf8_lossy(&self.buf[..n]).into_owned(),
+            ));
+        };
+        Ok(match session.open(&self.buf[..n]) {
+            FromServer::Plain(plain) => Heard::Text(String::from_utf8_lossy(&plain).into_owned()),
+            FromServer::Ignored => Heard::Nothing,
+            FromServer::Refused(Some(crate::secure::noise::Refusal::NoSession)) => {
+                // Expired, or the server restarted.
+                self.udp_session = None;
+                Heard::NewSession
+            }
+            FromServer::Refused(why) => {
+                return Err(secure::refusal_error(why, &self.opts, self.addr, creds));
+            }
         })
     }
 
@@ -594,6 +614,15 @@ impl Client {
             }),
         }
     }
+}
+
+/// What a datagram from the server was, to a UDP request.
+enum Heard {
+    Text(String),
+    /// Not for this session, a replay, or garbage.
+    Nothing,
+    /// The server has no such session: make a new one and ask again.
+    NewSession,
 }
 
 /// What one TCP exchange gave.
