@@ -681,7 +681,9 @@ impl Store {
         }
         if let Some((_, _, importer)) = imported {
             let importer = importer.filter(|n| entry::is_author_name(n)).unwrap_or("-");
-            self.attrs.push_str("\timported=");
+            self.attrs.push('\t');
+            self.attrs.push_str(entry::IMPORTED);
+            self.attrs.push('=');
             self.attrs.push_str(importer);
         }
         if let Some(record) = record {
@@ -1163,13 +1165,10 @@ impl Store {
             };
             let timestamp = memchr::memchr(b'\t', line).and_then(|tab| field(tab + 1));
             let tag = finder.find(line).and_then(|at| field(at + TAG.len()));
-            let attr = |key: &[u8]| {
-                let at = line.windows(key.len()).rposition(|w| w == key)?;
-                field(at + key.len())
-            };
-            let writer = match attr(b"\timported=") {
+            let attrs = entry::stored_text_and_attrs(line).map_or("", |(_, attrs)| attrs);
+            let writer = match entry::attr_in(attrs, entry::IMPORTED) {
                 Some(importer) => Some(importer).filter(|&i| i != "-"),
-                None => attr(b"\tby="),
+                None => entry::author_in(attrs),
             };
             if let (Some(tag), Some(timestamp)) = (tag, timestamp) {
                 f((writer, tag), id, timestamp);
