@@ -68,7 +68,9 @@ pub(crate) fn credentials(
         .parse::<SocketAddr>()
         .is_err()
         .then_some(&opts.server);
-    for name in std::iter::once(&resolved).chain(by_name) {
+    // The spelling typed comes second: it is a host name's pin, or one an
+    // older version kept under a spelling of an address.
+    for name in [&resolved, &opts.server] {
         if let Some((server, line)) = keys::pinned_key(file, name).map_err(ClientError::Key)? {
             return Ok(Some(Credentials {
                 own,
@@ -76,14 +78,6 @@ pub(crate) fn credentials(
                 pin: Pin::File(file.clone(), line),
             }));
         }
-    }
-    // A pin older versions made under a spelling of an address.
-    if let Some((server, line)) = keys::pinned_key(file, &opts.server).map_err(ClientError::Key)? {
-        return Ok(Some(Credentials {
-            own,
-            server,
-            pin: Pin::File(file.clone(), line),
-        }));
     }
     let server = fetch_server_key(opts, addr)?;
     for name in std::iter::once(&resolved).chain(by_name) {
