@@ -130,20 +130,9 @@ impl Display {
         self.fit_ids(e.id);
         let time = self.time(&e.time);
         let prefix = format!("{:>width$}  {time}  ", e.id, width = self.id_width);
-        // An imported entry's author is only what the import said: who
-        // imported it is always shown with it.
-        let importer = match e.imported_by.as_deref() {
-            Some("-") => Some("imported".to_string()),
-            Some(by) => Some(format!("imported by {}", printable(by))),
-            None => None,
-        };
-        let prefix = match (&e.author, importer) {
-            (Some(author), Some(importer)) => {
-                format!("{prefix}[{}, {importer}] ", printable(author))
-            }
-            (Some(author), None) => format!("{prefix}[{}] ", printable(author)),
-            (None, Some(importer)) => format!("{prefix}[{importer}] "),
-            (None, None) => prefix,
+        let prefix = match byline(e) {
+            Some(by) => format!("{prefix}[{by}] "),
+            None => prefix,
         };
         let prefix = match (e.amends, e.deletes) {
             (Some(n), _) => format!("{prefix}(#{n} now reads) "),
@@ -206,6 +195,22 @@ impl Display {
         }
         out.write_all(b"\n")?;
         Ok(true)
+    }
+}
+
+/// Who an entry is by, as people read it, escaped: its author, and for an
+/// imported entry who imported it, always (the author is only what the
+/// import said). `None` when neither is known.
+pub fn byline(e: &Entry) -> Option<String> {
+    let importer = match e.imported_by.as_deref() {
+        Some("-") => Some("imported".to_string()),
+        Some(by) => Some(format!("imported by {}", printable(by))),
+        None => None,
+    };
+    match (&e.author, importer) {
+        (Some(author), Some(importer)) => Some(format!("{}, {importer}", printable(author))),
+        (Some(author), None) => Some(printable(author).into_owned()),
+        (None, importer) => importer,
     }
 }
 

@@ -1029,18 +1029,9 @@ fn export(
             day = date.to_string();
             writeln!(out, "\n## {day}\n")?;
         }
-        let by = match (&entry.author, entry.imported_by.as_deref()) {
-            (Some(a), Some("-")) => format!(" ({}, imported)", display::printable(a)),
-            (Some(a), Some(i)) => format!(
-                " ({}, imported by {})",
-                display::printable(a),
-                display::printable(i)
-            ),
-            (Some(a), None) => format!(" ({})", display::printable(a)),
-            (None, Some("-")) => " (imported)".to_string(),
-            (None, Some(i)) => format!(" (imported by {})", display::printable(i)),
-            (None, None) => String::new(),
-        };
+        let by = display::byline(&entry)
+            .map(|by| format!(" ({by})"))
+            .unwrap_or_default();
         // Continuation lines indented, so they stay in the item.
         let text = display::printable(&entry.text).replace('\n', "\n  ");
         writeln!(out, "- **{clock}**{by} {text}")
