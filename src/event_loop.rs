@@ -1,8 +1,8 @@
 //! The server's loop: one thread, one `mio::Poll`, and the order of each
 //! iteration, as Redis's `beforeSleep` keeps it:
 //!
-//! poll → serve UDP → serve TCP → commit → patch acks → feed followers →
-//! sweep (once a second) → flush → reap.
+//! poll → serve UDP → serve TCP and web → commit → patch acks → feed
+//! followers → sweep (once a second) → flush → reap.
 //!
 //! Every reply is only queued until the commit that makes it true; a
 //! failed commit's acks are patched into errors before the flush; and no
@@ -12,11 +12,13 @@
 //! only calls them in order.
 
 use crate::server::access::gatekeeper::{Gatekeeper, SharedGate};
+use crate::server::access::web_sessions::WebSessions;
 use crate::server::service::{AckSite, Service};
 use crate::server::state::ServerState;
 use crate::store::Store;
 use crate::tcp::{self, TcpSide};
 use crate::udp::UdpSide;
+use crate::web::{self, WebSide};
 use mio::net::{TcpListener, UdpSocket};
 use mio::{Events, Poll, Token, Waker};
 use std::io;
@@ -31,6 +33,7 @@ const UDP: Token = Token(usize::MAX - 1);
 const LISTENER: Token = Token(usize::MAX - 2);
 const WAKER: Token = Token(usize::MAX - 3);
 const SIGNALS: Token = Token(usize::MAX - 4);
+const WEB_LISTENER: Token = Token(usize::MAX - 5);
 
 /// Stops a running [`Server`] from another thread (tests) or a signal.
 #[derive(Clone)]
@@ -50,6 +53,9 @@ pub struct Server {
     poll: Poll,
     udp: UdpSide,
     tcp: TcpSide,
+    /// With `--web`: the page and its API.
+    web: Option<WebSide>,
+    limits: Limits,
     shared: ServerState,
     local_addr: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -86,6 +92,7 @@ impl Server {
         let gate = gate.shared();
         let mut udp = UdpSide::new(socket, UDP, &limits, gate.clone());
         let mut tcp = TcpSide::new(listener, &limits, gate.clone());
+        let kept_limits = limits.clone();
         tcp.register_listener(poll.registry(), LISTENER)?;
         udp.register(poll.registry())?;
         let mut shared = ServerState::new(store, limits.replay_memory);
@@ -94,6 +101,8 @@ impl Server {
             poll,
             udp,
             tcp,
+            web: None,
+            limits: kept_limits,
             shared,
             local_addr,
             stop: Arc::new(AtomicBool::new(false)),
@@ -106,6 +115,26 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Serves the web page on `addr` too, keeping browser sessions in
+    /// `sessions_file`; returns the address bound and a one-time login URL.
+    pub fn serve_web(
+        &mut self,
+        addr: SocketAddr,
+        sessions_file: std::path::PathBuf,
+    ) -> Result<(SocketAddr, String), String> {
+        let listener = tcp::listen(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        let base = format!("http://{bound}");
+        let mut sessions = WebSessions::open(sessions_file, base)?;
+        let url = sessions.login_url(None);
+        self.gate.lock().enable_web(sessions);
+        let mut side = WebSide::new(listener, &self.limits, self.gate.clone());
+        side.register_listener(self.poll.registry(), WEB_LISTENER)
+            .map_err(|e| e.to_string())?;
+        self.web = Some(side);
+        Ok((bound, url))
     }
 
     pub fn stop_handle(&self) -> StopHandle {
@@ -149,11 +178,24 @@ impl Server {
                     LISTENER => self.tcp.accept(self.poll.registry(), self.shared.stats()),
                     WAKER => {}
                     SIGNALS => self.on_signal(),
+                    WEB_LISTENER => {
+                        if let Some(web) = &mut self.web {
+                            web.accept(self.poll.registry(), self.shared.stats());
+                        }
+                    }
+                    Token(key) if key >= web::TOKEN_BASE => {
+                        if let Some(web) = &mut self.web {
+                            web.on_event(key - web::TOKEN_BASE, event, &mut self.shared);
+                        }
+                    }
                     Token(key) => self.tcp.on_event(key, event, &mut self.shared),
                 }
             }
             self.udp.serve(&mut self.shared);
             self.tcp.serve_resumed(&mut self.shared);
+            if let Some(web) = &mut self.web {
+                web.serve_resumed(&mut self.shared);
+            }
             self.end_iteration();
         }
         self.shut_down();
@@ -181,16 +223,27 @@ impl Server {
     /// Re-reads the allow file; a removed device's sessions end before
     /// anything else is read. A bad file keeps the old list.
     pub(crate) fn reload_allow_file(&mut self) {
-        match self.gate.lock().reload() {
-            Ok(devices) => log::info!("allow file re-read: {devices} devices allowed"),
-            Err(e) => log::error!("{e}; still allowing the devices of the previous allow file"),
+        let mut gate = self.gate.lock();
+        if gate.has_allow_file() {
+            match gate.reload() {
+                Ok(devices) => log::info!("allow file re-read: {devices} devices allowed"),
+                Err(e) => log::error!("{e}; still allowing the devices of the previous allow file"),
+            }
         }
+        if let Some(sessions) = gate.web_sessions_mut() {
+            match sessions.reload() {
+                Ok(n) => log::info!("web sessions re-read: {n} browsers logged in"),
+                Err(e) => log::error!("{e}; keeping the web sessions known before"),
+            }
+        }
+        drop(gate);
         self.udp.sweep(Instant::now(), self.shared.stats());
         self.tcp.check_sessions();
     }
 
     fn poll_timeout(&self) -> Duration {
-        if self.udp.has_waiting() || self.tcp.has_resumable() {
+        let web_resumable = self.web.as_ref().is_some_and(WebSide::has_resumable);
+        if self.udp.has_waiting() || self.tcp.has_resumable() || web_resumable {
             return Duration::ZERO;
         }
         let mut timeout = Duration::from_secs(1);
@@ -205,6 +258,9 @@ impl Server {
     fn end_iteration(&mut self) {
         self.commit_and_patch();
         self.tcp.feed_followers(&mut self.shared);
+        if let Some(web) = &mut self.web {
+            web.feed_followers(&mut self.shared);
+        }
         let now = Instant::now();
         self.shared.sync_if_due(now);
         if now.duration_since(self.last_sweep) >= Duration::from_secs(1) {
@@ -213,6 +269,9 @@ impl Server {
                 .sweep(now, self.poll.registry(), self.shared.stats());
             self.udp.sweep(now, self.shared.stats());
             self.tcp.check_sessions();
+            if let Some(web) = &mut self.web {
+                web.sweep(now, self.poll.registry(), self.shared.stats());
+            }
             self.shared.watch_file();
         }
         let registry = self.poll.registry();
@@ -220,6 +279,10 @@ impl Server {
         self.udp.flush(registry, self.shared.stats(), settled);
         self.tcp.flush(registry, self.shared.store());
         self.tcp.reap(registry, self.shared.stats());
+        if let Some(web) = &mut self.web {
+            web.flush(registry, self.shared.store());
+            web.reap(registry, self.shared.stats());
+        }
     }
 
     /// Group commit, then every ack of a batch that failed this iteration
@@ -237,16 +300,27 @@ impl Server {
                     AckSite::Udp { slot, at, limit } => {
                         self.udp.patch_ack(slot, at, limit, &failed.line)
                     }
+                    AckSite::Web { key, request } => {
+                        if let Some(web) = &mut self.web {
+                            web.patch_ack(key, request, &failed.line);
+                        }
+                    }
                 }
             }
         }
         // Only now that failed acks say so may what waited on them go.
         self.tcp.release(self.shared.settled_batch());
+        if let Some(web) = &mut self.web {
+            web.release(self.shared.settled_batch());
+        }
     }
 
     /// Stop accepting, store what was written, answer what is queued.
     fn shut_down(&mut self) {
         self.tcp.stop_accepting(self.poll.registry());
+        if let Some(web) = &mut self.web {
+            web.stop_accepting(self.poll.registry());
+        }
         self.shared.commit();
         // The flush in flight, then one of everything written.
         self.shared.sync_now();
@@ -256,7 +330,8 @@ impl Server {
             let settled = self.shared.settled_batch();
             self.udp.send_queued(self.shared.stats(), settled);
             let tcp_left = self.tcp.flush_all();
-            if (!self.udp.has_queued() && !tcp_left) || Instant::now() >= deadline {
+            let web_left = self.web.as_mut().is_some_and(WebSide::flush_all);
+            if (!self.udp.has_queued() && !tcp_left && !web_left) || Instant::now() >= deadline {
                 break;
             }
             std::thread::sleep(Duration::from_millis(5));

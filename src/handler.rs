@@ -155,6 +155,12 @@ fn run(
             Outcome::Replied
         }
         Command::Follow { since, diary } => follow(*since, *diary, tcp, store, out),
+        Command::Web(_) => {
+            // The TCP side answers it for this machine's clients; it ends here from anywhere else.
+            let why = "web logins are managed over TCP from the server's machine (diary web-login)";
+            protocol::push_error(out, protocol::ErrorCode::TcpOnly, &why);
+            Outcome::Replied
+        }
         Command::Past { query } => {
             let tag_at = (tag, start, body);
             past(query, transport, store, stats, tag_at, out)

@@ -9,6 +9,7 @@
 //! | [`event_loop`] | the `mio::Poll`, tokens, signals, and the order of each iteration | everything below |
 //! | [`udp`] (+ `udp/`) | the UDP side: socket, batches, reply size rule, reply queue; `datagrams`, encrypted `sessions` | `server`, `store`, `secure`, `wire`, `protocol` |
 //! | [`tcp`] (+ `tcp/`) | the TCP side: listener, connections, streams; `framing`, `follow`, encrypted `secure` links | `server`, `store`, `secure`, `wire`, `protocol` |
+//! | [`web`] (+ `web/`) | the web side (`--web`): HTTP connections, the page's API, event streams, the embedded page | `server`, `store`, `protocol`, `tcp::follow`, `tcp::framing` |
 //! | [`handler`] | commands → replies over the store, for both transports | `server`, `store`, `wire`, `protocol` |
 //! | [`server`] | the core both sides share: state, service, replay memory, history, stats, limits, log, cookies, `access` | `handler`, `store`, `secure`, `wire`, `protocol` |
 //! | [`store`] (+ `store/`) | the file: recover, index, scan, group commit, syncer, disk seam, watch, saved index | `wire` |
@@ -29,4 +30,5 @@ pub mod server;
 pub mod store;
 pub mod tcp;
 pub mod udp;
+pub mod web;
 pub mod wire;

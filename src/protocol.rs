@@ -63,6 +63,20 @@ pub enum Command<'a> {
     Stats,
     /// UDP: a cookie proving the source address, for replies over 3x the request.
     Cookie,
+    /// The web page's logins: answered over TCP to a client on the
+    /// server's machine only (the TCP side answers it, not the handler).
+    Web(WebCommand<'a>),
+}
+
+/// `/web-login [NAME]`, `/web-logout NAME|all`, `/web-sessions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebCommand<'a> {
+    /// A one-time login URL for a browser session called NAME.
+    Login(Option<&'a str>),
+    /// Log out the browser sessions called NAME (`all`: every one).
+    Logout(&'a str),
+    /// The logged-in browsers.
+    Sessions,
 }
 
 /// Which entries `/past` selects: those after `since` and up to `until`,
@@ -393,8 +407,43 @@ fn parse_command(raw: &[u8], max_entry: usize) -> Result<Command<'_>, RequestErr
         "stats" => no_args(Command::Stats),
         "cookie" => no_args(Command::Cookie),
         "follow" => parse_follow(args),
+        "web-login" | "web-logout" | "web-sessions" => parse_web(name, args.trim()),
         _ => Err(RequestError::UnknownCommand(format!("/{name}"))),
     }
+}
+
+/// Whether a web session may be called `name`: 1 to 64 letters, digits,
+/// `-`, `_` or `.` (it is written into entries as `by=NAME`).
+pub fn valid_session_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+fn parse_web<'a>(name: &str, arg: &'a str) -> Result<Command<'a>, RequestError> {
+    let named = |usage: &str| {
+        if valid_session_name(arg) {
+            Ok(arg)
+        } else {
+            Err(RequestError::BadArgument(format!(
+                "{arg:?} is not a session name (1 to 64 letters, digits, '-', '_', '.'); usage: {usage}"
+            )))
+        }
+    };
+    let command = match name {
+        "web-login" if arg.is_empty() => WebCommand::Login(None),
+        "web-login" => WebCommand::Login(Some(named("/web-login [NAME]")?)),
+        "web-logout" => WebCommand::Logout(named("/web-logout NAME|all")?),
+        _ if arg.is_empty() => WebCommand::Sessions,
+        _ => {
+            return Err(RequestError::BadArgument(
+                "/web-sessions takes no arguments".into(),
+            ));
+        }
+    };
+    Ok(Command::Web(command))
 }
 
 fn parse_entry_id(id: &str, usage: &str) -> Result<u64, RequestError> {

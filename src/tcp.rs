@@ -9,13 +9,15 @@
 //! before the iteration's end ([`TcpSide::reap`]), so neither a patched ack
 //! nor a stale event can reach the wrong client.
 //!
-//! `tcp/` holds its line framing, its followers and its encrypted links.
+//! `tcp/` holds its line framing, its followers, its encrypted links, and
+//! the web logins it gives out.
 //! It may import `server`, `handler`, `store`, `secure`, `protocol` and
 //! `wire`; never `udp`, `event_loop` or `client`.
 
 pub(crate) mod follow;
 pub mod framing;
 pub mod secure;
+mod web_logins;
 
 use crate::protocol::{self, IdleClose};
 use crate::secure::noise;
@@ -44,11 +46,11 @@ use std::time::Instant;
 const LISTEN_BACKLOG: i32 = 4096;
 
 /// Bytes a streamed reply adds per fill.
-const STREAM_FILL: usize = 128 * 1024;
+pub(crate) const STREAM_FILL: usize = 128 * 1024;
 /// Most of the diary file a streamed reply looks at per turn of the loop
 /// (under a millisecond here): a search that matches rarely must not hold
 /// every other client for the whole file.
-const STREAM_SCAN: u64 = 1 << 20;
+pub(crate) const STREAM_SCAN: u64 = 1 << 20;
 
 /// A non-blocking TCP listener on `addr` with a deep accept queue.
 pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -549,6 +551,10 @@ impl TcpSide {
                 _ => None,
             };
             let line = conn.framer.line(range);
+            if web_logins::answer(line, conn.local, peer, &self.gate, &mut conn.out.buf) {
+                conn.framer.consume(&frame);
+                continue;
+            }
             let (outcome, reads) = answer_line(line, peer, max_entry, service, &mut conn.out.buf);
             conn.framer.consume(&frame);
             // What it read may not be durable yet: it goes out no sooner.

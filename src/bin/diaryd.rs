@@ -116,6 +116,21 @@ struct Args {
     /// encryption. Only for a network you trust entirely.
     #[arg(long, conflicts_with = "allow")]
     insecure_open: bool,
+
+    /// Also serve the diary's web page on ADDR (e.g. 127.0.0.1:8080); a
+    /// one-time login URL is printed at start, and by `diary web-login`.
+    /// Off loopback it needs HTTPS: put a reverse proxy in front.
+    #[arg(long, env = "DIARYD_WEB")]
+    web: Option<SocketAddr>,
+
+    /// Connections of the web side at once; more get 503.
+    #[arg(long, default_value_t = Limits::default().max_web_connections)]
+    web_max_connections: usize,
+
+    /// Where logged-in browsers are kept (hashes only, mode 0600);
+    /// default: the diary file's path with `.web-sessions` added.
+    #[arg(long, env = "DIARYD_WEB_SESSIONS")]
+    web_sessions: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -131,11 +146,22 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let key_path = args.key.clone().unwrap_or_else(|| {
+    if let Some(web) = args.web
+        && !web.ip().is_loopback()
+    {
+        log::error!(
+            "refusing to serve the web page on {web}: off loopback it would carry your diary \
+             and its login cookie in plaintext. Serve it on 127.0.0.1 and put an HTTPS reverse \
+             proxy in front (see README, \"Use it from a phone\"), or reach it over an SSH tunnel"
+        );
+        return ExitCode::from(2);
+    }
+    let beside_diary = |suffix: &str| {
         let mut path = args.file.clone().into_os_string();
-        path.push(".key");
+        path.push(suffix);
         PathBuf::from(path)
-    });
+    };
+    let key_path = args.key.clone().unwrap_or_else(|| beside_diary(".key"));
     let (key, made) = match diary::secure::keys::load_or_create(&key_path) {
         Ok(key) => key,
         Err(e) => {
@@ -214,6 +240,7 @@ fn main() -> ExitCode {
         follow_backlog: args.follow_backlog,
         handshakes_before_cookies: args.handshakes_before_cookies,
         handshake_work: Duration::from_millis(args.handshake_work_ms),
+        max_web_connections: args.web_max_connections.max(1),
         ..Limits::default()
     };
     let mut server = match Server::bind_with(args.listen, store, limits, gate) {
@@ -231,7 +258,21 @@ fn main() -> ExitCode {
         log::error!("cannot handle SIGINT/SIGTERM/SIGHUP: {e}");
         return ExitCode::from(1);
     }
-    raise_open_files_limit(args.max_connections);
+    let mut web_login = None;
+    if let Some(web) = args.web {
+        let sessions = args
+            .web_sessions
+            .clone()
+            .unwrap_or_else(|| beside_diary(".web-sessions"));
+        match server.serve_web(web, sessions) {
+            Ok(served) => web_login = Some(served),
+            Err(e) => {
+                log::error!("{e}; pick another address with --web");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    raise_open_files_limit(args.max_connections + args.web_max_connections);
     let path = std::fs::canonicalize(&args.file).unwrap_or(args.file.clone());
     // Scripts read the port from this line; a closed stdout must not stop the server.
     let mut stdout = std::io::stdout();
@@ -245,6 +286,15 @@ fn main() -> ExitCode {
         args.fsync,
         identity
     )
+    .and_then(|()| match &web_login {
+        // As Jupyter does: the URL to open, with a token good for one login.
+        Some((addr, url)) => writeln!(
+            stdout,
+            "web: serving the page on http://{addr}; log in once by opening {url} \
+             (valid 15 minutes; `diary web-login` makes another)"
+        ),
+        None => Ok(()),
+    })
     .and_then(|()| stdout.flush());
     match server.run() {
         Ok(()) => {

@@ -6,3 +6,4 @@
 
 pub mod allow;
 pub mod gatekeeper;
+pub mod web_sessions;

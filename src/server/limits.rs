@@ -18,6 +18,8 @@ pub struct Limits {
     /// TCP connections from one address outside this machine at once, so
     /// that one address cannot take every slot.
     pub max_per_source: usize,
+    /// Connections of the web side (`--web`) at once; more get 503.
+    pub max_web_connections: usize,
     /// Slots of `max_connections` that only this machine's clients may
     /// take (at most half): a flood from outside leaves room to reach the
     /// server locally.
@@ -65,6 +67,7 @@ impl Default for Limits {
             max_entry: 64 * 1024,
             max_connections: 10_000,
             max_per_source: 256,
+            max_web_connections: 1024,
             local_reserve: 64,
             max_output: 1024 * 1024,
             idle_timeout: Duration::from_secs(300),

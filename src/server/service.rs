@@ -56,6 +56,8 @@ pub enum AckSite {
     /// At byte `at` of the UDP reply queued as the `slot`th reply ever, a
     /// datagram of at most `limit` bytes.
     Udp { slot: u64, at: usize, limit: usize },
+    /// In the `request`th held response of web connection `key`.
+    Web { key: usize, request: u64 },
 }
 
 /// What a side may ask of the diary during one step of the loop.

@@ -13,6 +13,10 @@ pub struct Stats {
     pub udp_reads: u64,
     pub tcp_reads: u64,
     pub tcp_clients: u64,
+    /// Open connections of the web side (`--web`).
+    pub web_clients: u64,
+    /// Open web pages: event streams of logged-in browsers.
+    pub web_pages: u64,
     /// UDP source addresses heard from in the last minute.
     pub udp_sources: u64,
     pub followers: u64,
@@ -44,6 +48,8 @@ impl Default for Stats {
             udp_reads: 0,
             tcp_reads: 0,
             tcp_clients: 0,
+            web_clients: 0,
+            web_pages: 0,
             udp_sources: 0,
             followers: 0,
             dropped_followers: 0,
@@ -68,6 +74,8 @@ impl Stats {
             ("entries", entries),
             ("bytes", bytes),
             ("tcp_clients", self.tcp_clients),
+            ("web_clients", self.web_clients),
+            ("web_pages", self.web_pages),
             ("udp_clients_last_minute", self.udp_sources),
             ("followers", self.followers),
             ("dropped_followers", self.dropped_followers),

@@ -268,6 +268,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print a one-time URL that logs a browser in to the diary's web
+    /// page (diaryd --web); run it on the server's machine. The browser
+    /// session is a device called NAME (default web-XXXX).
+    WebLogin {
+        /// What to call this browser (in /stats, the log, and `by=`).
+        name: Option<String>,
+    },
+    /// Log out the browser sessions called NAME (`all`: every one).
+    WebLogout { name: String },
+    /// List the browsers logged in to the web page, with when.
+    WebSessions,
 }
 
 fn main() -> ExitCode {
@@ -283,9 +294,14 @@ fn main() -> ExitCode {
     if args.plain {
         security.mode = SecureMode::Plain;
     }
+    // Web logins are given only over TCP (from the server's machine).
+    let web = matches!(
+        args.command,
+        Some(Cmd::WebLogin { .. } | Cmd::WebLogout { .. } | Cmd::WebSessions)
+    );
     let options = Options {
         server: args.server.clone(),
-        proto: args.proto,
+        proto: if web { Proto::Tcp } else { args.proto },
         timeout: Duration::from_secs_f64(args.timeout.max(0.05)),
         retries: args.retries,
         security,
@@ -349,6 +365,15 @@ fn main() -> ExitCode {
             last,
             json,
         }) => follow(&mut client, (since, last), &filter, display, json),
+        Some(Cmd::WebLogin { name }) => {
+            let command = match name {
+                Some(name) => format!("/web-login {name}"),
+                None => "/web-login".to_string(),
+            };
+            web_command(&mut client, &command)
+        }
+        Some(Cmd::WebLogout { name }) => web_command(&mut client, &format!("/web-logout {name}")),
+        Some(Cmd::WebSessions) => web_command(&mut client, "/web-sessions"),
     };
     match result {
         Ok(code) => code,
@@ -1181,6 +1206,20 @@ fn write_exported(
 }
 
 /// `diary tags`: every #tag and its count, most used first.
+/// `diary web-login`, `web-logout`, `web-sessions`: the server's lines, printed.
+fn web_command(client: &mut Client, command: &str) -> Outcome {
+    match client.request(command)? {
+        Reply::Lines(lines) => {
+            for line in lines {
+                let line = line.strip_prefix("# ").unwrap_or(&line);
+                println!("{}", display::printable(line));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        other => refused(other),
+    }
+}
+
 fn tags(client: &mut Client) -> Outcome {
     // Counted as the entries stream in: only the counts are kept.
     let mut counts: std::collections::HashMap<String, u64> = std::collections::HashMap::new();

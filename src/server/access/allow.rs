@@ -27,6 +27,11 @@ impl Scopes {
     pub(crate) const ALL: Scopes = Scopes(31);
     pub(crate) const NONE: Scopes = Scopes(0);
 
+    /// These scopes and `other`'s.
+    pub(crate) const fn with(self, other: Scopes) -> Scopes {
+        Scopes(self.0 | other.0)
+    }
+
     pub fn contains(self, other: Scopes) -> bool {
         self.0 & other.0 == other.0
     }
@@ -40,6 +45,8 @@ impl Scopes {
             Command::Past { .. } | Command::Stats => Scopes::READ,
             Command::Follow { .. } => Scopes::FOLLOW,
             Command::Help | Command::Quit | Command::Cookie => Scopes::NONE,
+            // Logins for others: only a device that may do everything.
+            Command::Web(_) => Scopes::ALL,
         }
     }
 

@@ -8,6 +8,7 @@
 use crate::secure::keys::{KeyPair, PublicKey};
 use crate::secure::noise::{self, Refusal, STAMP_LEN};
 use crate::server::access::allow::{AllowList, Device, Scopes};
+use crate::server::access::web_sessions::{self, WebSessions};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -72,6 +73,8 @@ pub struct Gatekeeper {
     failures: FailureLimiter,
     /// Bumped by each reload, so sessions know to look again.
     generation: u64,
+    /// The web page's logins and browser sessions, with `--web`.
+    web: Option<WebSessions>,
 }
 
 impl Gatekeeper {
@@ -88,6 +91,7 @@ impl Gatekeeper {
             stamps: HashMap::new(),
             failures: FailureLimiter::default(),
             generation: 0,
+            web: None,
         })
     }
 
@@ -98,6 +102,36 @@ impl Gatekeeper {
 
     pub fn shared(self) -> SharedGate {
         SharedGate(Arc::new(Mutex::new(self)))
+    }
+
+    /// Lets browsers in through `sessions` (the web side is on).
+    pub fn enable_web(&mut self, sessions: WebSessions) {
+        self.web = Some(sessions);
+    }
+
+    pub fn web_sessions_mut(&mut self) -> Option<&mut WebSessions> {
+        self.web.as_mut()
+    }
+
+    /// The browser session a cookie's value stands for.
+    pub(crate) fn web_peer(&self, cookie: &str) -> Option<Peer> {
+        let (digest, name) = self.web.as_ref()?.session(cookie)?;
+        Some(Peer {
+            key: PublicKey(digest),
+            name,
+            scopes: web_sessions::SCOPES,
+        })
+    }
+
+    pub(crate) fn web_session_open(&self, peer: &Peer) -> bool {
+        self.web
+            .as_ref()
+            .is_some_and(|web| web.is_open(&peer.key.0))
+    }
+
+    /// Counts logouts, so that open pages are checked again.
+    pub(crate) fn web_generation(&self) -> u64 {
+        self.web.as_ref().map_or(0, WebSessions::generation)
     }
 
     pub(crate) fn public_key(&self) -> PublicKey {
@@ -121,6 +155,10 @@ impl Gatekeeper {
 
     /// Re-reads the allow file; on error the old list stays. Returns how
     /// many devices it now allows.
+    pub fn has_allow_file(&self) -> bool {
+        self.config.allow.is_some()
+    }
+
     pub fn reload(&mut self) -> Result<usize, String> {
         let Some(path) = &self.config.allow else {
             return Err("no --allow file to re-read".into());
