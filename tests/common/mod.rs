@@ -11,7 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub mod browser;
 pub mod netns;
+pub mod web;
 pub mod writers;
 
 /// A server running in a thread of the test; stopped and joined on drop.
@@ -92,6 +94,8 @@ pub struct Daemon {
     pub addr: SocketAddr,
     /// The server's public key, from its second line.
     pub key: String,
+    /// The rest of what it prints (the web login line, with `--web`).
+    pub stdout: BufReader<std::process::ChildStdout>,
 }
 
 impl Daemon {
@@ -158,7 +162,12 @@ impl Daemon {
             .expect("the server key on the second line")
             .trim()
             .to_string();
-        Ok(Daemon { child, addr, key })
+        Ok(Daemon {
+            child,
+            addr,
+            key,
+            stdout,
+        })
     }
 
     /// Stops diaryd as a service manager does (SIGTERM), waits at most
