@@ -117,24 +117,32 @@ impl Server {
         self.local_addr
     }
 
-    /// Serves the web page on `addr` too, keeping browser sessions in
-    /// `sessions_file`; returns the address bound and a one-time login URL.
+    /// Serves the web page on `addr` too (over HTTPS with `tls`), keeping
+    /// browser sessions in `sessions_file`; returns the address bound, the
+    /// page's URL and a one-time login URL. `host` names the server in URLs (default: the
+    /// address bound).
     pub fn serve_web(
         &mut self,
         addr: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        host: Option<&str>,
         sessions_file: std::path::PathBuf,
-    ) -> Result<(SocketAddr, String), String> {
+    ) -> Result<(SocketAddr, String, String), String> {
         let listener = tcp::listen(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let bound = listener.local_addr().map_err(|e| e.to_string())?;
-        let base = format!("http://{bound}");
-        let mut sessions = WebSessions::open(sessions_file, base)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let base = match host {
+            Some(host) => format!("{scheme}://{host}:{}", bound.port()),
+            None => format!("{scheme}://{bound}"),
+        };
+        let mut sessions = WebSessions::open(sessions_file, base.clone())?;
         let url = sessions.login_url(None);
         self.gate.lock().enable_web(sessions);
-        let mut side = WebSide::new(listener, &self.limits, self.gate.clone());
+        let mut side = WebSide::new(listener, &self.limits, self.gate.clone(), tls);
         side.register_listener(self.poll.registry(), WEB_LISTENER)
             .map_err(|e| e.to_string())?;
         self.web = Some(side);
-        Ok((bound, url))
+        Ok((bound, base, url))
     }
 
     pub fn stop_handle(&self) -> StopHandle {

@@ -11,6 +11,8 @@
 //! - `GET /api/events`: server-sent events fed by the follow machinery
 //!   (`tcp/follow.rs`), resumed after `Last-Event-ID`.
 //!
+//! With `--web-tls` every connection is HTTPS (rustls, `web/tls.rs`).
+//!
 //! Every connection has the TCP side's kinds of limits: how many, how big
 //! a request, how long idle, how much unread output. Nothing queued is
 //! sent before the iteration's commit, and no connection leaves the slab
@@ -22,6 +24,7 @@
 pub(crate) mod assets;
 pub(crate) mod events;
 pub(crate) mod http;
+pub mod tls;
 
 use crate::protocol::{self, Command};
 use crate::server::access::gatekeeper::{Peer, SharedGate};
@@ -36,12 +39,15 @@ use crate::tcp::follow::{Fed, Follower};
 use crate::tcp::framing::OutBuf;
 use crate::tcp::{STREAM_FILL, STREAM_SCAN};
 use http::{Body, HttpRequest, Parsed};
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Interest, Registry, Token};
+use rustls::ServerConfig;
 use slab::Slab;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tls::WebStream;
 
 /// Connection `key`'s token is `Token(TOKEN_BASE + key)`: far above any
 /// TCP connection's key, below the loop's fixed tokens.
@@ -78,7 +84,7 @@ enum State {
 }
 
 struct WebConn {
-    stream: TcpStream,
+    stream: WebStream,
     from: SocketAddr,
     input: Vec<u8>,
     out: OutBuf,
@@ -111,8 +117,8 @@ pub(crate) struct WebSide {
     conns: Slab<WebConn>,
     limits: Limits,
     gate: SharedGate,
-    /// Served over TLS: cookies are `Secure`, origins `https`.
-    tls: bool,
+    /// HTTPS (`--web-tls`): cookies are `Secure`, origins `https`.
+    tls: Option<Arc<ServerConfig>>,
     touched: Vec<usize>,
     resume: Vec<usize>,
     followers: Vec<usize>,
@@ -125,13 +131,18 @@ pub(crate) struct WebSide {
 }
 
 impl WebSide {
-    pub(crate) fn new(listener: TcpListener, limits: &Limits, gate: SharedGate) -> WebSide {
+    pub(crate) fn new(
+        listener: TcpListener,
+        limits: &Limits,
+        gate: SharedGate,
+        tls: Option<Arc<ServerConfig>>,
+    ) -> WebSide {
         WebSide {
             listener: Some(listener),
             conns: Slab::new(),
             limits: limits.clone(),
             gate,
-            tls: false,
+            tls,
             touched: Vec::new(),
             resume: Vec::new(),
             followers: Vec::new(),
@@ -204,6 +215,9 @@ impl WebSide {
             {
                 continue;
             }
+            let Ok(stream) = WebStream::new(stream, self.tls.as_ref()) else {
+                continue;
+            };
             entry.insert(WebConn {
                 stream,
                 from,
@@ -334,7 +348,7 @@ impl WebSide {
                         service: &mut *service,
                         gate: &self.gate,
                         limits: &self.limits,
-                        tls: self.tls,
+                        tls: self.tls.is_some(),
                         next_request: &mut self.next_request,
                         held: &mut self.held,
                         followers: &mut self.followers,
@@ -514,7 +528,7 @@ impl WebSide {
             return;
         }
         let before = conn.out.queued();
-        if conn.out.flush_to(&mut conn.stream).is_err() {
+        if conn.out.flush_to(&mut conn.stream).is_err() || conn.stream.flush_pending().is_err() {
             conn.dead = true;
             return;
         }
@@ -529,11 +543,11 @@ impl WebSide {
             conn.out.buf = Vec::new();
         }
         let busy = matches!(conn.state, State::Held { .. } | State::Streaming(_));
-        if queued == 0 && conn.closing && !busy {
+        if queued == 0 && conn.closing && !busy && !conn.stream.pending() {
             conn.dead = true;
             return;
         }
-        let want_writable = conn.out.sendable() > 0;
+        let want_writable = conn.out.sendable() > 0 || conn.stream.pending();
         if want_writable != conn.writable_interest {
             let interest = if want_writable {
                 Interest::READABLE | Interest::WRITABLE
@@ -541,7 +555,7 @@ impl WebSide {
                 Interest::READABLE
             };
             if registry
-                .reregister(&mut conn.stream, Token(TOKEN_BASE + key), interest)
+                .reregister(conn.stream.socket(), Token(TOKEN_BASE + key), interest)
                 .is_err()
             {
                 conn.dead = true;
@@ -571,7 +585,7 @@ impl WebSide {
             .collect();
         for key in dead {
             let mut conn = self.conns.remove(key);
-            let _ = registry.deregister(&mut conn.stream);
+            let _ = registry.deregister(conn.stream.socket());
             if let State::Events { peer, .. } = &conn.state
                 && let Some(n) = stats.device_sessions.get_mut(&peer.name)
             {
@@ -600,8 +614,11 @@ impl WebSide {
     pub(crate) fn flush_all(&mut self) -> bool {
         let mut pending = false;
         for (_, conn) in self.conns.iter_mut() {
-            if !conn.dead && conn.out.flush_to(&mut conn.stream).is_ok() {
-                pending |= conn.out.queued() > 0;
+            if !conn.dead
+                && conn.out.flush_to(&mut conn.stream).is_ok()
+                && conn.stream.flush_pending().is_ok()
+            {
+                pending |= conn.out.queued() > 0 || conn.stream.pending();
             }
         }
         pending

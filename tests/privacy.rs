@@ -750,3 +750,122 @@ fn cut_off(follower: &mut Child, within: Duration) -> String {
         .unwrap();
     stderr
 }
+
+/// A phone on the LAN: the page over HTTPS (`--web-tls`) from another
+/// machine, login, a write and the live feed, with nothing of the entry,
+/// the cookie or the login token on the wire; plain HTTP there gets no page.
+#[test]
+fn the_page_reaches_a_phone_on_the_lan_over_https_only() {
+    let Some(link) = Link::new() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, der) = common::web::self_signed(dir.path(), &[&link.server_ip]);
+    let allow = allow_file(dir.path(), &[]);
+    let web_addr = format!("{}:{}", link.server_ip, 8443);
+    let server = Server::start(
+        &link,
+        &dir.path().join("d.log"),
+        0,
+        &[
+            "--allow",
+            allow.to_str().unwrap(),
+            "--web",
+            &web_addr,
+            "--web-tls",
+            cert.to_str().unwrap(),
+            key.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let mut daemon = server.daemon;
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut daemon.stdout, &mut line).unwrap();
+    assert!(
+        line.contains(&format!("serving the page on https://{web_addr} ")),
+        "{line}"
+    );
+    let url = line
+        .split("opening ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let token = url.split_once('#').unwrap().1.to_string();
+    let Some(capture) = Capture::start(&link, dir.path().join("web.pcap")) else {
+        return;
+    };
+    let entry = "from my phone 手机上写的";
+    let to: SocketAddr = web_addr.parse().unwrap();
+    let origin = format!("https://{web_addr}");
+    let (cookie, reply, event, plain) = link.in_client_ns({
+        let (token, origin, der, ip) = (
+            token.clone(),
+            origin.clone(),
+            der.clone(),
+            link.server_ip.clone(),
+        );
+        move || {
+            use common::web::Http;
+            let mut http = Http::connect_tls(to, &ip, &der);
+            let login = http.request(
+                "POST",
+                "/api/login",
+                &[("Origin", &origin)],
+                token.as_bytes(),
+            );
+            assert_eq!(login.status, 200, "{}", login.text());
+            let cookie = login.header("set-cookie").unwrap().to_string();
+            assert!(cookie.contains("; Secure"), "{cookie}");
+            let value = cookie.split(';').next().unwrap().to_string();
+            let mut events = Http::connect_tls(to, &ip, &der);
+            events.send("GET", "/api/events", &[("Cookie", &value)], b"");
+            assert_eq!(events.head().status, 200);
+            assert_eq!(events.event().unwrap().1, "note");
+            let write = format!("/id p1 /write {entry}");
+            let reply = http.request(
+                "POST",
+                "/api",
+                &[("Origin", &origin), ("Cookie", &value)],
+                write.as_bytes(),
+            );
+            let event = events.event().unwrap().2;
+            // Plain HTTP to the HTTPS port gets no page.
+            let mut stream = TcpStream::connect(to).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut got = Vec::new();
+            let _ = stream.read_to_end(&mut got);
+            (value, reply.text(), event, got)
+        }
+    });
+    assert!(reply.contains("ok 1 "), "{reply}");
+    assert!(event.contains(entry), "{event}");
+    assert!(!contains(&plain, b"HTTP/1.1 200"), "{}", text(&plain));
+    let pcap = capture.stop();
+    assert!(
+        contains(&pcap, b"GET / HTTP/1.1"),
+        "the capture sees payloads"
+    );
+    let secret = cookie.split('=').nth(1).unwrap();
+    for needle in [
+        entry.as_bytes(),
+        "手机".as_bytes(),
+        secret.as_bytes(),
+        token.as_bytes(),
+        b"/write",
+        b"diary_session",
+    ] {
+        assert!(
+            !contains(&pcap, needle),
+            "{:?} crossed in clear",
+            text(needle)
+        );
+    }
+}

@@ -362,3 +362,46 @@ fn the_page_off_loopback_without_tls_is_refused_at_start() {
     );
     assert!(stderr.contains("reverse"), "{stderr}");
 }
+
+#[test]
+fn a_certificate_that_cannot_be_read_stops_the_start_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    let key = dir.path().join("missing-key.pem");
+    let args = [
+        "--web",
+        "127.0.0.1:0",
+        "--web-tls",
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+    ];
+    let Err(stderr) = Daemon::try_start(&dir.path().join("d.log"), &args) else {
+        panic!("diaryd started without a certificate");
+    };
+    assert!(stderr.contains("cert.pem: no certificate"), "{stderr}");
+    // A good pair serves HTTPS: the login URL says so.
+    let (cert, key, der) = common::web::self_signed(dir.path(), &["localhost"]);
+    let extra = [
+        "--web-tls",
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+        "--web-host",
+        "localhost",
+    ];
+    let web = WebDaemon::start_at(
+        &dir.path().join("d.log"),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &extra,
+    );
+    assert!(
+        web.login_url.starts_with("https://localhost:"),
+        "{}",
+        web.login_url
+    );
+    let mut http = Http::connect_tls(web.web, "localhost", &der);
+    let page = http.request("GET", "/", &[], b"");
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("/app.js"));
+}

@@ -127,6 +127,16 @@ struct Args {
     #[arg(long, default_value_t = Limits::default().max_web_connections)]
     web_max_connections: usize,
 
+    /// Serve the page over HTTPS with this PEM certificate chain and key
+    /// (needed off loopback).
+    #[arg(long, num_args = 2, value_names = ["CERT", "KEY"], requires = "web")]
+    web_tls: Option<Vec<PathBuf>>,
+
+    /// The server's name in the login URLs it prints (the name the
+    /// certificate is for); default: the address the page listens on.
+    #[arg(long, requires = "web")]
+    web_host: Option<String>,
+
     /// Where logged-in browsers are kept (hashes only, mode 0600);
     /// default: the diary file's path with `.web-sessions` added.
     #[arg(long, env = "DIARYD_WEB_SESSIONS")]
@@ -148,11 +158,13 @@ fn main() -> ExitCode {
     }
     if let Some(web) = args.web
         && !web.ip().is_loopback()
+        && args.web_tls.is_none()
     {
         log::error!(
             "refusing to serve the web page on {web}: off loopback it would carry your diary \
-             and its login cookie in plaintext. Serve it on 127.0.0.1 and put an HTTPS reverse \
-             proxy in front (see README, \"Use it from a phone\"), or reach it over an SSH tunnel"
+             and its login cookie in plaintext. Give it a certificate with --web-tls CERT KEY, or \
+             serve it on 127.0.0.1 behind an HTTPS reverse proxy (see README, \"Use it from a \
+             phone\")"
         );
         return ExitCode::from(2);
     }
@@ -264,7 +276,17 @@ fn main() -> ExitCode {
             .web_sessions
             .clone()
             .unwrap_or_else(|| beside_diary(".web-sessions"));
-        match server.serve_web(web, sessions) {
+        let tls = match args.web_tls.as_deref() {
+            Some([cert, key]) => match diary::web::tls::load(cert, key) {
+                Ok(config) => Some(config),
+                Err(e) => {
+                    log::error!("{e}");
+                    return ExitCode::from(2);
+                }
+            },
+            _ => None,
+        };
+        match server.serve_web(web, tls, args.web_host.as_deref(), sessions) {
             Ok(served) => web_login = Some(served),
             Err(e) => {
                 log::error!("{e}; pick another address with --web");
@@ -288,9 +310,9 @@ fn main() -> ExitCode {
     )
     .and_then(|()| match &web_login {
         // As Jupyter does: the URL to open, with a token good for one login.
-        Some((addr, url)) => writeln!(
+        Some((bound, page, url)) => writeln!(
             stdout,
-            "web: serving the page on http://{addr}; log in once by opening {url} \
+            "web: serving the page on {page} (listening on {bound}); log in once by opening {url} \
              (valid 15 minutes; `diary web-login` makes another)"
         ),
         None => Ok(()),

@@ -51,9 +51,9 @@ impl WebDaemon {
         let mut line = String::new();
         daemon.stdout.read_line(&mut line).unwrap();
         let addr = line
-            .split("serving the page on http://")
+            .split("(listening on ")
             .nth(1)
-            .and_then(|rest| rest.split(';').next())
+            .and_then(|rest| rest.split(')').next())
             .unwrap_or_else(|| panic!("no web line: {line:?}"));
         let login_url = line
             .split("opening ")
@@ -124,9 +124,13 @@ impl Response {
     }
 }
 
+/// A connection's byte stream: a socket, or TLS over one.
+pub trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
 /// One keep-alive HTTP connection.
 pub struct Http {
-    pub reader: BufReader<TcpStream>,
+    pub reader: BufReader<Box<dyn Stream>>,
     host: String,
 }
 
@@ -137,7 +141,19 @@ impl Http {
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         Http {
-            reader: BufReader::new(stream),
+            reader: BufReader::new(Box::new(stream)),
+            host: addr.to_string(),
+        }
+    }
+
+    /// HTTPS to `addr`, trusting only `cert` (DER) for `name`.
+    pub fn connect_tls(addr: SocketAddr, name: &str, cert: &[u8]) -> Http {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Http {
+            reader: BufReader::new(Box::new(tls_client(stream, name, cert))),
             host: addr.to_string(),
         }
     }
@@ -242,6 +258,42 @@ impl Http {
             }
         }
     }
+}
+
+/// A TLS client over `stream` that trusts only `cert` (DER), for `name`.
+pub fn tls_client(
+    stream: TcpStream,
+    name: &str,
+    cert: &[u8],
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(cert.to_vec())).unwrap();
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from(name.to_string()).unwrap();
+    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    rustls::StreamOwned::new(connection, stream)
+}
+
+/// A self-signed certificate for `names`, written as PEM into `dir`:
+/// (cert path, key path, cert DER).
+pub fn self_signed(
+    dir: &Path,
+    names: &[&str],
+) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let made = rcgen::generate_simple_self_signed(names).unwrap();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    (cert, key, made.cert.der().to_vec())
 }
 
 /// Sends one protocol request to `/api` as the page does; the reply's text.
