@@ -657,8 +657,12 @@ fn same_origin(request: &HttpRequest, tls: bool, origin_required: bool) -> bool 
     }
     match (request.origin, request.host) {
         (Some(origin), Some(host)) => {
-            let scheme = if tls { "https://" } else { "http://" };
-            origin.strip_prefix(scheme) == Some(host)
+            // Served in plaintext, the page may be behind an HTTPS proxy
+            // that passes the Host on: the same host and port, either scheme.
+            let bare = origin
+                .strip_prefix("https://")
+                .or_else(|| (!tls).then(|| origin.strip_prefix("http://")).flatten());
+            bare == Some(host)
         }
         (Some(_), None) => false,
         (None, _) => !origin_required,
@@ -904,4 +908,39 @@ fn start_events<S: Service>(
     *state = State::Events { follower, peer };
     ctx.followers.push(ctx.key);
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin_ok(headers: &str, tls: bool, required: bool) -> bool {
+        let raw = format!("POST /api HTTP/1.1\r\nHost: diary.home:8443\r\n{headers}\r\n");
+        let Parsed::Request(request, _) = http::parse(raw.as_bytes(), 10) else {
+            panic!("not parsed");
+        };
+        same_origin(&request, tls, required)
+    }
+
+    #[test]
+    fn only_the_pages_own_origin_is_taken() {
+        let ours = "Origin: https://diary.home:8443\r\n";
+        assert!(origin_ok(ours, true, true));
+        assert!(origin_ok(ours, false, true), "behind an HTTPS proxy");
+        assert!(origin_ok("Origin: http://diary.home:8443\r\n", false, true));
+        assert!(!origin_ok("Origin: http://diary.home:8443\r\n", true, true));
+        assert!(!origin_ok("Origin: https://evil.example\r\n", true, true));
+        assert!(!origin_ok(
+            "Origin: https://diary.home:8443.evil\r\n",
+            true,
+            true
+        ));
+        assert!(!origin_ok("Origin: null\r\n", false, true));
+        assert!(!origin_ok("", false, true), "a POST without Origin");
+        assert!(origin_ok("", false, false), "a same-origin GET has none");
+        let cross = "Origin: https://diary.home:8443\r\nSec-Fetch-Site: cross-site\r\n";
+        assert!(!origin_ok(cross, true, true));
+        let same = "Origin: https://diary.home:8443\r\nSec-Fetch-Site: same-origin\r\n";
+        assert!(origin_ok(same, true, true));
+    }
 }

@@ -9,6 +9,7 @@ mod load;
 mod pipeline;
 mod startup;
 mod target;
+mod web;
 
 use clap::{Args, Parser, Subcommand};
 use diary::client::Pin;
@@ -71,6 +72,10 @@ enum Cmd {
         /// back with every new page of the diary (BENCHMARKS.md).
         #[arg(long, default_value_t = 1)]
         warmup_rounds: usize,
+        /// The measured diaryd also serves the web page (`--web`, no page
+        /// open): what the web side costs the other transports.
+        #[arg(long)]
+        web: bool,
     },
     /// Resident memory diaryd needs per idle TCP connection.
     Idle {
@@ -132,6 +137,19 @@ enum Cmd {
         /// Seconds of each phase.
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
+    },
+    /// Many open web pages (event streams of one browser session): diaryd's
+    /// memory per page, and how long after its ack an entry reaches them.
+    Web {
+        /// Event streams held open.
+        #[arg(long, default_value_t = 1_000)]
+        pages: usize,
+        /// Entries written, one at a time, while they are open.
+        #[arg(long, default_value_t = 200)]
+        writes: u64,
+        /// diaryd's --fsync.
+        #[arg(long, default_value = "always")]
+        fsync: String,
     },
     /// Run the bare echo server (UDP and TCP on one port) until killed.
     Echo {
@@ -209,15 +227,20 @@ fn main() -> ExitCode {
             baseline,
             rounds,
             warmup_rounds,
+            web,
         } => compare(
             &load.load(),
-            &fsync,
+            (&fsync, web),
             &baseline,
-            warmup_rounds,
-            rounds.max(1),
+            (warmup_rounds, rounds.max(1)),
             cli.json,
         ),
         Cmd::Idle { connections } => idle(connections, cli.json),
+        Cmd::Web {
+            pages,
+            writes,
+            fsync,
+        } => web::run(pages, writes, &fsync).map(|r| print(cli.json, &r, || r.describe())),
         Cmd::Flood { rate, seconds } => {
             flood::run(rate, seconds).map(|r| print(cli.json, &r, || r.describe()))
         }
@@ -347,15 +370,18 @@ impl BenchDevice {
     }
 }
 
-fn spawn(name: &str, device: Option<&BenchDevice>) -> io::Result<Target> {
+fn spawn(name: &str, device: Option<&BenchDevice>, web: bool) -> io::Result<Target> {
     let allow;
-    let extra: Vec<&str> = match device {
+    let mut extra: Vec<&str> = match device {
         Some(device) => {
             allow = device.allow();
             vec!["--allow", &allow]
         }
         None => Vec::new(),
     };
+    if web {
+        extra.extend(["--web", "127.0.0.1:0"]);
+    }
     match name {
         "echo" => Target::echo(),
         "echo-append" => Target::echo_append(false),
@@ -388,17 +414,17 @@ fn median(mut runs: Vec<Report>) -> Report {
 
 fn compare(
     load: &Load,
-    fsync: &str,
+    (fsync, web): (&str, bool),
     baseline: &str,
-    warmup_rounds: usize,
-    rounds: usize,
+    (warmup_rounds, rounds): (usize, usize),
     json: bool,
 ) -> io::Result<()> {
     // `plaintext`: the same diaryd both times; the measured runs encrypted.
     let encrypting = baseline == "plaintext";
     let device = encrypting.then(BenchDevice::new).transpose()?;
-    let measure = |name: &str, encrypted: bool| -> io::Result<Report> {
-        let target = spawn(name, device.as_ref())?;
+    let measure = |name: &str, measured: bool| -> io::Result<Report> {
+        let encrypted = measured && encrypting;
+        let target = spawn(name, device.as_ref(), measured && web)?;
         let mut load = load.clone();
         if encrypted && let Some(device) = &device {
             let server = target
@@ -422,11 +448,11 @@ fn compare(
     let mut each = Vec::new();
     for _ in 0..warmup_rounds {
         measure(baseline_target, false)?;
-        measure(fsync, encrypting)?;
+        measure(fsync, true)?;
     }
     for _ in 0..rounds {
         let b = measure(baseline_target, false)?;
-        let d = measure(fsync, encrypting)?;
+        let d = measure(fsync, true)?;
         round_ratios.push(d.per_second / b.per_second);
         each.push(Round {
             baseline: b.clone(),
@@ -439,10 +465,13 @@ fn compare(
         "plaintext" => format!("diaryd --fsync {fsync}, plaintext"),
         name => target_name(name),
     };
-    let measured_name = match encrypting {
+    let mut measured_name = match encrypting {
         true => format!("diaryd --fsync {fsync}, Noise"),
         false => target_name(fsync),
     };
+    if web {
+        measured_name.push_str(" --web (idle)");
+    }
     let (b, d) = (median(baselines), median(diaryds));
     let result = Comparison {
         // `encrypted`: the measured runs' load (the baseline's is plaintext).

@@ -17,6 +17,8 @@ pub struct Target {
     pub server_key: Option<diary::secure::keys::PublicKey>,
     /// Where a spawned diaryd keeps its diary (removed on drop).
     _dir: Option<tempfile::TempDir>,
+    /// The rest of what it prints (diaryd's web line, with `--web`).
+    stdout: BufReader<std::process::ChildStdout>,
 }
 
 /// A binary built alongside this one.
@@ -112,7 +114,28 @@ impl Target {
             startup,
             server_key,
             _dir: None,
+            stdout,
         })
+    }
+
+    /// diaryd's web line (started with `--web`): the address the page
+    /// listens on and the one-time login URL.
+    pub fn web_login(&mut self) -> io::Result<(SocketAddr, String)> {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        let bad = || io::Error::other(format!("no web line from diaryd: {line:?}"));
+        let addr = line
+            .split("(listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(bad)?;
+        let url = line
+            .split("opening ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .ok_or_else(bad)?;
+        Ok((addr, url.to_string()))
     }
 
     /// Stops the server as a service manager does (SIGTERM) and waits for
