@@ -229,3 +229,38 @@ fn an_open_page_survives_a_kill_9_and_lines_typed_meanwhile_are_stored_once() {
     );
     assert_eq!(ids, json!([1, 2, 3, 4, 5, 6, 7]), "in id order");
 }
+
+#[test]
+fn times_are_shown_and_searched_in_the_readers_time_zone() {
+    let Some(browser) = Browser::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let web = WebDaemon::start(&dir.path().join("d.log"));
+    // 23:30 UTC on 6 December is 07:30 on 7 December in Shanghai.
+    let mut tcp = common::Tcp::connect(web.addr);
+    tcp.send("/import 2026-12-06T23:30:00+00:00 - late in London, early in Shanghai");
+    assert!(tcp.line().starts_with("ok 1 "));
+    tcp.send("/import 2026-12-05T12:00:00+00:00 - two days before");
+    assert!(tcp.line().starts_with("ok 2 "));
+    browser.set_time_zone("Asia/Shanghai");
+    browser.goto(&web.login_url);
+    live(&browser);
+    let shown = browser.texts("#entries .entry[data-id=\"1\"] time");
+    assert!(
+        shown[0].contains("7:30") && (shown[0].contains("Dec 7") || shown[0].contains("12月7")),
+        "shown in Shanghai's time: {shown:?}"
+    );
+    // A day picked in the search is the reader's day, not UTC's.
+    browser.click("#search-toggle");
+    browser.run(
+        "document.querySelector('#search-since').value = '2026-12-07';\
+         document.querySelector('#search-until').value = '2026-12-07';\
+         document.querySelector('#search button[type=submit]').click();",
+        json!([]),
+    );
+    browser.wait("the day's entries", WAIT, |b| {
+        b.texts("#results") != [""] && !b.texts("#results")[0].is_empty()
+    });
+    assert_eq!(entry_texts(&browser), ["late in London, early in Shanghai"]);
+}

@@ -175,6 +175,16 @@ impl Browser {
         }
     }
 
+    /// Makes the page's clock run in time zone `zone` (an IANA name), as a
+    /// phone set to it would.
+    pub fn set_time_zone(&self, zone: &str) {
+        self.command(
+            "POST",
+            "/goog/cdp/execute",
+            json!({ "cmd": "Emulation.setTimezoneOverride", "params": { "timezoneId": zone } }),
+        );
+    }
+
     /// Accepts the page's `confirm()` dialog.
     pub fn accept_dialog(&self) {
         self.command("POST", "/alert/accept", json!({}));
