@@ -14,6 +14,7 @@
 use crate::server::access::gatekeeper::{Gatekeeper, SharedGate};
 use crate::server::access::web_sessions::WebSessions;
 use crate::server::service::{AckSite, Service};
+use crate::server::service_manager;
 use crate::server::state::ServerState;
 use crate::store::Store;
 use crate::tcp::{self, TcpSide};
@@ -63,6 +64,10 @@ pub struct Server {
     signals: Option<signal_hook_mio::v1_0::Signals>,
     last_sweep: Instant,
     gate: SharedGate,
+    /// Under systemd: tell it when the server stops, and ping its
+    /// watchdog this often (from the loop, so a stuck loop is noticed).
+    service_manager: Option<Option<Duration>>,
+    last_watchdog: Instant,
 }
 
 impl Server {
@@ -76,13 +81,39 @@ impl Server {
     pub fn bind_with(
         addr: SocketAddr,
         store: Store,
+        limits: Limits,
+        gate: Gatekeeper,
+    ) -> io::Result<Server> {
+        let (listener, socket) = bind_pair(addr)?;
+        Server::serve_on(listener, socket, store, limits, gate)
+    }
+
+    /// As [`Server::bind_with`], on sockets made elsewhere (handed over by
+    /// systemd): a TCP listener and a UDP socket on the same port.
+    pub fn with_sockets(
+        listener: std::net::TcpListener,
+        socket: std::net::UdpSocket,
+        store: Store,
+        limits: Limits,
+        gate: Gatekeeper,
+    ) -> io::Result<Server> {
+        listener.set_nonblocking(true)?;
+        socket.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener);
+        let socket = UdpSocket::from_std(socket);
+        Server::serve_on(listener, socket, store, limits, gate)
+    }
+
+    fn serve_on(
+        listener: TcpListener,
+        socket: UdpSocket,
+        store: Store,
         mut limits: Limits,
         gate: Gatekeeper,
     ) -> io::Result<Server> {
         // A follower's queue must hold the largest entry twice over (it is
         // refilled at half), or it could never be sent.
         limits.follow_backlog = limits.follow_backlog.max(2 * limits.max_entry + 4096);
-        let (listener, socket) = bind_pair(addr)?;
         let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -110,6 +141,8 @@ impl Server {
             signals: None,
             last_sweep: Instant::now(),
             gate,
+            service_manager: None,
+            last_watchdog: Instant::now(),
         })
     }
 
@@ -150,6 +183,13 @@ impl Server {
             flag: self.stop.clone(),
             waker: self.waker.clone(),
         }
+    }
+
+    /// Reports to systemd from now on: ready (now), the watchdog if it
+    /// asked for one, and stopping at shutdown. Outside systemd: nothing.
+    pub fn report_to_service_manager(&mut self, status: &str) {
+        service_manager::ready(status);
+        self.service_manager = Some(service_manager::watchdog_interval());
     }
 
     /// Makes SIGINT and SIGTERM stop the server gracefully (see
@@ -271,6 +311,12 @@ impl Server {
         }
         let now = Instant::now();
         self.shared.sync_if_due(now);
+        if let Some(Some(every)) = self.service_manager
+            && now.duration_since(self.last_watchdog) >= every
+        {
+            self.last_watchdog = now;
+            service_manager::watchdog_ping();
+        }
         if now.duration_since(self.last_sweep) >= Duration::from_secs(1) {
             self.last_sweep = now;
             self.tcp
@@ -325,6 +371,9 @@ impl Server {
 
     /// Stop accepting, store what was written, answer what is queued.
     fn shut_down(&mut self) {
+        if self.service_manager.is_some() {
+            service_manager::stopping();
+        }
         self.tcp.stop_accepting(self.poll.registry());
         if let Some(web) = &mut self.web {
             web.stop_accepting(self.poll.registry());

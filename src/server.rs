@@ -15,5 +15,6 @@ pub mod logging;
 pub mod open_files;
 pub(crate) mod replay;
 pub mod service;
+pub mod service_manager;
 pub mod state;
 pub mod stats;

@@ -21,6 +21,7 @@
 //! `store/` holds the scan, the syncer thread, the disk seam, the watch and
 //! the saved index. It may import `wire` only: no sockets, no protocol.
 
+pub mod check;
 pub mod disk;
 mod id_digits;
 mod saved_index;

@@ -5,6 +5,7 @@ use clap::Parser;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use diary::event_loop::{Limits, Server};
 use diary::server::access::gatekeeper::{AccessConfig, Gatekeeper};
+use diary::server::service_manager;
 use diary::store::{FsyncPolicy, Store};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -137,6 +138,12 @@ struct Args {
     #[arg(long, requires = "web")]
     web_host: Option<String>,
 
+    /// Read FILE as a start would, without serving it or changing it, and
+    /// report: entries, format, torn end, saved index, any line diaryd
+    /// would refuse. Exit 0 if whole, 1 if not, 2 if it cannot be read.
+    #[arg(long, value_name = "FILE", exclusive = true)]
+    check: Option<PathBuf>,
+
     /// Where logged-in browsers are kept (hashes only, mode 0600);
     /// default: the diary file's path with `.web-sessions` added.
     #[arg(long, env = "DIARYD_WEB_SESSIONS")]
@@ -146,13 +153,27 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     diary::server::logging::init(log::LevelFilter::Info);
-    if !args.listen.ip().is_loopback() && args.allow.is_none() && !args.insecure_open {
+    if let Some(file) = &args.check {
+        return check(file);
+    }
+    // Sockets systemd made for us (diaryd.socket) stand in for --listen.
+    let activated = match service_manager::take_activated_sockets() {
+        Ok(activated) => activated,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listen = match &activated {
+        Some((listener, _)) => listener.local_addr().unwrap_or(args.listen),
+        None => args.listen,
+    };
+    if !listen.ip().is_loopback() && args.allow.is_none() && !args.insecure_open {
         log::error!(
-            "refusing to listen on {} without --allow: anyone who reaches it could read and \
+            "refusing to listen on {listen} without --allow: anyone who reaches it could read and \
              write your diary. Make a key on each device with `diary keygen`, list them in a \
              file (`PUBLIC-KEY NAME all` per line) and pass --allow FILE; or, on a network \
-             you trust entirely, --insecure-open",
-            args.listen
+             you trust entirely, --insecure-open"
         );
         return ExitCode::from(2);
     }
@@ -255,14 +276,22 @@ fn main() -> ExitCode {
         max_web_connections: args.web_max_connections.max(1),
         ..Limits::default()
     };
-    let mut server = match Server::bind_with(args.listen, store, limits, gate) {
-        Ok(server) => server,
-        Err(e) => {
-            log::error!(
+    let from_systemd = activated.is_some();
+    let bound = match activated {
+        Some((listener, socket)) => Server::with_sockets(listener, socket, store, limits, gate)
+            .map_err(|e| format!("cannot serve on the sockets systemd handed over: {e}")),
+        None => Server::bind_with(args.listen, store, limits, gate).map_err(|e| {
+            format!(
                 "cannot listen on {}: {e}; is another server using the port? \
                  Pick another with --listen",
                 args.listen
-            );
+            )
+        }),
+    };
+    let mut server = match bound {
+        Ok(server) => server,
+        Err(e) => {
+            log::error!("{e}");
             return ExitCode::from(2);
         }
     };
@@ -300,9 +329,14 @@ fn main() -> ExitCode {
     let mut stdout = std::io::stdout();
     let _ = writeln!(
         stdout,
-        "diaryd: listening on {} (UDP and TCP), writing {} ({} entries, fsync {}, diary {})\n\
+        "diaryd: listening on {} (UDP and TCP{}), writing {} ({} entries, fsync {}, diary {})\n\
          server key {server_key}",
         server.local_addr(),
+        if from_systemd {
+            ", sockets from systemd"
+        } else {
+            ""
+        },
         path.display(),
         entries,
         args.fsync,
@@ -318,6 +352,11 @@ fn main() -> ExitCode {
         None => Ok(()),
     })
     .and_then(|()| stdout.flush());
+    server.report_to_service_manager(&format!(
+        "serving {} entries on {}",
+        entries,
+        server.local_addr()
+    ));
     match server.run() {
         Ok(()) => {
             log::info!("stopped; everything acknowledged is in {}", path.display());
@@ -326,6 +365,24 @@ fn main() -> ExitCode {
         Err(e) => {
             log::error!("event loop failed: {e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// `diaryd --check FILE`: the report on stdout; 0 whole, 1 not, 2 unreadable.
+fn check(file: &std::path::Path) -> ExitCode {
+    match diary::store::check::check(file) {
+        Ok(report) => {
+            print!("{}", report.describe());
+            if report.is_whole() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            log::error!("cannot check {}: {e}", file.display());
+            ExitCode::from(2)
         }
     }
 }
