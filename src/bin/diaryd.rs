@@ -1,8 +1,8 @@
 //! `diaryd`: the diary server. Parses the command line, opens the diary and
 //! runs the event loop until SIGINT or SIGTERM.
 
-use clap::Parser;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{CommandFactory, Parser};
 use diary::event_loop::{Limits, Server};
 use diary::server::access::gatekeeper::{AccessConfig, Gatekeeper};
 use diary::server::service_manager;
@@ -19,7 +19,7 @@ use std::time::Duration;
 /// `p` lists past entries, `h` shows help, `e` ends a session. Try it with
 /// `nc 127.0.0.1 8888` or `nc -u 127.0.0.1 8888`.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(name = "diaryd", version, about, long_about = None)]
 struct Args {
     /// Address to listen on; UDP and TCP share the port (0 picks a free one).
     #[arg(long, default_value = diary::protocol::DEFAULT_ADDR, env = "DIARYD_LISTEN")]
@@ -144,6 +144,14 @@ struct Args {
     #[arg(long, value_name = "FILE", exclusive = true)]
     check: Option<PathBuf>,
 
+    /// Print a shell's completion script for diaryd (bash, zsh, fish, …).
+    #[arg(long, value_name = "SHELL", exclusive = true)]
+    completions: Option<clap_complete::Shell>,
+
+    /// Write diaryd(8) into DIR (contrib/dist.sh runs it).
+    #[arg(long, value_name = "DIR", exclusive = true, hide = true)]
+    generate_man: Option<PathBuf>,
+
     /// Where logged-in browsers are kept (hashes only, mode 0600);
     /// default: the diary file's path with `.web-sessions` added.
     #[arg(long, env = "DIARYD_WEB_SESSIONS")]
@@ -155,6 +163,30 @@ fn main() -> ExitCode {
     diary::server::logging::init(log::LevelFilter::Info);
     if let Some(file) = &args.check {
         return check(file);
+    }
+    if let Some(shell) = args.completions {
+        clap_complete::generate(
+            shell,
+            &mut Args::command(),
+            "diaryd",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
+    if let Some(dir) = &args.generate_man {
+        let page = clap_mangen::Man::new(Args::command().after_long_help(
+            "Signals: SIGINT and SIGTERM stop it once what it acknowledged is on disk; SIGHUP \
+             re-reads the allow file and the web sessions. The protocol is in \
+             diary-protocol(5), the file's format in diary-file(5), the client in diary(1).",
+        ))
+        .section("8");
+        return match std::fs::create_dir_all(dir).and_then(|()| page.generate_to(dir)) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                log::error!("cannot write diaryd.8 in {}: {e}", dir.display());
+                ExitCode::from(1)
+            }
+        };
     }
     // Sockets systemd made for us (diaryd.socket) stand in for --listen.
     let activated = match service_manager::take_activated_sockets() {

@@ -6,6 +6,7 @@
 //! uses only `client`, `protocol`, `secure` and `wire` (tests/layout.rs).
 
 mod display;
+mod docs;
 mod editor;
 mod interactive;
 mod outbox;
@@ -279,12 +280,35 @@ enum Cmd {
     WebLogout { name: String },
     /// List the browsers logged in to the web page, with when.
     WebSessions,
+    /// Print a shell's completion script for diary: `diary completions bash
+    /// > /etc/bash_completion.d/diary` (or zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write the manual pages into DIR (contrib/dist.sh runs it).
+    #[command(hide = true)]
+    GenerateMan { dir: PathBuf },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Cmd::Keygen { force }) = &args.command {
-        return keygen(args.key.clone(), *force);
+    match &args.command {
+        Some(Cmd::Keygen { force }) => return keygen(args.key.clone(), *force),
+        Some(Cmd::Completions { shell }) => {
+            docs::completions(*shell);
+            return ExitCode::SUCCESS;
+        }
+        Some(Cmd::GenerateMan { dir }) => {
+            return match docs::man_pages(dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!(
+                        "diary: cannot write the manual pages in {}: {e}",
+                        dir.display()
+                    );
+                    ExitCode::from(EXIT_LOCAL_IO)
+                }
+            };
+        }
+        _ => {}
     }
     let mut security = Security::default();
     if let Some(key) = &args.key {
@@ -314,7 +338,9 @@ fn main() -> ExitCode {
     };
     let display = Display::new(if args.utc { Zone::Utc } else { Zone::Local });
     let result = match args.command {
-        Some(Cmd::Keygen { .. }) => unreachable!("handled before connecting"),
+        Some(Cmd::Keygen { .. } | Cmd::Completions { .. } | Cmd::GenerateMan { .. }) => {
+            unreachable!("handled before connecting")
+        }
         None => crate::interactive::run(&mut client, display).map(|()| ExitCode::SUCCESS),
         Some(Cmd::Write {
             edit: true, tag, ..

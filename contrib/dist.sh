@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Builds diaryd and diary and writes what an install needs beside them, into
+# target/dist/: bin/, man/ (diary.1 and a page per command, diaryd.8,
+# diary-protocol.5, diary-file.5) and completions/ (bash, zsh, fish).
+# Install as README "Run it as a service" says.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --bin diaryd --bin diary
+dist=target/dist
+rm -rf "$dist"
+mkdir -p "$dist/bin" "$dist/man" "$dist/completions"
+cp target/release/diaryd target/release/diary "$dist/bin/"
+"$dist/bin/diary" generate-man "$dist/man"
+"$dist/bin/diaryd" --generate-man "$dist/man"
+for prog in diary diaryd; do
+    if [ "$prog" = diary ]; then gen=("$dist/bin/diary" completions); else gen=("$dist/bin/diaryd" --completions); fi
+    "${gen[@]}" bash > "$dist/completions/$prog.bash"
+    "${gen[@]}" zsh > "$dist/completions/_$prog"
+    "${gen[@]}" fish > "$dist/completions/$prog.fish"
+done
+echo "wrote $dist: $(ls "$dist/man" | wc -l) manual pages, $(ls "$dist/completions" | wc -l) completion scripts"
