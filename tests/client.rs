@@ -460,3 +460,64 @@ fn past_shows_terminal_controls_escaped_and_json_keeps_them() {
     let first: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
     assert_eq!(first["text"], sneaky);
 }
+
+/// The config file fills in what neither a flag nor the environment says,
+/// and `diary config` tells which gave each value.
+#[test]
+fn the_config_file_gives_what_flags_and_environment_do_not() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "server = \"{}\"\nproto = \"tcp\"\nname = \"from-the-file\"\ntimezone = \"utc\"\n",
+            server.addr
+        ),
+    )
+    .unwrap();
+    let diary = |args: &[&str], env: &[(&str, &str)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_diary"))
+            .env_remove("DIARY_SERVER")
+            .env_remove("DIARY_NAME")
+            .env_remove("TZ")
+            .env("DIARY_CONFIG", &config)
+            .envs(env.iter().copied())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, err) = diary(&["write", "where did I go?"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let stored = std::fs::read_to_string(&server.path).unwrap();
+    assert!(stored.contains("where did I go?\treq="), "{stored}");
+    assert!(stored.contains("\tby=from-the-file"), "{stored}");
+    let (_, shown, _) = diary(&["config"], &[]);
+    for line in [
+        format!("server   {:<32} from config file", server.addr),
+        format!("proto    {:<32} from config file", "tcp"),
+        format!("timezone {:<32} from config file", "UTC"),
+    ] {
+        assert!(shown.contains(&line), "{line:?} not in\n{shown}");
+    }
+    // A flag beats the environment, which beats the file.
+    let (_, shown, _) = diary(&["--proto", "udp", "config"], &[("DIARY_NAME", "from-env")]);
+    assert!(shown.contains("from --proto"), "{shown}");
+    assert!(
+        shown.contains(&format!("name     {:<32} from $DIARY_NAME", "from-env")),
+        "{shown}"
+    );
+    // A mistake in the file is named, not ignored.
+    std::fs::write(&config, "proto = \"carrier-pigeon\"\n").unwrap();
+    let (code, _, err) = diary(&["config"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("config.toml: proto") && err.contains("udp or tcp"),
+        "{err}"
+    );
+}

@@ -209,12 +209,14 @@ impl Drop for Daemon {
 
 /// The `diary` client binary aimed at `server`, with `args` after it.
 /// Without USER or DIARY_NAME, entries carry no author unless a test
-/// names one, so what tests read does not depend on who runs them.
+/// names one, and no config file is read (the tester's own could set
+/// another transport), so what tests read does not depend on who runs them.
 pub fn diary_command(server: SocketAddr, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_diary"));
     command
         .env_remove("USER")
         .env_remove("DIARY_NAME")
+        .env("DIARY_CONFIG", "/nonexistent/diary-tests/config.toml")
         .arg("--server")
         .arg(server.to_string())
         .args(args);

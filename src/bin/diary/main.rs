@@ -10,10 +10,11 @@ mod docs;
 mod editor;
 mod interactive;
 mod outbox;
+mod settings;
 
 use crate::display::{Display, Zone};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use diary::client::dates::Point;
 use diary::client::{Client, ClientError, FollowEvent, Options, Proto, Reply, parse_entry};
 use diary::client::{SecureMode, Security};
@@ -280,6 +281,10 @@ enum Cmd {
     WebLogout { name: String },
     /// List the browsers logged in to the web page, with when.
     WebSessions,
+    /// Show each setting (server, proto, timeout, name, key, timezone) and
+    /// where it came from: a flag, the environment, the config file
+    /// ($XDG_CONFIG_HOME/diary/config.toml, or DIARY_CONFIG), or the default.
+    Config,
     /// Print a shell's completion script for diary: `diary completions bash
     /// > /etc/bash_completion.d/diary` (or zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
@@ -289,8 +294,20 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let settings = match settings::apply(&matches, &mut args) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("diary: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match &args.command {
+        Some(Cmd::Config) => {
+            print!("{}", settings.describe());
+            return ExitCode::SUCCESS;
+        }
         Some(Cmd::Keygen { force }) => return keygen(args.key.clone(), *force),
         Some(Cmd::Completions { shell }) => {
             docs::completions(*shell);
@@ -338,7 +355,9 @@ fn main() -> ExitCode {
     };
     let display = Display::new(if args.utc { Zone::Utc } else { Zone::Local });
     let result = match args.command {
-        Some(Cmd::Keygen { .. } | Cmd::Completions { .. } | Cmd::GenerateMan { .. }) => {
+        Some(
+            Cmd::Keygen { .. } | Cmd::Completions { .. } | Cmd::GenerateMan { .. } | Cmd::Config,
+        ) => {
             unreachable!("handled before connecting")
         }
         None => crate::interactive::run(&mut client, display).map(|()| ExitCode::SUCCESS),
