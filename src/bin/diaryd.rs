@@ -161,200 +161,78 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     diary::server::logging::init(log::LevelFilter::Info);
+    if let Some(code) = side_command(&args) {
+        return code;
+    }
+    match serve(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// What diaryd does instead of serving: `--check`, `--completions`,
+/// `--generate-man`.
+fn side_command(args: &Args) -> Option<ExitCode> {
     if let Some(file) = &args.check {
-        return check(file);
+        return Some(check(file));
     }
     if let Some(shell) = args.completions {
-        clap_complete::generate(
-            shell,
-            &mut Args::command(),
-            "diaryd",
-            &mut std::io::stdout(),
-        );
-        return ExitCode::SUCCESS;
+        let mut command = Args::command();
+        clap_complete::generate(shell, &mut command, "diaryd", &mut std::io::stdout());
+        return Some(ExitCode::SUCCESS);
     }
-    if let Some(dir) = &args.generate_man {
-        let page = clap_mangen::Man::new(Args::command().after_long_help(
-            "Signals: SIGINT and SIGTERM stop it once what it acknowledged is on disk; SIGHUP \
-             re-reads the allow file and the web sessions. The protocol is in \
-             diary-protocol(5), the file's format in diary-file(5), the client in diary(1).",
-        ))
-        .section("8");
-        return match std::fs::create_dir_all(dir).and_then(|()| page.generate_to(dir)) {
+    let dir = args.generate_man.as_ref()?;
+    let page = clap_mangen::Man::new(Args::command().after_long_help(
+        "Signals: SIGINT and SIGTERM stop it once what it acknowledged is on disk; SIGHUP \
+         re-reads the allow file and the web sessions. The protocol is in \
+         diary-protocol(5), the file's format in diary-file(5), the client in diary(1).",
+    ))
+    .section("8");
+    Some(
+        match std::fs::create_dir_all(dir).and_then(|()| page.generate_to(dir)) {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
                 log::error!("cannot write diaryd.8 in {}: {e}", dir.display());
                 ExitCode::from(1)
             }
-        };
-    }
+        },
+    )
+}
+
+/// Opens the diary and serves it until stopped. An error stops the start
+/// (exit 2) with a line that says what to do.
+fn serve(args: &Args) -> Result<ExitCode, String> {
     // Sockets systemd made for us (diaryd.socket) stand in for --listen.
-    let activated = match service_manager::take_activated_sockets() {
-        Ok(activated) => activated,
-        Err(e) => {
-            log::error!("{e}");
-            return ExitCode::from(2);
-        }
-    };
+    let activated = service_manager::take_activated_sockets()?;
     let listen = match &activated {
         Some((listener, _)) => listener.local_addr().unwrap_or(args.listen),
         None => args.listen,
     };
-    if !listen.ip().is_loopback() && args.allow.is_none() && !args.insecure_open {
-        log::error!(
-            "refusing to listen on {listen} without --allow: anyone who reaches it could read and \
-             write your diary. Make a key on each device with `diary keygen`, list them in a \
-             file (`PUBLIC-KEY NAME all` per line) and pass --allow FILE; or, on a network \
-             you trust entirely, --insecure-open"
-        );
-        return ExitCode::from(2);
-    }
-    if let Some(web) = args.web
-        && !web.ip().is_loopback()
-        && args.web_tls.is_none()
-    {
-        log::error!(
-            "refusing to serve the web page on {web}: off loopback it would carry your diary \
-             and its login cookie in plaintext. Give it a certificate with --web-tls CERT KEY, or \
-             serve it on 127.0.0.1 behind an HTTPS reverse proxy (see README, \"Use it from a \
-             phone\")"
-        );
-        return ExitCode::from(2);
-    }
-    let beside_diary = |suffix: &str| {
-        let mut path = args.file.clone().into_os_string();
-        path.push(suffix);
-        PathBuf::from(path)
-    };
-    let key_path = args.key.clone().unwrap_or_else(|| beside_diary(".key"));
-    let (key, made) = match diary::secure::keys::load_or_create(&key_path) {
-        Ok(key) => key,
-        Err(e) => {
-            log::error!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    if made {
-        log::info!("made the server key {}", key_path.display());
-    }
-    let access = AccessConfig {
-        allow: args.allow.clone(),
-        auth_loopback: args.auth_loopback,
-        insecure_open: args.insecure_open,
-    };
-    let server_key = key.public;
-    let gate = match Gatekeeper::new(key, access) {
-        Ok(gate) => gate,
-        Err(e) => {
-            log::error!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    if args.insecure_open {
-        log::warn!(
-            "--insecure-open: anyone who can reach {} reads and writes this diary, in plaintext",
-            args.listen
-        );
-    }
-    if let Some(allow) = &args.allow {
-        log::info!(
-            "{} devices allowed by {}; plaintext {}",
-            gate.devices(),
-            allow.display(),
-            if args.auth_loopback {
-                "refused everywhere"
-            } else {
-                "from loopback only"
-            }
-        );
-    }
-    let (store, recovery) = match Store::open(&args.file, args.fsync) {
-        Ok(opened) => opened,
-        Err(e) => {
-            log::error!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    if let Some(warning) = recovery.warning(&args.file) {
-        log::warn!("{warning}");
-    }
-    if let Some(warning) = recovery.exposure_warning(&args.file) {
-        log::warn!("{warning}");
-    }
-    if recovery.identity_added {
-        log::info!(
-            "{} was begun by an earlier diaryd; it now has the diary id {} \
-             (one line appended, nothing rewritten)",
-            args.file.display(),
-            store.identity()
-        );
-    }
-    let entries = store.len();
-    let identity = store.identity().to_string();
-    let limits = Limits {
-        max_entry: args.max_entry,
-        max_connections: args.max_connections,
-        max_per_source: args.max_per_source.max(1),
-        max_output: args.max_output.max(1024),
-        idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
-        send_timeout: Duration::from_secs(args.send_timeout.max(1)),
-        login_grace: Duration::from_secs(args.login_grace.max(1)),
-        replay_memory: args.replay_memory,
-        udp_reply: args.udp_reply,
-        udp_queue: args.udp_queue.max(1),
-        follow_backlog: args.follow_backlog,
-        handshakes_before_cookies: args.handshakes_before_cookies,
-        handshake_work: Duration::from_millis(args.handshake_work_ms),
-        max_web_connections: args.web_max_connections.max(1),
-        ..Limits::default()
-    };
+    refuse_exposure(args, listen)?;
+    let (gate, server_key) = open_gate(args)?;
+    let store = open_store(args)?;
+    let (entries, identity) = (store.len(), store.identity().to_string());
     let from_systemd = activated.is_some();
-    let bound = match activated {
+    let limits = limits(args);
+    let mut server = match activated {
         Some((listener, socket)) => Server::with_sockets(listener, socket, store, limits, gate)
-            .map_err(|e| format!("cannot serve on the sockets systemd handed over: {e}")),
+            .map_err(|e| format!("cannot serve on the sockets systemd handed over: {e}"))?,
         None => Server::bind_with(args.listen, store, limits, gate).map_err(|e| {
             format!(
                 "cannot listen on {}: {e}; is another server using the port? \
                  Pick another with --listen",
                 args.listen
             )
-        }),
-    };
-    let mut server = match bound {
-        Ok(server) => server,
-        Err(e) => {
-            log::error!("{e}");
-            return ExitCode::from(2);
-        }
+        })?,
     };
     if let Err(e) = server.stop_on_signals() {
         log::error!("cannot handle SIGINT/SIGTERM/SIGHUP: {e}");
-        return ExitCode::from(1);
+        return Ok(ExitCode::from(1));
     }
-    let mut web_login = None;
-    if let Some(web) = args.web {
-        let sessions = args
-            .web_sessions
-            .clone()
-            .unwrap_or_else(|| beside_diary(".web-sessions"));
-        let tls = match args.web_tls.as_deref() {
-            Some([cert, key]) => match diary::web::tls::load(cert, key) {
-                Ok(config) => Some(config),
-                Err(e) => {
-                    log::error!("{e}");
-                    return ExitCode::from(2);
-                }
-            },
-            _ => None,
-        };
-        match server.serve_web(web, tls, args.web_host.as_deref(), sessions) {
-            Ok(served) => web_login = Some(served),
-            Err(e) => {
-                log::error!("{e}; pick another address with --web");
-                return ExitCode::from(2);
-            }
-        }
-    }
+    let web_login = serve_web(args, &mut server)?;
     raise_open_files_limit(args.max_connections + args.web_max_connections);
     let path = std::fs::canonicalize(&args.file).unwrap_or(args.file.clone());
     // Scripts read the port from this line; a closed stdout must not stop the server.
@@ -384,21 +262,150 @@ fn main() -> ExitCode {
         None => Ok(()),
     })
     .and_then(|()| stdout.flush());
-    server.report_to_service_manager(&format!(
-        "serving {} entries on {}",
-        entries,
-        server.local_addr()
-    ));
+    let status = format!("serving {entries} entries on {}", server.local_addr());
+    server.report_to_service_manager(&status);
     match server.run() {
         Ok(()) => {
             log::info!("stopped; everything acknowledged is in {}", path.display());
-            ExitCode::SUCCESS
+            Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
             log::error!("event loop failed: {e}");
-            ExitCode::from(1)
+            Ok(ExitCode::from(1))
         }
     }
+}
+
+/// Protected by default: plaintext off loopback only when told so.
+fn refuse_exposure(args: &Args, listen: SocketAddr) -> Result<(), String> {
+    if !listen.ip().is_loopback() && args.allow.is_none() && !args.insecure_open {
+        return Err(format!(
+            "refusing to listen on {listen} without --allow: anyone who reaches it could read and \
+             write your diary. Make a key on each device with `diary keygen`, list them in a \
+             file (`PUBLIC-KEY NAME all` per line) and pass --allow FILE; or, on a network \
+             you trust entirely, --insecure-open"
+        ));
+    }
+    if let Some(web) = args.web
+        && !web.ip().is_loopback()
+        && args.web_tls.is_none()
+    {
+        return Err(format!(
+            "refusing to serve the web page on {web}: off loopback it would carry your diary \
+             and its login cookie in plaintext. Give it a certificate with --web-tls CERT KEY, or \
+             serve it on 127.0.0.1 behind an HTTPS reverse proxy (see README, \"Use it from a \
+             phone\")"
+        ));
+    }
+    Ok(())
+}
+
+/// `FILE` + `suffix`: where diaryd keeps what belongs with a diary.
+fn beside_diary(args: &Args, suffix: &str) -> PathBuf {
+    let mut path = args.file.clone().into_os_string();
+    path.push(suffix);
+    PathBuf::from(path)
+}
+
+/// The server's key (made on first start) and who it lets in.
+fn open_gate(args: &Args) -> Result<(Gatekeeper, diary::secure::keys::PublicKey), String> {
+    let key_path = args
+        .key
+        .clone()
+        .unwrap_or_else(|| beside_diary(args, ".key"));
+    let (key, made) = diary::secure::keys::load_or_create(&key_path)?;
+    if made {
+        log::info!("made the server key {}", key_path.display());
+    }
+    let access = AccessConfig {
+        allow: args.allow.clone(),
+        auth_loopback: args.auth_loopback,
+        insecure_open: args.insecure_open,
+    };
+    let server_key = key.public;
+    let gate = Gatekeeper::new(key, access)?;
+    if args.insecure_open {
+        log::warn!(
+            "--insecure-open: anyone who can reach {} reads and writes this diary, in plaintext",
+            args.listen
+        );
+    }
+    if let Some(allow) = &args.allow {
+        log::info!(
+            "{} devices allowed by {}; plaintext {}",
+            gate.devices(),
+            allow.display(),
+            if args.auth_loopback {
+                "refused everywhere"
+            } else {
+                "from loopback only"
+            }
+        );
+    }
+    Ok((gate, server_key))
+}
+
+/// The diary, recovered, with what recovery did said in the log.
+fn open_store(args: &Args) -> Result<Store, String> {
+    let (store, recovery) = Store::open(&args.file, args.fsync).map_err(|e| e.to_string())?;
+    if let Some(warning) = recovery.warning(&args.file) {
+        log::warn!("{warning}");
+    }
+    if let Some(warning) = recovery.exposure_warning(&args.file) {
+        log::warn!("{warning}");
+    }
+    if recovery.identity_added {
+        log::info!(
+            "{} was begun by an earlier diaryd; it now has the diary id {} \
+             (one line appended, nothing rewritten)",
+            args.file.display(),
+            store.identity()
+        );
+    }
+    Ok(store)
+}
+
+fn limits(args: &Args) -> Limits {
+    Limits {
+        max_entry: args.max_entry,
+        max_connections: args.max_connections,
+        max_per_source: args.max_per_source.max(1),
+        max_output: args.max_output.max(1024),
+        idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+        send_timeout: Duration::from_secs(args.send_timeout.max(1)),
+        login_grace: Duration::from_secs(args.login_grace.max(1)),
+        replay_memory: args.replay_memory,
+        udp_reply: args.udp_reply,
+        udp_queue: args.udp_queue.max(1),
+        follow_backlog: args.follow_backlog,
+        handshakes_before_cookies: args.handshakes_before_cookies,
+        handshake_work: Duration::from_millis(args.handshake_work_ms),
+        max_web_connections: args.web_max_connections.max(1),
+        ..Limits::default()
+    }
+}
+
+/// With `--web`: the page's side of the loop; where it listens, its URL,
+/// and a one-time login URL.
+fn serve_web(
+    args: &Args,
+    server: &mut Server,
+) -> Result<Option<(SocketAddr, String, String)>, String> {
+    let Some(web) = args.web else {
+        return Ok(None);
+    };
+    let sessions = args
+        .web_sessions
+        .clone()
+        .unwrap_or_else(|| beside_diary(args, ".web-sessions"));
+    let tls = match args.web_tls.as_deref() {
+        Some([cert, key]) => Some(diary::web::tls::load(cert, key)?),
+        _ => None,
+    };
+    server
+        .serve_web(web, tls, args.web_host.as_deref(), sessions)
+        .map(Some)
+        .map_err(|e| format!("{e}; pick another address with --web"))
 }
 
 /// `diaryd --check FILE`: the report on stdout; 0 whole, 1 not, 2 unreadable.
