@@ -216,3 +216,82 @@ fn a_failed_flush_fails_exactly_the_writes_not_yet_durable_and_cuts_them_off() {
     thread.join().unwrap();
     assert_eq!(file_entries(&path).len(), 3);
 }
+
+/// The page's writes wait for their flush as TCP acks do, and a failed
+/// flush answers them with its error, never an `ok`.
+#[test]
+fn a_web_write_is_answered_once_durable_and_a_failed_flush_says_so() {
+    use common::web::{Http, log_in};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("diary.log");
+    let gate = Arc::new(Gate::default());
+    let disk_gate = gate.clone();
+    let (store, _) = Store::open_on(&path, FsyncPolicy::Always, move |file| {
+        Box::new(GatedDisk {
+            file,
+            gate: disk_gate,
+        })
+    })
+    .unwrap();
+    let mut server =
+        Server::bind("127.0.0.1:0".parse().unwrap(), store, Limits::default()).unwrap();
+    let (web, _, url) = server
+        .serve_web(
+            "127.0.0.1:0".parse().unwrap(),
+            None,
+            None,
+            dir.path().join("sessions"),
+        )
+        .unwrap();
+    let stop = server.stop_handle();
+    let thread = std::thread::spawn(move || server.run().unwrap());
+    gate.set(true);
+    let cookie = format!("diary_session={}", log_in(web, &url));
+    let origin = format!("http://{web}");
+    let headers = [("Origin", origin.as_str()), ("Cookie", cookie.as_str())];
+    let request = format!(
+        "POST /api HTTP/1.1\r\nHost: {web}\r\nOrigin: {origin}\r\nCookie: {cookie}\r\n\
+         Content-Length: 32\r\n\r\n/id w1 /write held for its flush"
+    );
+    let mut raw = std::net::TcpStream::connect(web).unwrap();
+    gate.set(false);
+    raw.write_all(request.as_bytes()).unwrap();
+    wait_for("the flush to start", Duration::from_secs(5), || {
+        *gate.waiting.lock().unwrap() == 1
+    });
+    // Nothing of the response comes back while its flush runs.
+    raw.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert!(
+        std::io::Read::read(&mut raw, &mut byte).is_err(),
+        "a response before the flush returned"
+    );
+    gate.fail_next.store(true, Ordering::SeqCst);
+    gate.set(true);
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut http = Http::over(raw, web);
+    let failed = http.response();
+    assert_eq!(failed.status, 200);
+    assert!(
+        failed.text().starts_with("id w1\nerr io "),
+        "{}",
+        failed.text()
+    );
+    assert!(file_entries(&path).is_empty(), "cut back: nothing durable");
+    // Sent again, it is stored.
+    let stored = http.request(
+        "POST",
+        "/api",
+        &headers,
+        b"/id w1 /write held for its flush",
+    );
+    assert!(
+        stored.text().starts_with("id w1\nok 1 "),
+        "{}",
+        stored.text()
+    );
+    stop.stop();
+    thread.join().unwrap();
+    assert_eq!(file_entries(&path).len(), 1);
+}

@@ -146,6 +146,14 @@ impl Http {
         }
     }
 
+    /// HTTP over a socket the caller connected (and set up).
+    pub fn over(stream: TcpStream, addr: SocketAddr) -> Http {
+        Http {
+            reader: BufReader::new(Box::new(stream)),
+            host: addr.to_string(),
+        }
+    }
+
     /// HTTPS to `addr`, trusting only `cert` (DER) for `name`.
     pub fn connect_tls(addr: SocketAddr, name: &str, cert: &[u8]) -> Http {
         let stream = TcpStream::connect(addr).unwrap();
