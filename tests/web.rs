@@ -405,3 +405,42 @@ fn a_certificate_that_cannot_be_read_stops_the_start_with_its_name() {
     assert_eq!(page.status, 200);
     assert!(page.text().contains("/app.js"));
 }
+
+#[test]
+fn deleting_a_sessions_line_and_sighup_logs_that_browser_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = WebDaemon::start(&dir.path().join("d.log"));
+    let out = run_diary(web.addr, &["web-login", "kitchen"], b"");
+    let kitchen = log_in(web.web, String::from_utf8(out.stdout).unwrap().trim());
+    let out = run_diary(web.addr, &["web-login", "desk"], b"");
+    let desk = log_in(web.web, String::from_utf8(out.stdout).unwrap().trim());
+    let mut page = Http::connect(web.web);
+    page.send(
+        "GET",
+        "/api/events",
+        &[("Cookie", &format!("diary_session={kitchen}"))],
+        b"",
+    );
+    assert_eq!(page.head().status, 200);
+    assert_eq!(page.event().unwrap().1, "note");
+    let file = dir.path().join("d.log.web-sessions");
+    let kept: String = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains(" kitchen "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&file, kept).unwrap();
+    // SAFETY: a signal to our own child.
+    assert_eq!(
+        unsafe { libc::kill(web.child.id() as i32, libc::SIGHUP) },
+        0
+    );
+    assert!(page.event().is_none(), "the open page's stream ends");
+    assert_eq!(api(web.web, &kitchen, "p").0, 401);
+    assert_eq!(
+        api(web.web, &desk, "p").0,
+        200,
+        "the other browser stays in"
+    );
+}
