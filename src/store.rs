@@ -24,6 +24,7 @@
 pub mod check;
 pub mod disk;
 mod id_digits;
+pub mod lines;
 mod saved_index;
 pub mod scan;
 pub mod syncer;
@@ -39,7 +40,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::ops::ControlFlow;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -535,12 +535,9 @@ impl Store {
 
     /// Committed line `id`, without its newline.
     pub fn read_line(&self, id: u64) -> io::Result<Vec<u8>> {
-        let mut found = Vec::new();
-        self.for_each(id, id + 1, 4096, |_, line| {
-            found.extend_from_slice(line.strip_suffix(b"\n").unwrap_or(line));
-            ControlFlow::Break(())
-        })?;
-        Ok(found)
+        let mut lines = self.lines(id, id + 1, 4096);
+        let line = lines.next_line()?.map_or(&[][..], |(_, line)| line);
+        Ok(line.strip_suffix(b"\n").unwrap_or(line).to_vec())
     }
 
     /// Buffers an amendment or a deletion of an entry: a line of its own,
@@ -1027,122 +1024,6 @@ impl Store {
         }
     }
 
-    /// Calls `f` with each committed entry `first..end` (end exclusive),
-    /// newest first, line without its newline, until it breaks.
-    pub fn for_each_rev(
-        &self,
-        first: u64,
-        end: u64,
-        mut f: impl FnMut(u64, &[u8]) -> ControlFlow<()>,
-    ) -> io::Result<()> {
-        const CHUNK: u64 = 64 * 1024;
-        let mut buf = Vec::new();
-        let mut hi = end;
-        while hi > first {
-            // Take whole entries back from `hi` until the chunk is full (at least one).
-            let mut lo = hi - 1;
-            while lo > first && self.span_len(lo - 1, hi) <= CHUNK {
-                lo -= 1;
-            }
-            buf.clear();
-            self.read_span(lo, hi, &mut buf)?;
-            let base = self.offset_of(lo);
-            for id in (lo..hi).rev() {
-                let line = self.line_in(&buf, base, id)?;
-                if f(id, &line[..line.len() - 1]).is_break() {
-                    return Ok(());
-                }
-            }
-            hi = lo;
-        }
-        Ok(())
-    }
-
-    /// Reads entries `first..end` a span of about `chunk` bytes at a time
-    /// (at least one entry), and hands each span to `each` with its ids
-    /// `lo..hi` and its start offset; `each` breaks with the id to stop at.
-    fn for_each_span(
-        &self,
-        first: u64,
-        end: u64,
-        chunk: usize,
-        mut each: impl FnMut(u64, u64, u64, &[u8]) -> io::Result<ControlFlow<u64>>,
-    ) -> io::Result<u64> {
-        let mut buf = Vec::new();
-        let mut lo = first;
-        while lo < end {
-            let mut hi = lo + 1;
-            while hi < end && self.span_len(lo, hi + 1) <= chunk as u64 {
-                hi += 1;
-            }
-            buf.clear();
-            self.read_span(lo, hi, &mut buf)?;
-            if let ControlFlow::Break(stop) = each(lo, hi, self.offset_of(lo), &buf)? {
-                return Ok(stop);
-            }
-            lo = hi;
-        }
-        Ok(end)
-    }
-
-    /// Calls `f` with each committed entry `first..end`, oldest first, line
-    /// with its newline, reading at most about `chunk` bytes at a time.
-    pub fn for_each(
-        &self,
-        first: u64,
-        end: u64,
-        chunk: usize,
-        mut f: impl FnMut(u64, &[u8]) -> ControlFlow<()>,
-    ) -> io::Result<()> {
-        self.for_each_span(first, end, chunk, |lo, hi, base, buf| {
-            for id in lo..hi {
-                if f(id, self.line_in(buf, base, id)?).is_break() {
-                    return Ok(ControlFlow::Break(id));
-                }
-            }
-            Ok(ControlFlow::Continue(()))
-        })?;
-        Ok(())
-    }
-
-    /// As [`Store::for_each`], but calls `f` only with the entries whose
-    /// line holds `needle`, found by a SIMD substring search over the
-    /// file's bytes: an entry without it is never decoded. (`f` still
-    /// checks its own rule: a match may lie outside the text, or across an
-    /// escape.) Returns the id it stopped before: `end`, or the id at which
-    /// `f` broke.
-    pub fn for_each_holding(
-        &self,
-        first: u64,
-        end: u64,
-        chunk: usize,
-        needle: &memchr::memmem::Finder,
-        mut f: impl FnMut(u64, &[u8]) -> ControlFlow<()>,
-    ) -> io::Result<u64> {
-        self.for_each_span(first, end, chunk, |lo, hi, base, buf| {
-            let starts = &self.index.offsets[(lo - 1) as usize..(hi - 1) as usize];
-            let mut after = lo; // entries before it are done
-            // The entry whose line holds the match: matches come in file
-            // order, so its index only moves forward, one step per entry
-            // passed (8 bytes read per line, against the line's bytes).
-            let mut id = lo;
-            for at in needle.find_iter(buf) {
-                let at = base + at as u64;
-                while id + 1 < hi && starts[(id + 1 - lo) as usize] <= at {
-                    id += 1;
-                }
-                if id < after {
-                    continue;
-                }
-                if f(id, self.line_in(buf, base, id)?).is_break() {
-                    return Ok(ControlFlow::Break(id));
-                }
-                after = id + 1;
-            }
-            Ok(ControlFlow::Continue(()))
-        })
-    }
-
     /// Calls `f` with the writer and request tag, id and timestamp of
     /// each of the newest `limit` entries that has a tag, oldest first: the
     /// retry memory after a restart. The writer is who sent the request:
@@ -1158,7 +1039,8 @@ impl Store {
         let end = self.len() + 1;
         let first = end.saturating_sub(limit as u64).max(1);
         let finder = memchr::memmem::Finder::new(TAG);
-        self.for_each_holding(first, end, 1 << 20, &finder, |id, line| {
+        let mut lines = self.lines(first, end, 1 << 20);
+        while let Some((id, line)) = lines.next_holding(&finder)? {
             let line = line.strip_suffix(b"\n").unwrap_or(line);
             let field = |from: usize| {
                 let len = memchr::memchr(b'\t', &line[from..]).unwrap_or(line.len() - from);
@@ -1174,8 +1056,7 @@ impl Store {
             if let (Some(tag), Some(timestamp)) = (tag, timestamp) {
                 f((writer, tag), id, timestamp);
             }
-            ControlFlow::Continue(())
-        })?;
+        }
         Ok(())
     }
 }
@@ -1335,12 +1216,10 @@ mod tests {
         assert_eq!(store.append("third", None).id, 3);
         store.commit().unwrap();
         let mut out = Vec::new();
-        store
-            .for_each(1, 4, 1 << 16, |_, line| {
-                out.extend_from_slice(line);
-                ControlFlow::Continue(())
-            })
-            .unwrap();
+        let mut lines = store.lines(1, 4, 1 << 16);
+        while let Some((_, line)) = lines.next_line().unwrap() {
+            out.extend_from_slice(line);
+        }
         let entries = String::from_utf8(out).unwrap();
         assert!(
             !entries.contains('#'),

@@ -14,7 +14,6 @@ use crate::wire::entry;
 use crate::wire::matching::{self, TextMatch, text_matches};
 use std::borrow::Cow;
 use std::io;
-use std::ops::ControlFlow;
 
 /// Most of the file a piece of a reply reads at once.
 const FILL_CHUNK: usize = 64 * 1024;
@@ -179,16 +178,15 @@ pub fn cursor(store: &Store, query: &PastQuery) -> io::Result<PastCursor> {
         Some(n) => {
             let mut start = end;
             let mut found = 0;
-            store.for_each_rev(first, end, |id, line| {
-                if found == n {
-                    return ControlFlow::Break(());
-                }
+            let mut lines = store.lines_rev(first, end);
+            while found < n
+                && let Some((id, line)) = lines.next_line()?
+            {
                 if filter.matches(store, id, line) {
                     found += 1;
                     start = id;
                 }
-                ControlFlow::Continue(())
-            })?;
+            }
             start
         }
     };
@@ -224,30 +222,25 @@ pub fn fill(
     {
         // Only lines holding the words' bytes are looked at: grep's speed.
         let finder = memchr::memmem::Finder::new(words.as_bytes());
-        cursor.next =
-            store.for_each_holding(cursor.next, end, FILL_CHUNK, &finder, |id, line| {
-                if out.len() >= target {
-                    return ControlFlow::Break(());
-                }
-                if let Some(shown) = cursor.filter.view(store, id, line) {
-                    out.extend_from_slice(&shown);
-                }
-                ControlFlow::Continue(())
-            })?;
-    } else if cursor.next < end {
-        let chunk = budget.clamp(1, FILL_CHUNK);
-        let mut next = cursor.next;
-        store.for_each(cursor.next, end, chunk, |id, line| {
-            if out.len() >= target {
-                return ControlFlow::Break(());
-            }
+        let mut lines = store.lines(cursor.next, end, FILL_CHUNK);
+        while out.len() < target
+            && let Some((id, line)) = lines.next_holding(&finder)?
+        {
             if let Some(shown) = cursor.filter.view(store, id, line) {
                 out.extend_from_slice(&shown);
             }
-            next = id + 1;
-            ControlFlow::Continue(())
-        })?;
-        cursor.next = next;
+        }
+        cursor.next = lines.position();
+    } else if cursor.next < end {
+        let mut lines = store.lines(cursor.next, end, budget.clamp(1, FILL_CHUNK));
+        while out.len() < target
+            && let Some((id, line)) = lines.next_line()?
+        {
+            if let Some(shown) = cursor.filter.view(store, id, line) {
+                out.extend_from_slice(&shown);
+            }
+        }
+        cursor.next = lines.position();
     }
     if cursor.next >= cursor.end {
         protocol::push_end(out);
@@ -266,20 +259,18 @@ pub(crate) fn fill_follow(
     room: usize,
 ) -> io::Result<()> {
     let mut left = room;
-    let mut cursor = *next;
-    if cursor >= end {
+    if *next >= end {
         return Ok(());
     }
-    store.for_each(cursor, end, room.clamp(1, FILL_CHUNK), |id, line| {
+    let mut lines = store.lines(*next, end, room.clamp(1, FILL_CHUNK));
+    while let Some((id, line)) = lines.next_line()? {
         if line.len() > left {
-            return ControlFlow::Break(());
+            break;
         }
         left -= line.len();
         out.extend_from_slice(line);
-        cursor = id + 1;
-        ControlFlow::Continue(())
-    })?;
-    *next = cursor;
+        *next = id + 1;
+    }
     Ok(())
 }
 
@@ -309,12 +300,12 @@ pub(crate) fn fit_newest(
     let mut ranges: Vec<(usize, usize)> = Vec::new();
     let mut selected = 0u64;
     let mut full = false;
-    store.for_each_rev(first, end, |id, line| {
-        if selected == wanted {
-            return ControlFlow::Break(());
-        }
+    let mut lines = store.lines_rev(first, end);
+    while selected < wanted
+        && let Some((id, line)) = lines.next_line()?
+    {
         let Some(now) = filter.view(store, id, line) else {
-            return ControlFlow::Continue(());
+            continue;
         };
         selected += 1;
         let line = now.strip_suffix(b"\n").unwrap_or(&now);
@@ -327,11 +318,10 @@ pub(crate) fn fit_newest(
             full = true;
             if filter.counts_by_index(store) {
                 // The rest is only counted, and without a filter the index counts it.
-                return ControlFlow::Break(());
+                break;
             }
         }
-        ControlFlow::Continue(())
-    })?;
+    }
     if filter.counts_by_index(store) {
         selected = wanted.min(end - first);
     }
@@ -451,14 +441,12 @@ mod tests {
             "cat", "at", "猫", "2026", "req", "t1", "dog 1", "zzz", "n", "at c",
         ] {
             let mut slow = Vec::new();
-            store
-                .for_each(1, store.len() + 1, 1 << 16, |_, line| {
-                    if text_of(line).contains(needle) {
-                        slow.extend_from_slice(line);
-                    }
-                    ControlFlow::Continue(())
-                })
-                .unwrap();
+            let mut lines = store.lines(1, store.len() + 1, 1 << 16);
+            while let Some((_, line)) = lines.next_line().unwrap() {
+                if text_of(line).contains(needle) {
+                    slow.extend_from_slice(line);
+                }
+            }
             protocol::push_end(&mut slow);
             // By the words' bytes, and (ignoring case, which these lines
             // do not have) line by line; looking at the whole file at once,
