@@ -386,78 +386,20 @@ impl Store {
         })?;
         let meta = file.metadata().map_err(io_err)?;
         let held = (meta.dev(), meta.ino());
-        let saved = saved_index::load(path, &file, &meta);
-        let from_saved_index = saved.is_ok();
-        let scanned = match saved {
-            Ok(scan) => {
-                log::info!(
-                    "read the index saved at the last stop ({} entries) from {}",
-                    scan.index.len(),
-                    saved_index::path_for(path).display()
-                );
-                Ok(scan)
-            }
-            Err(why) => {
-                if meta.len() > 0 {
-                    log::info!(
-                        "not using the saved index {}: {why}; reading the whole diary",
-                        saved_index::path_for(path).display()
-                    );
-                }
-                scan::scan(&file, scan::From::START, Mode::Recover)
-            }
-        };
-        let mut scan = match scanned {
-            Ok(scan) => scan,
-            Err(ScanError::Io(e)) => return Err(io_err(e)),
-            Err(ScanError::Bad(bad)) => {
-                return Err(OpenError::Corrupt {
-                    path: path.to_path_buf(),
-                    line: bad.line,
-                    reason: bad.reason,
-                });
-            }
-        };
+        let (mut scan, from_saved_index) = read_index(path, &file, &meta)?;
         let mut recovery = Recovery {
             from_saved_index,
             open_to_others: Some(meta.mode() & 0o777).filter(|m| m & 0o077 != 0),
             ..Recovery::default()
         };
         if let Some(cut) = scan.cut.take() {
-            let bytes = meta.len() - cut.at;
-            let side = set_aside(&file, path, cut.at, bytes)?;
-            file.set_len(cut.at).map_err(io_err)?;
-            file.sync_all().map_err(io_err)?;
-            recovery.cut = Some(RecoveryCut {
-                bytes: bytes as usize,
-                line: cut.line,
-                why: cut.why,
-                side,
-            });
+            recovery.cut = Some(cut_torn_end(&file, path, meta.len(), &cut)?);
         }
         let identity = match scan.identity.take() {
             Some(identity) => identity,
             None => {
-                let identity = scan::new_identity();
-                let line = if scan.len == 0 {
-                    format!(
-                        "# diary v{} id={identity} created={}\n",
-                        scan::FORMAT,
-                        entry::format_timestamp(wall_clock())
-                    )
-                } else {
-                    recovery.identity_added = true;
-                    format!(
-                        "# diary id={identity} (given by diaryd {} to a diary begun without one)\n",
-                        env!("CARGO_PKG_VERSION")
-                    )
-                };
-                file.write_all(line.as_bytes())
-                    .and_then(|()| file.sync_all())
-                    .map_err(io_err)?;
-                scan.len += line.len() as u64;
-                scan.lines += 1;
-                identity
+                recovery.identity_added = scan.len > 0;
+                give_identity(&mut file, &mut scan).map_err(io_err)?
             }
         };
         let last_stamp = scan.index.millis.last().copied().unwrap_or(i64::MIN);
@@ -1072,6 +1014,89 @@ const PRIVATE: u32 = 0o600;
 
 /// Opens the diary for reading and appending, created if missing, and
 /// takes its lock. `Err(None)`: another process holds the lock.
+/// The index of the diary at `path`: from the index saved at the last
+/// clean stop when it matches the file exactly, else by reading the file;
+/// and whether it came from the saved one.
+fn read_index(
+    path: &Path,
+    file: &File,
+    meta: &std::fs::Metadata,
+) -> Result<(scan::Scan, bool), OpenError> {
+    let scanned = match saved_index::load(path, file, meta) {
+        Ok(scan) => {
+            log::info!(
+                "read the index saved at the last stop ({} entries) from {}",
+                scan.index.len(),
+                saved_index::path_for(path).display()
+            );
+            return Ok((scan, true));
+        }
+        Err(why) => {
+            if meta.len() > 0 {
+                log::info!(
+                    "not using the saved index {}: {why}; reading the whole diary",
+                    saved_index::path_for(path).display()
+                );
+            }
+            scan::scan(file, scan::From::START, Mode::Recover)
+        }
+    };
+    match scanned {
+        Ok(scan) => Ok((scan, false)),
+        Err(ScanError::Io(e)) => Err(OpenError::Io(path.to_path_buf(), e)),
+        Err(ScanError::Bad(bad)) => Err(OpenError::Corrupt {
+            path: path.to_path_buf(),
+            line: bad.line,
+            reason: bad.reason,
+        }),
+    }
+}
+
+/// Sets a torn end aside (`PATH.torn`) and cuts it off the file, which
+/// is `len` bytes long.
+fn cut_torn_end(
+    file: &File,
+    path: &Path,
+    len: u64,
+    cut: &scan::Cut,
+) -> Result<RecoveryCut, OpenError> {
+    let bytes = len - cut.at;
+    let side = set_aside(file, path, cut.at, bytes)?;
+    let io_err = |e| OpenError::Io(path.to_path_buf(), e);
+    file.set_len(cut.at).map_err(io_err)?;
+    file.sync_all().map_err(io_err)?;
+    Ok(RecoveryCut {
+        bytes: bytes as usize,
+        line: cut.line,
+        why: cut.why,
+        side,
+    })
+}
+
+/// Gives a diary without an identity one: the header of a new file, or
+/// one appended line for a file begun by an earlier version (nothing is
+/// rewritten). Returns the identity.
+fn give_identity(file: &mut File, scan: &mut scan::Scan) -> io::Result<String> {
+    let identity = scan::new_identity();
+    let line = if scan.len == 0 {
+        format!(
+            "# diary v{} id={identity} created={}\n",
+            scan::FORMAT,
+            entry::format_timestamp(wall_clock())
+        )
+    } else {
+        format!(
+            "# diary id={identity} (given by diaryd {} to a diary begun without one)\n",
+            env!("CARGO_PKG_VERSION")
+        )
+    };
+    file.write_all(line.as_bytes())?;
+    file.sync_all()?;
+    scan.len += line.len() as u64;
+    scan.lines += 1;
+    Ok(identity)
+}
+
 fn open_locked(path: &Path) -> Result<File, Option<io::Error>> {
     use std::os::unix::fs::OpenOptionsExt;
     // Only you may read a new diary, whatever the umask (as with the key).
