@@ -303,124 +303,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match &args.command {
-        Some(Cmd::Config) => {
-            print!("{}", settings.describe());
-            return ExitCode::SUCCESS;
-        }
-        Some(Cmd::Keygen { force }) => return keygen(args.key.clone(), *force),
-        Some(Cmd::Completions { shell }) => {
-            docs::completions(*shell);
-            return ExitCode::SUCCESS;
-        }
-        Some(Cmd::GenerateMan { dir }) => {
-            return match docs::man_pages(dir) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!(
-                        "diary: cannot write the manual pages in {}: {e}",
-                        dir.display()
-                    );
-                    ExitCode::from(EXIT_LOCAL_IO)
-                }
-            };
-        }
-        _ => {}
+    if let Some(code) = local_command(&args, &settings) {
+        return code;
     }
-    let mut security = Security::default();
-    if let Some(key) = &args.key {
-        security.key = key.clone();
-    }
-    security.server_key = args.server_key;
-    if args.plain {
-        security.mode = SecureMode::Plain;
-    }
-    // Web logins are given only over TCP (from the server's machine).
-    let web = matches!(
-        args.command,
-        Some(Cmd::WebLogin { .. } | Cmd::WebLogout { .. } | Cmd::WebSessions)
-    );
-    let options = Options {
-        server: args.server.clone(),
-        proto: if web { Proto::Tcp } else { args.proto },
-        timeout: Duration::from_secs_f64(args.timeout.max(0.05)),
-        retries: args.retries,
-        security,
-        name: args.name.clone().or_else(diary::client::default_name),
-        ..Options::default()
-    };
-    let mut client = match Client::new(options) {
+    let mut client = match Client::new(options(&args)) {
         Ok(client) => client,
         Err(e) => return fail(&e),
     };
     let display = Display::new(if args.utc { Zone::Utc } else { Zone::Local });
-    let result = match args.command {
-        Some(
-            Cmd::Keygen { .. } | Cmd::Completions { .. } | Cmd::GenerateMan { .. } | Cmd::Config,
-        ) => {
-            unreachable!("handled before connecting")
-        }
-        None => crate::interactive::run(&mut client, display).map(|()| ExitCode::SUCCESS),
-        Some(Cmd::Write {
-            edit: true, tag, ..
-        }) => write_edited(&mut client, tag),
-        Some(Cmd::Write { text, tag, .. }) if text.is_empty() => {
-            if tag.is_some() {
-                eprintln!("diary: --tag is for one entry; an import makes a tag for each line");
-                return ExitCode::from(2);
-            }
-            import(&mut client)
-        }
-        Some(Cmd::Write { text, tag, .. }) => write_one(&mut client, &text.join(" "), tag),
-        Some(Cmd::Past {
-            last,
-            span,
-            filter,
-            json,
-            versions,
-        }) => {
-            let selection = Selection {
-                last,
-                span,
-                filter,
-                versions,
-            };
-            past(&mut client, &selection, display, json)
-        }
-        Some(Cmd::Amend { id, text, edit }) => amend(&mut client, id, &text.join(" "), edit),
-        Some(Cmd::Delete { id }) => change(&mut client, &format!("/delete {id}"), "deleted", id),
-        Some(Cmd::Tags) => tags(&mut client),
-        Some(Cmd::Export {
-            format,
-            span,
-            filter,
-        }) => {
-            let selection = Selection {
-                last: None,
-                span,
-                filter,
-                versions: false,
-            };
-            export(&mut client, &selection, format, display)
-        }
-        Some(Cmd::Import { file }) => import_file(&mut client, &file),
-        Some(Cmd::Follow {
-            since,
-            filter,
-            last,
-            json,
-        }) => follow(&mut client, (since, last), &filter, display, json),
-        Some(Cmd::WebLogin { name }) => {
-            let command = match name {
-                Some(name) => format!("/web-login {name}"),
-                None => "/web-login".to_string(),
-            };
-            web_command(&mut client, &command)
-        }
-        Some(Cmd::WebLogout { name }) => web_command(&mut client, &format!("/web-logout {name}")),
-        Some(Cmd::WebSessions) => web_command(&mut client, "/web-sessions"),
-    };
-    match result {
+    match run(&mut client, args.command, display) {
         Ok(code) => code,
         Err(e) => {
             if let Some(e) = e.downcast_ref::<ClientError>() {
@@ -437,6 +328,128 @@ fn main() -> ExitCode {
             eprintln!("diary: {e}");
             ExitCode::from(EXIT_BAD_REPLY)
         }
+    }
+}
+
+/// The commands that need no server: config, keygen, completions, pages.
+fn local_command(args: &Args, settings: &settings::Report) -> Option<ExitCode> {
+    match &args.command {
+        Some(Cmd::Config) => {
+            print!("{}", settings.describe());
+            Some(ExitCode::SUCCESS)
+        }
+        Some(Cmd::Keygen { force }) => Some(keygen(args.key.clone(), *force)),
+        Some(Cmd::Completions { shell }) => {
+            docs::completions(*shell);
+            Some(ExitCode::SUCCESS)
+        }
+        Some(Cmd::GenerateMan { dir }) => Some(match docs::man_pages(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!(
+                    "diary: cannot write the manual pages in {}: {e}",
+                    dir.display()
+                );
+                ExitCode::from(EXIT_LOCAL_IO)
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// What the client is told by the command line, environment and config file.
+fn options(args: &Args) -> Options {
+    let mut security = Security::default();
+    if let Some(key) = &args.key {
+        security.key = key.clone();
+    }
+    security.server_key = args.server_key;
+    if args.plain {
+        security.mode = SecureMode::Plain;
+    }
+    // Web logins are given only over TCP (from the server's machine).
+    let web = matches!(
+        args.command,
+        Some(Cmd::WebLogin { .. } | Cmd::WebLogout { .. } | Cmd::WebSessions)
+    );
+    Options {
+        server: args.server.clone(),
+        proto: if web { Proto::Tcp } else { args.proto },
+        timeout: Duration::from_secs_f64(args.timeout.max(0.05)),
+        retries: args.retries,
+        security,
+        name: args.name.clone().or_else(diary::client::default_name),
+        ..Options::default()
+    }
+}
+
+/// Runs a command that talks to the server (none: the interactive session).
+fn run(client: &mut Client, command: Option<Cmd>, display: Display) -> Outcome {
+    match command {
+        Some(
+            Cmd::Keygen { .. } | Cmd::Completions { .. } | Cmd::GenerateMan { .. } | Cmd::Config,
+        ) => {
+            unreachable!("handled before connecting")
+        }
+        None => crate::interactive::run(client, display).map(|()| ExitCode::SUCCESS),
+        Some(Cmd::Write {
+            edit: true, tag, ..
+        }) => write_edited(client, tag),
+        Some(Cmd::Write { text, tag, .. }) if text.is_empty() => {
+            if tag.is_some() {
+                eprintln!("diary: --tag is for one entry; an import makes a tag for each line");
+                return Ok(ExitCode::from(2));
+            }
+            import(client)
+        }
+        Some(Cmd::Write { text, tag, .. }) => write_one(client, &text.join(" "), tag),
+        Some(Cmd::Past {
+            last,
+            span,
+            filter,
+            json,
+            versions,
+        }) => {
+            let selection = Selection {
+                last,
+                span,
+                filter,
+                versions,
+            };
+            past(client, &selection, display, json)
+        }
+        Some(Cmd::Amend { id, text, edit }) => amend(client, id, &text.join(" "), edit),
+        Some(Cmd::Delete { id }) => change(client, &format!("/delete {id}"), "deleted", id),
+        Some(Cmd::Tags) => tags(client),
+        Some(Cmd::Export {
+            format,
+            span,
+            filter,
+        }) => {
+            let selection = Selection {
+                last: None,
+                span,
+                filter,
+                versions: false,
+            };
+            export(client, &selection, format, display)
+        }
+        Some(Cmd::Import { file }) => import_file(client, &file),
+        Some(Cmd::Follow {
+            since,
+            filter,
+            last,
+            json,
+        }) => follow(client, (since, last), &filter, display, json),
+        Some(Cmd::WebLogin { name }) => {
+            let command = match name {
+                Some(name) => format!("/web-login {name}"),
+                None => "/web-login".to_string(),
+            };
+            web_command(client, &command)
+        }
+        Some(Cmd::WebLogout { name }) => web_command(client, &format!("/web-logout {name}")),
+        Some(Cmd::WebSessions) => web_command(client, "/web-sessions"),
     }
 }
 
