@@ -1024,20 +1024,7 @@ pub fn follow(
 ) -> Result<(), ClientError> {
     let addr = resolve(&opts.server)?;
     let creds = secure::credentials(opts, addr)?;
-    use crate::client::dates::Point;
-    let mut after = match since {
-        Some(Point::AfterId(id)) => Some(id),
-        _ => None,
-    };
-    // A time is asked for until the server says which id it starts after.
-    let from_time = match since {
-        Some(point @ Point::From(_)) => Some(point.canonical()),
-        _ => None,
-    };
-    // The diary followed, once the server has named it: a resume names it,
-    // so a replaced diary or another server is refused, never followed blind.
-    let mut diary: Option<String> = None;
-    let mut pause = FOLLOW_FIRST_PAUSE;
+    let mut state = FollowState::new(since);
     let mut connected_once = false;
     loop {
         let deadline = Instant::now() + opts.timeout;
@@ -1046,88 +1033,149 @@ pub fn follow(
             Err(e) if !connected_once || e.is_final() => return Err(e),
             Err(e) => {
                 on_event(&FollowEvent::Reconnecting(format!("cannot connect: {e}")));
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(FOLLOW_MAX_PAUSE);
+                state.wait();
                 continue;
             }
         };
         connected_once = true;
         // Entries may be far apart: no read timeout.
         let _ = wire.tcp().set_read_timeout(None);
-        let mut request = String::from("/follow");
-        if let Some(id) = after {
-            request.push_str(&format!(" since {id}"));
-        } else if let Some(time) = &from_time {
-            request.push_str(&format!(" since {time}"));
-        }
-        if let Some(diary) = &diary {
-            request.push_str(&format!(" diary {diary}"));
-        }
-        request.push('\n');
-        if let Err(e) = wire.write_all(request.as_bytes()) {
+        if let Err(e) = wire.write_all(state.request().as_bytes()) {
             on_event(&FollowEvent::Reconnecting(e.to_string()));
             continue;
         }
-        let mut reader = BufReader::new(wire);
-        let mut line = String::new();
-        let ended = loop {
-            line.clear();
-            match read_bounded_line(&mut reader, &mut line) {
-                Ok(0) => break "the server closed the connection".to_string(),
-                // Cut short by the end: not an entry (it resumes from the last whole one).
-                Ok(_) if !line.ends_with('\n') => {
-                    break "the connection ended mid-line".to_string();
-                }
-                Ok(_) => {}
-                Err(e) => break e.to_string(),
-            }
-            let text = line.trim_end_matches(['\n', '\r']);
-            if let Some(entry) = parse_entry(text) {
-                if after.is_none_or(|a| entry.id > a) {
-                    after = Some(entry.id);
-                    if !on_entry(&entry) {
-                        return Ok(());
-                    }
-                }
-            } else if text.as_bytes() == crate::protocol::SESSION_EXPIRED.trim_ascii_end() {
-                // A new session on a new connection, at once and quietly.
-                break String::new();
-            } else {
-                match read_reply_line(text) {
-                    ReplyLine::Following {
-                        after: id,
-                        diary: named,
-                    } => {
-                        pause = FOLLOW_FIRST_PAUSE;
-                        let id = id
-                            .parse()
-                            .map_err(|_| ClientError::BadReply(text.to_string()))?;
-                        if let Some(named) = named {
-                            diary.get_or_insert_with(|| named.to_string());
-                        }
-                        after.get_or_insert(id);
-                        on_event(&FollowEvent::Following(id));
-                    }
-                    ReplyLine::Error { code, message } if code == ErrorCode::Behind.as_str() => {
-                        let resume = crate::protocol::resume_id(message)
-                            .ok_or_else(|| ClientError::BadReply(text.to_string()))?;
-                        // Resume from what was actually received, which is
-                        // never past the notice's id.
-                        after = Some(after.map_or(resume, |a: u64| a.min(resume)));
-                        on_event(&FollowEvent::Resuming(after.unwrap_or(resume)));
-                        break String::new();
-                    }
-                    ReplyLine::Error { code, message } => {
-                        return Err(ClientError::BadReply(format!("{code}: {message}")));
-                    }
-                    _ => {}
-                }
-            }
+        let ended = match state.read_feed(BufReader::new(wire), &mut on_entry, &mut on_event)? {
+            Feed::Done => return Ok(()),
+            Feed::Ended(why) => why,
         };
         if !ended.is_empty() {
             on_event(&FollowEvent::Reconnecting(ended));
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(FOLLOW_MAX_PAUSE);
+            state.wait();
+        }
+    }
+}
+
+/// How one connection of a follow ended.
+enum Feed {
+    /// The caller has what it wanted.
+    Done,
+    /// Why it ended (empty: reconnect at once, quietly).
+    Ended(String),
+}
+
+/// Where a follow stands across its connections.
+struct FollowState {
+    /// The newest entry had (or the id the server said it starts after).
+    after: Option<u64>,
+    /// A time is asked for until the server says which id it starts after.
+    from_time: Option<String>,
+    /// The diary followed, once the server has named it: a resume names it,
+    /// so a replaced diary or another server is refused, never followed blind.
+    diary: Option<String>,
+    pause: Duration,
+}
+
+impl FollowState {
+    fn new(since: Option<crate::client::dates::Point>) -> FollowState {
+        use crate::client::dates::Point;
+        FollowState {
+            after: match since {
+                Some(Point::AfterId(id)) => Some(id),
+                _ => None,
+            },
+            from_time: match since {
+                Some(point @ Point::From(_)) => Some(point.canonical()),
+                _ => None,
+            },
+            diary: None,
+            pause: FOLLOW_FIRST_PAUSE,
+        }
+    }
+
+    /// Waits before the next try, twice as long each time, up to a bound.
+    fn wait(&mut self) {
+        std::thread::sleep(self.pause);
+        self.pause = (self.pause * 2).min(FOLLOW_MAX_PAUSE);
+    }
+
+    /// The `/follow` request that resumes where this follow stands.
+    fn request(&self) -> String {
+        let mut request = String::from("/follow");
+        if let Some(id) = self.after {
+            request.push_str(&format!(" since {id}"));
+        } else if let Some(time) = &self.from_time {
+            request.push_str(&format!(" since {time}"));
+        }
+        if let Some(diary) = &self.diary {
+            request.push_str(&format!(" diary {diary}"));
+        }
+        request.push('\n');
+        request
+    }
+
+    /// Reads one connection's feed until it ends or `on_entry` has enough.
+    fn read_feed(
+        &mut self,
+        mut reader: BufReader<ClientStream>,
+        on_entry: &mut impl FnMut(&Entry) -> bool,
+        on_event: &mut impl FnMut(&FollowEvent),
+    ) -> Result<Feed, ClientError> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match read_bounded_line(&mut reader, &mut line) {
+                Ok(0) => return Ok(Feed::Ended("the server closed the connection".into())),
+                // Cut short by the end: not an entry (it resumes from the last whole one).
+                Ok(_) if !line.ends_with('\n') => {
+                    return Ok(Feed::Ended("the connection ended mid-line".into()));
+                }
+                Ok(_) => {}
+                Err(e) => return Ok(Feed::Ended(e.to_string())),
+            }
+            let text = line.trim_end_matches(['\n', '\r']);
+            if let Some(entry) = parse_entry(text) {
+                if self.after.is_none_or(|a| entry.id > a) {
+                    self.after = Some(entry.id);
+                    if !on_entry(&entry) {
+                        return Ok(Feed::Done);
+                    }
+                }
+                continue;
+            }
+            if text.as_bytes() == crate::protocol::SESSION_EXPIRED.trim_ascii_end() {
+                // A new session on a new connection, at once and quietly.
+                return Ok(Feed::Ended(String::new()));
+            }
+            match read_reply_line(text) {
+                ReplyLine::Following {
+                    after: id,
+                    diary: named,
+                } => {
+                    self.pause = FOLLOW_FIRST_PAUSE;
+                    let id = id
+                        .parse()
+                        .map_err(|_| ClientError::BadReply(text.to_string()))?;
+                    if let Some(named) = named {
+                        self.diary.get_or_insert_with(|| named.to_string());
+                    }
+                    self.after.get_or_insert(id);
+                    on_event(&FollowEvent::Following(id));
+                }
+                ReplyLine::Error { code, message } if code == ErrorCode::Behind.as_str() => {
+                    let resume = crate::protocol::resume_id(message)
+                        .ok_or_else(|| ClientError::BadReply(text.to_string()))?;
+                    // Resume from what was actually received, which is
+                    // never past the notice's id.
+                    let after = self.after.map_or(resume, |a: u64| a.min(resume));
+                    self.after = Some(after);
+                    on_event(&FollowEvent::Resuming(after));
+                    return Ok(Feed::Ended(String::new()));
+                }
+                ReplyLine::Error { code, message } => {
+                    return Err(ClientError::BadReply(format!("{code}: {message}")));
+                }
+                _ => {}
+            }
         }
     }
 }
