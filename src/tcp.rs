@@ -14,6 +14,7 @@
 //! It may import `server`, `handler`, `store`, `secure`, `protocol` and
 //! `wire`; never `udp`, `event_loop` or `client`.
 
+pub(crate) mod conns;
 pub(crate) mod follow;
 pub mod framing;
 pub mod secure;
@@ -25,7 +26,7 @@ use crate::server::access::allow::Scopes;
 use crate::server::access::gatekeeper::{self, Peer, PlaintextRule, SharedGate};
 use crate::server::history::{self, PastCursor};
 use crate::server::limits::Limits;
-use crate::server::logging::{self, Throttle};
+use crate::server::logging::Throttle;
 use crate::server::service::{AckSite, Outcome, Service, Transport};
 use crate::server::stats::Stats;
 use crate::store::Store;
@@ -288,20 +289,9 @@ impl TcpSide {
         let Some(listener) = self.listener.as_ref() else {
             return;
         };
-        loop {
-            let (mut stream, from) = match listener.accept() {
-                Ok(accepted) => accepted,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // Out of descriptors and the like: shed this one, keep serving.
-                    logging::warn_throttled(
-                        &mut self.accept_log,
-                        format_args!("accept failed: {e}"),
-                    );
-                    return;
-                }
-            };
+        while let Some((mut stream, from)) =
+            conns::accept_next(listener, &mut self.accept_log, "accept")
+        {
             let local = from_this_machine(&stream, from);
             if let Some(refusal) = self.refusal(from, local) {
                 let _ = stream.write_all(&refusal);
@@ -641,9 +631,7 @@ impl TcpSide {
 
     /// Lets go of what waited for batches up to `settled`.
     pub fn release(&mut self, settled: u64) {
-        let mut held = std::mem::take(&mut self.held);
-        held.sort_unstable();
-        held.dedup();
+        let mut held = conns::take_sorted(&mut self.held);
         held.retain(|&key| match self.conns.get_mut(key) {
             Some(conn) => {
                 let still = conn.out.release(settled);
@@ -712,14 +700,9 @@ impl TcpSide {
 
     /// Sends what the touched connections have queued.
     pub fn flush(&mut self, registry: &Registry, store: &Store) {
-        let mut touched = std::mem::take(&mut self.touched);
-        touched.sort_unstable();
-        touched.dedup();
-        for &key in &touched {
+        for key in conns::take_sorted(&mut self.touched) {
             self.flush_conn(key, registry, store);
         }
-        touched.clear();
-        self.touched = touched;
     }
 
     fn flush_conn(&mut self, key: usize, registry: &Registry, store: &Store) {
@@ -736,12 +719,7 @@ impl TcpSide {
             return;
         }
         let queued = conn.unsent();
-        if queued < before || queued == 0 {
-            conn.last_sent = Instant::now();
-        }
-        if queued < before {
-            conn.last_active = conn.last_sent;
-        }
+        conns::note_sent(before, queued, &mut conn.last_sent, &mut conn.last_active);
         let streaming = !matches!(conn.mode, Mode::Requests);
         if queued == 0 && conn.closing && !streaming {
             conn.dead = true;
@@ -749,20 +727,18 @@ impl TcpSide {
         }
         // Held bytes wait for a batch, not for the socket.
         let want_writable = conn.out.sendable() > 0 || conn.unsent() > conn.out.queued();
-        if want_writable != conn.writable_interest {
-            let interest = if want_writable {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            if registry
-                .reregister(&mut conn.stream, Token(key), interest)
-                .is_err()
-            {
-                conn.dead = true;
-                return;
-            }
-            conn.writable_interest = want_writable;
+        let (stream, token) = (&mut conn.stream, Token(key));
+        if conns::set_writable(
+            registry,
+            stream,
+            token,
+            want_writable,
+            &mut conn.writable_interest,
+        )
+        .is_err()
+        {
+            conn.dead = true;
+            return;
         }
         // Serve it again without waiting for an event only if there is work
         // its queue now has room for; anything else would spin the loop.

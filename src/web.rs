@@ -31,10 +31,11 @@ use crate::server::access::gatekeeper::{Peer, SharedGate};
 use crate::server::access::web_sessions::COOKIE_NAME;
 use crate::server::history::{self, PastCursor};
 use crate::server::limits::Limits;
-use crate::server::logging::{self, Throttle};
+use crate::server::logging::Throttle;
 use crate::server::service::{AckSite, Outcome, Service, Transport};
 use crate::server::stats::Stats;
 use crate::store::Store;
+use crate::tcp::conns;
 use crate::tcp::follow::{Fed, Follower};
 use crate::tcp::framing::OutBuf;
 use crate::tcp::{STREAM_FILL, STREAM_SCAN};
@@ -174,19 +175,9 @@ impl WebSide {
         let Some(listener) = self.listener.as_ref() else {
             return;
         };
-        loop {
-            let (mut stream, from) = match listener.accept() {
-                Ok(accepted) => accepted,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    logging::warn_throttled(
-                        &mut self.accept_log,
-                        format_args!("web accept failed: {e}"),
-                    );
-                    return;
-                }
-            };
+        while let Some((mut stream, from)) =
+            conns::accept_next(listener, &mut self.accept_log, "web accept")
+        {
             let from_source = self
                 .conns
                 .iter()
@@ -440,9 +431,7 @@ impl WebSide {
 
     /// Sends what waited for batches up to `settled`.
     pub(crate) fn release(&mut self, settled: u64) {
-        let mut held = std::mem::take(&mut self.held);
-        held.sort_unstable();
-        held.dedup();
+        let mut held = conns::take_sorted(&mut self.held);
         held.retain(|&key| {
             let Some(conn) = self.conns.get_mut(key) else {
                 return false;
@@ -509,14 +498,9 @@ impl WebSide {
     }
 
     pub(crate) fn flush(&mut self, registry: &Registry, store: &Store) {
-        let mut touched = std::mem::take(&mut self.touched);
-        touched.sort_unstable();
-        touched.dedup();
-        for &key in &touched {
+        for key in conns::take_sorted(&mut self.touched) {
             self.flush_conn(key, registry, store);
         }
-        touched.clear();
-        self.touched = touched;
     }
 
     fn flush_conn(&mut self, key: usize, registry: &Registry, store: &Store) {
@@ -533,12 +517,7 @@ impl WebSide {
             return;
         }
         let queued = conn.out.queued();
-        if queued < before || queued == 0 {
-            conn.last_sent = Instant::now();
-        }
-        if queued < before {
-            conn.last_active = conn.last_sent;
-        }
+        conns::note_sent(before, queued, &mut conn.last_sent, &mut conn.last_active);
         if queued == 0 && conn.out.buf.capacity() > KEEP_CAPACITY {
             conn.out.buf = Vec::new();
         }
@@ -548,20 +527,18 @@ impl WebSide {
             return;
         }
         let want_writable = conn.out.sendable() > 0 || conn.stream.pending();
-        if want_writable != conn.writable_interest {
-            let interest = if want_writable {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            if registry
-                .reregister(conn.stream.socket(), Token(TOKEN_BASE + key), interest)
-                .is_err()
-            {
-                conn.dead = true;
-                return;
-            }
-            conn.writable_interest = want_writable;
+        let (stream, token) = (conn.stream.socket(), Token(TOKEN_BASE + key));
+        if conns::set_writable(
+            registry,
+            stream,
+            token,
+            want_writable,
+            &mut conn.writable_interest,
+        )
+        .is_err()
+        {
+            conn.dead = true;
+            return;
         }
         let more = match &conn.state {
             State::Requests => conn.stalled && !conn.closing && queued < max_output / 2,

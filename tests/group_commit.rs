@@ -87,6 +87,19 @@ fn replies_within(c: &mut Tcp, wait: Duration) -> Option<String> {
     }
 }
 
+/// A server whose flushes pass `gate`, not yet running.
+fn gated_unstarted(path: &std::path::Path, gate: &Arc<Gate>) -> Server {
+    let disk_gate = gate.clone();
+    let (store, _) = Store::open_on(path, FsyncPolicy::Always, move |file| {
+        Box::new(GatedDisk {
+            file,
+            gate: disk_gate,
+        })
+    })
+    .unwrap();
+    Server::bind("127.0.0.1:0".parse().unwrap(), store, Limits::default()).unwrap()
+}
+
 /// A server in a thread whose flushes pass `gate`.
 fn gated_server(
     path: &std::path::Path,
@@ -96,16 +109,7 @@ fn gated_server(
     diary::event_loop::StopHandle,
     std::thread::JoinHandle<()>,
 ) {
-    let disk_gate = gate.clone();
-    let (store, _) = Store::open_on(path, FsyncPolicy::Always, move |file| {
-        Box::new(GatedDisk {
-            file,
-            gate: disk_gate,
-        })
-    })
-    .unwrap();
-    let mut server =
-        Server::bind("127.0.0.1:0".parse().unwrap(), store, Limits::default()).unwrap();
+    let mut server = gated_unstarted(path, gate);
     let addr = server.local_addr();
     let stop = server.stop_handle();
     (
@@ -225,16 +229,7 @@ fn a_web_write_is_answered_once_durable_and_a_failed_flush_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("diary.log");
     let gate = Arc::new(Gate::default());
-    let disk_gate = gate.clone();
-    let (store, _) = Store::open_on(&path, FsyncPolicy::Always, move |file| {
-        Box::new(GatedDisk {
-            file,
-            gate: disk_gate,
-        })
-    })
-    .unwrap();
-    let mut server =
-        Server::bind("127.0.0.1:0".parse().unwrap(), store, Limits::default()).unwrap();
+    let mut server = gated_unstarted(&path, &gate);
     let (web, _, url) = server
         .serve_web(
             "127.0.0.1:0".parse().unwrap(),

@@ -785,14 +785,7 @@ fn the_page_reaches_a_phone_on_the_lan_over_https_only() {
         line.contains(&format!("serving the page on https://{web_addr} ")),
         "{line}"
     );
-    let url = line
-        .split("opening ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let url = common::web::login_url_in(&line);
     let token = url.split_once('#').unwrap().1.to_string();
     let Some(capture) = Capture::start(&link, dir.path().join("web.pcap")) else {
         return;

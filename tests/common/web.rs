@@ -55,12 +55,7 @@ impl WebDaemon {
             .nth(1)
             .and_then(|rest| rest.split(')').next())
             .unwrap_or_else(|| panic!("no web line: {line:?}"));
-        let login_url = line
-            .split("opening ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap()
-            .to_string();
+        let login_url = login_url_in(&line);
         WebDaemon {
             daemon,
             web: addr.parse().unwrap(),
@@ -80,6 +75,15 @@ impl WebDaemon {
     pub fn log_in(&self) -> String {
         log_in(self.web, &self.login_url)
     }
+}
+
+/// The one-time login URL in diaryd's `web: …` line.
+pub fn login_url_in(line: &str) -> String {
+    line.split("opening ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no login URL in {line:?}"))
+        .to_string()
 }
 
 /// Exchanges a login URL's token for a session cookie's value.
