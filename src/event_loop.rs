@@ -64,9 +64,11 @@ pub struct Server {
     signals: Option<signal_hook_mio::v1_0::Signals>,
     last_sweep: Instant,
     gate: SharedGate,
-    /// Under systemd: tell it when the server stops, and ping its
-    /// watchdog this often (from the loop, so a stuck loop is noticed).
-    service_manager: Option<Option<Duration>>,
+    /// Under systemd: tell it when the server stops.
+    reports_to_manager: bool,
+    /// Ping systemd's watchdog this often, from the loop, so that a stuck
+    /// loop is noticed.
+    watchdog: Option<Duration>,
     last_watchdog: Instant,
 }
 
@@ -141,7 +143,8 @@ impl Server {
             signals: None,
             last_sweep: Instant::now(),
             gate,
-            service_manager: None,
+            reports_to_manager: false,
+            watchdog: None,
             last_watchdog: Instant::now(),
         })
     }
@@ -152,8 +155,8 @@ impl Server {
 
     /// Serves the web page on `addr` too (over HTTPS with `tls`), keeping
     /// browser sessions in `sessions_file`; returns the address bound, the
-    /// page's URL and a one-time login URL. `host` names the server in URLs (default: the
-    /// address bound).
+    /// page's URL and a one-time login URL. `host` names the server in
+    /// URLs (default: the address bound).
     pub fn serve_web(
         &mut self,
         addr: SocketAddr,
@@ -189,7 +192,8 @@ impl Server {
     /// asked for one, and stopping at shutdown. Outside systemd: nothing.
     pub fn report_to_service_manager(&mut self, status: &str) {
         service_manager::ready(status);
-        self.service_manager = Some(service_manager::watchdog_interval());
+        self.reports_to_manager = true;
+        self.watchdog = service_manager::watchdog_interval();
     }
 
     /// Makes SIGINT and SIGTERM stop the server gracefully (see
@@ -311,7 +315,7 @@ impl Server {
         }
         let now = Instant::now();
         self.shared.sync_if_due(now);
-        if let Some(Some(every)) = self.service_manager
+        if let Some(every) = self.watchdog
             && now.duration_since(self.last_watchdog) >= every
         {
             self.last_watchdog = now;
@@ -371,7 +375,7 @@ impl Server {
 
     /// Stop accepting, store what was written, answer what is queued.
     fn shut_down(&mut self) {
-        if self.service_manager.is_some() {
+        if self.reports_to_manager {
             service_manager::stopping();
         }
         self.tcp.stop_accepting(self.poll.registry());
