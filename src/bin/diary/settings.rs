@@ -84,6 +84,24 @@ fn source(matches: &ArgMatches, id: &str, env: Option<&'static str>) -> Option<S
     }
 }
 
+/// Where setting `id` comes from: a flag or the environment (left as
+/// clap set it), else the file's value (handed to `apply`), else the default.
+fn layer<T>(
+    matches: &ArgMatches,
+    id: &str,
+    env: Option<&'static str>,
+    file: Option<T>,
+    apply: impl FnOnce(T) -> Result<(), String>,
+) -> Result<Source, String> {
+    if let Some(given) = source(matches, id, env) {
+        return Ok(given);
+    }
+    match file {
+        Some(value) => apply(value).map(|()| Source::File),
+        None => Ok(Source::Default),
+    }
+}
+
 /// Fills in from the config file what neither a flag nor the environment
 /// gave; says where each value came from. A file that cannot be read or
 /// parsed is an error naming it.
@@ -93,53 +111,40 @@ pub fn apply(matches: &ArgMatches, args: &mut Args) -> Result<Report, String> {
     let bad = |what: &str, why: String| format!("{}: {what}: {why}", file.display());
     let mut values = Vec::new();
 
-    let from = match (
-        source(matches, "server", Some("DIARY_SERVER")),
+    let from = layer(
+        matches,
+        "server",
+        Some("DIARY_SERVER"),
         settings.server,
-    ) {
-        (Some(s), _) => s,
-        (None, Some(server)) => {
+        |server| {
             args.server = server;
-            Source::File
-        }
-        (None, None) => Source::Default,
-    };
+            Ok(())
+        },
+    )?;
     values.push(("server", args.server.clone(), from));
 
-    let from = match (source(matches, "proto", None), settings.proto) {
-        (Some(s), _) => s,
-        (None, Some(proto)) => {
-            args.proto = proto.parse::<Proto>().map_err(|e| bad("proto", e))?;
-            Source::File
-        }
-        (None, None) => Source::Default,
-    };
+    let from = layer(matches, "proto", None, settings.proto, |proto| {
+        args.proto = proto.parse::<Proto>().map_err(|e| bad("proto", e))?;
+        Ok(())
+    })?;
     values.push(("proto", args.proto.to_string().to_lowercase(), from));
 
-    let from = match (source(matches, "timeout", None), settings.timeout) {
-        (Some(s), _) => s,
-        (None, Some(timeout)) if timeout > 0.0 => {
-            args.timeout = timeout;
-            Source::File
-        }
-        (None, Some(timeout)) => {
+    let from = layer(matches, "timeout", None, settings.timeout, |timeout| {
+        if timeout <= 0.0 {
             return Err(bad(
                 "timeout",
                 format!("{timeout} is not a positive number of seconds"),
             ));
         }
-        (None, None) => Source::Default,
-    };
+        args.timeout = timeout;
+        Ok(())
+    })?;
     values.push(("timeout", format!("{} s", args.timeout), from));
 
-    let from = match (source(matches, "name", Some("DIARY_NAME")), settings.name) {
-        (Some(s), _) => s,
-        (None, Some(name)) => {
-            args.name = Some(crate::parse_name(&name).map_err(|e| bad("name", e))?);
-            Source::File
-        }
-        (None, None) => Source::Default,
-    };
+    let from = layer(matches, "name", Some("DIARY_NAME"), settings.name, |name| {
+        args.name = Some(crate::parse_name(&name).map_err(|e| bad("name", e))?);
+        Ok(())
+    })?;
     let name = args
         .name
         .clone()
@@ -147,14 +152,10 @@ pub fn apply(matches: &ArgMatches, args: &mut Args) -> Result<Report, String> {
         .unwrap_or_else(|| "(none)".into());
     values.push(("name", name, from));
 
-    let from = match (source(matches, "key", Some("DIARY_KEY")), settings.key) {
-        (Some(s), _) => s,
-        (None, Some(key)) => {
-            args.key = Some(expand_home(&key));
-            Source::File
-        }
-        (None, None) => Source::Default,
-    };
+    let from = layer(matches, "key", Some("DIARY_KEY"), settings.key, |key| {
+        args.key = Some(expand_home(&key));
+        Ok(())
+    })?;
     let key = args.key.clone().map_or_else(
         || "(the default: config dir's key)".to_string(),
         |k| k.display().to_string(),
