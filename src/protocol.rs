@@ -434,6 +434,12 @@ fn parse_web<'a>(name: &str, arg: &'a str) -> Result<Command<'a>, RequestError> 
     };
     let command = match name {
         "web-login" if arg.is_empty() => WebCommand::Login(None),
+        // `/web-logout all` means every session: no session may be called so.
+        "web-login" if arg == "all" => {
+            return Err(RequestError::BadArgument(
+                "\"all\" is kept for /web-logout all; pick another name".into(),
+            ));
+        }
         "web-login" => WebCommand::Login(Some(named("/web-login [NAME]")?)),
         "web-logout" => WebCommand::Logout(named("/web-logout NAME|all")?),
         _ if arg.is_empty() => WebCommand::Sessions,
@@ -1102,6 +1108,34 @@ mod tests {
 
     /// Issue 26, 8: a write and an import of the same text are both
     /// taken or both refused, byte for byte.
+    #[test]
+    fn web_login_commands_parse_with_their_names() {
+        fn web(line: &str) -> Result<Command<'_>, RequestError> {
+            parse(line.as_bytes(), 100).command
+        }
+        assert_eq!(web("/web-login"), Ok(Command::Web(WebCommand::Login(None))));
+        assert_eq!(
+            web("/web-login phone"),
+            Ok(Command::Web(WebCommand::Login(Some("phone"))))
+        );
+        assert_eq!(
+            web("/web-logout all"),
+            Ok(Command::Web(WebCommand::Logout("all")))
+        );
+        assert_eq!(web("/web-sessions"), Ok(Command::Web(WebCommand::Sessions)));
+        for bad in [
+            "/web-login all",
+            "/web-login a b",
+            "/web-logout",
+            "/web-sessions x",
+        ] {
+            assert!(
+                matches!(web(bad), Err(RequestError::BadArgument(_))),
+                "{bad}"
+            );
+        }
+    }
+
     #[test]
     fn writes_and_imports_refuse_the_same_bytes() {
         let mut chars: Vec<char> = (0u8..0x20).chain([0x7f]).map(char::from).collect();
