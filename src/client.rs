@@ -389,68 +389,21 @@ impl Client {
             } else {
                 (Instant::now() + wait).min(deadline)
             };
-            while let Some(left) = until
-                .checked_duration_since(Instant::now())
-                .filter(|d| !d.is_zero())
-            {
-                self.udp
-                    .as_ref()
-                    .expect("made above")
-                    .set_read_timeout(Some(left))
-                    .map_err(io_err)?;
-                let n = match self.udp.as_ref().expect("made above").recv(&mut self.buf) {
-                    Ok(n) => n,
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        break;
+            match self.udp_wait(tag, until, &mut why)? {
+                Waited::Over => {}
+                // The same tagged request again, on a new session.
+                Waited::NewSession => attempts -= 1,
+                Waited::Answer {
+                    truncated: true, ..
+                } => return Ok(None),
+                Waited::Answer { text, .. } => {
+                    if attempts == 1 {
+                        self.rtt.sample(started.elapsed());
                     }
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                        why = Silence::NothingListens;
-                        std::thread::sleep(until.saturating_duration_since(Instant::now()));
-                        break;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(io_err(e)),
-                };
-                let text = match self.udp_heard(n)? {
-                    Heard::Text(text) => text,
-                    Heard::Nothing => continue,
-                    Heard::NewSession => {
-                        // The same tagged request again, on a new session.
-                        attempts -= 1;
-                        break;
-                    }
-                };
-                let mut lines = text.lines();
-                let first = lines.next().unwrap_or_default();
-                match read_reply_line(first) {
-                    ReplyLine::Tag { tag: t, truncated } if t == tag => {
-                        if truncated {
-                            return Ok(None);
-                        }
-                    }
-                    // A late answer to an earlier request.
-                    ReplyLine::Tag { .. } => continue,
-                    ReplyLine::Error { code, .. } if code == ErrorCode::Auth.as_str() => {
-                        return Err(plaintext_refused(addr));
-                    }
-                    // diaryd answers every tagged request with its tag.
-                    _ => {
-                        return Err(ClientError::NotDiary {
-                            server: addr,
-                            got: text.chars().take(80).collect(),
-                        });
-                    }
+                    // The lines after the tag line.
+                    let mut lines = text.lines().skip(1).map(|l| Ok(Some(l.to_string())));
+                    return read_reply(|| lines.next().unwrap_or(Ok(None)), sink).map(Some);
                 }
-                if attempts == 1 {
-                    self.rtt.sample(started.elapsed());
-                }
-                let mut lines = lines.map(|l| Ok(Some(l.to_string())));
-                return read_reply(|| lines.next().unwrap_or(Ok(None)), sink).map(Some);
             }
             wait = (wait * 2).min(MAX_WAIT);
         }
@@ -461,6 +414,68 @@ impl Client {
             attempts,
             why,
         })
+    }
+
+    /// Waits until `until` for the reply tagged `tag`, dropping late
+    /// answers to earlier requests; `why` learns why it stays silent.
+    fn udp_wait(
+        &mut self,
+        tag: &str,
+        until: Instant,
+        why: &mut Silence,
+    ) -> Result<Waited, ClientError> {
+        let addr = self.addr;
+        let io_err = |e| ClientError::Io(addr, Proto::Udp, e);
+        while let Some(left) = until
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+        {
+            // The socket is named at each use: reading the reply borrows `self`.
+            let socket = self.udp.as_ref().expect("made by udp_request");
+            socket.set_read_timeout(Some(left)).map_err(io_err)?;
+            let n = match socket.recv(&mut self.buf) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(Waited::Over);
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    *why = Silence::NothingListens;
+                    std::thread::sleep(until.saturating_duration_since(Instant::now()));
+                    return Ok(Waited::Over);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_err(e)),
+            };
+            let text = match self.udp_heard(n)? {
+                Heard::Text(text) => text,
+                Heard::Nothing => continue,
+                Heard::NewSession => return Ok(Waited::NewSession),
+            };
+            let first = text.lines().next().unwrap_or_default();
+            match read_reply_line(first) {
+                ReplyLine::Tag { tag: t, truncated } if t == tag => {
+                    return Ok(Waited::Answer { text, truncated });
+                }
+                // A late answer to an earlier request.
+                ReplyLine::Tag { .. } => continue,
+                ReplyLine::Error { code, .. } if code == ErrorCode::Auth.as_str() => {
+                    return Err(plaintext_refused(addr));
+                }
+                // diaryd answers every tagged request with its tag.
+                _ => {
+                    return Err(ClientError::NotDiary {
+                        server: addr,
+                        got: text.chars().take(80).collect(),
+                    });
+                }
+            }
+        }
+        Ok(Waited::Over)
     }
 
     /// The datagram for one try of `message`: sealed with a new nonce (the
@@ -614,6 +629,17 @@ impl Client {
             }),
         }
     }
+}
+
+/// What one wait for a UDP reply came to.
+enum Waited {
+    /// The reply to this request (cut short to fit, if `truncated`).
+    Answer { text: String, truncated: bool },
+    /// Nothing for it by the deadline.
+    Over,
+    /// The server had forgotten the session: a new one is made, and the
+    /// request is sent again on it.
+    NewSession,
 }
 
 /// What a datagram from the server was, to a UDP request.
