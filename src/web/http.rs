@@ -245,18 +245,9 @@ pub(crate) fn push_text(out: &mut Vec<u8>, status: u16, text: &[u8], close: bool
 
 /// Queues one chunk of a chunked body; an empty one ends it.
 pub(crate) fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
-    let _ = write!(StringSink(out), "{:x}\r\n", data.len());
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
-}
-
-struct StringSink<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for StringSink<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
 }
 
 #[cfg(test)]
