@@ -23,7 +23,7 @@
 
 pub mod client;
 pub mod event_loop;
-pub mod handler;
+pub(crate) mod handler;
 pub mod protocol;
 pub mod secure;
 pub mod server;
