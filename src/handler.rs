@@ -144,7 +144,9 @@ fn run(
             Outcome::Quit
         }
         Command::Stats => {
-            protocol::push_figures(out, stats.figures(store.len(), store.bytes()));
+            let mut figures = stats.figures(store.len(), store.bytes());
+            figures.extend(store.fsync_figures());
+            protocol::push_figures(out, figures);
             Outcome::Replied
         }
         Command::Cookie => {

@@ -774,6 +774,25 @@ impl Store {
 
     /// Entries that have reached the disk as the policy promises; with
     /// flushes off the loop, fewer than [`Store::len`] while one runs.
+    /// `/stats` figures of the flushes made off the loop (`--fsync
+    /// always`): how many, and how long they took.
+    pub fn fsync_figures(&self) -> Vec<(String, u64)> {
+        let Some(syncer) = &self.flush.syncer else {
+            return Vec::new();
+        };
+        let (count, [p50, p99, p999, max]) = syncer.durations();
+        [
+            ("fsyncs", count),
+            ("fsync_p50_us", p50),
+            ("fsync_p99_us", p99),
+            ("fsync_p999_us", p999),
+            ("fsync_max_us", max),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value))
+        .collect()
+    }
+
     pub fn durable(&self) -> u64 {
         self.flush.durable.entries as u64
     }

@@ -457,3 +457,32 @@ fn a_search_through_a_big_diary_is_answered_over_tcp() {
         assert!(shown.contains("a zebra passed"), "{proto}: {shown}");
     }
 }
+
+/// `/stats` says how many flushes ran off the loop and how long they took:
+/// what a durable reply waits for at the least.
+#[test]
+fn stats_show_the_flushes_and_their_durations() {
+    let server = TestServer::start();
+    let mut tcp = Tcp::connect(server.addr);
+    for n in 0..5 {
+        tcp.write(&format!("flushed {n}"));
+    }
+    let figures = stats(server.addr);
+    assert!(figure(&figures, "fsyncs") >= 1, "{figures:?}");
+    let (p50, p99, max) = (
+        figure(&figures, "fsync_p50_us"),
+        figure(&figures, "fsync_p99_us"),
+        figure(&figures, "fsync_max_us"),
+    );
+    assert!(p50 > 0 && p50 <= p99 && p99 <= max, "{figures:?}");
+    // With nothing flushed off the loop there is nothing to say.
+    let never = TestServer::start_with(
+        diary::event_loop::Limits::default(),
+        diary::store::FsyncPolicy::Never,
+    );
+    let figures = stats(never.addr);
+    assert!(
+        figures.iter().all(|(name, _)| !name.starts_with("fsync")),
+        "{figures:?}"
+    );
+}

@@ -9,16 +9,21 @@
 //! store's buffers stay on the loop's thread.
 
 use crate::store::disk::SyncFn;
+use hdrhistogram::Histogram;
 use mio::Waker;
 use std::io;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::time::{Duration, Instant};
 
 pub struct Syncer {
     requests: Option<Sender<()>>,
-    results: Receiver<io::Result<()>>,
+    results: Receiver<(io::Result<()>, Duration)>,
     in_flight: bool,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// How long each flush took, in microseconds: what a durable reply
+    /// waits for at the least (`/stats`: `fsync_…`).
+    durations: Histogram<u64>,
 }
 
 impl Syncer {
@@ -30,7 +35,9 @@ impl Syncer {
             .name("diaryd-syncer".into())
             .spawn(move || {
                 while incoming.recv().is_ok() {
-                    if done.send(sync()).is_err() {
+                    let started = Instant::now();
+                    let result = sync();
+                    if done.send((result, started.elapsed())).is_err() {
                         return;
                     }
                     // A loop that cannot be woken still sees the result at
@@ -43,7 +50,21 @@ impl Syncer {
             results,
             in_flight: false,
             thread: Some(thread),
+            durations: Histogram::new(3).expect("3 significant figures are allowed"),
         })
+    }
+
+    /// Flushes done, and their durations' p50, p99, p99.9 and maximum in
+    /// microseconds.
+    pub fn durations(&self) -> (u64, [u64; 4]) {
+        let h = &self.durations;
+        let at = |q| h.value_at_quantile(q);
+        (h.len(), [at(0.5), at(0.99), at(0.999), h.max()])
+    }
+
+    fn note(&mut self, (result, took): (io::Result<()>, Duration)) -> io::Result<()> {
+        self.durations.saturating_record(took.as_micros() as u64);
+        result
     }
 
     pub fn in_flight(&self) -> bool {
@@ -63,9 +84,9 @@ impl Syncer {
             return None;
         }
         match self.results.try_recv() {
-            Ok(result) => {
+            Ok(done) => {
                 self.in_flight = false;
-                Some(result)
+                Some(self.note(done))
             }
             Err(TryRecvError::Empty) => None,
             Err(TryRecvError::Disconnected) => {
@@ -81,11 +102,10 @@ impl Syncer {
             return None;
         }
         self.in_flight = false;
-        Some(
-            self.results
-                .recv()
-                .unwrap_or_else(|_| Err(io::Error::other("the syncer thread stopped"))),
-        )
+        Some(match self.results.recv() {
+            Ok(done) => self.note(done),
+            Err(_) => Err(io::Error::other("the syncer thread stopped")),
+        })
     }
 }
 
