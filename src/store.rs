@@ -772,8 +772,6 @@ impl Store {
         Ok(())
     }
 
-    /// Entries that have reached the disk as the policy promises; with
-    /// flushes off the loop, fewer than [`Store::len`] while one runs.
     /// `/stats` figures of the flushes made off the loop (`--fsync
     /// always`): how many, and how long they took.
     pub fn fsync_figures(&self) -> Vec<(String, u64)> {
@@ -793,6 +791,8 @@ impl Store {
         .collect()
     }
 
+    /// Entries that have reached the disk as the policy promises; with
+    /// flushes off the loop, fewer than [`Store::len`] while one runs.
     pub fn durable(&self) -> u64 {
         self.flush.durable.entries as u64
     }
