@@ -56,14 +56,19 @@ function newTag() {
   return `w${session}-${Date.now().toString(36)}${counter}`;
 }
 
-async function call(line) {
-  const response = await fetch('/api', {
+// A POST of text to the server's own API.
+function post(path, body) {
+  return fetch(path, {
     method: 'POST',
-    body: line,
+    body,
     headers: { 'Content-Type': 'text/plain; charset=utf-8' },
     credentials: 'same-origin',
     cache: 'no-store',
   });
+}
+
+async function call(line) {
+  const response = await post('/api', line);
   if (response.status === 401) throw new LoggedOut(await response.text());
   const text = await response.text();
   if (!response.ok) throw new Error(text.trim() || `HTTP ${response.status}`);
@@ -442,12 +447,7 @@ function loggedOut(message) {
 }
 
 async function login(token) {
-  const response = await fetch('/api/login', {
-    method: 'POST',
-    body: token,
-    headers: { 'Content-Type': 'text/plain; charset=utf-8' },
-    credentials: 'same-origin',
-  });
+  const response = await post('/api/login', token);
   history.replaceState(null, '', '/');
   if (!response.ok) {
     notice(`Not logged in: ${(await response.text()).trim()}`);
@@ -494,7 +494,7 @@ async function main() {
     else $('#search-words').focus();
   });
   $('#logout').addEventListener('click', async () => {
-    await fetch('/api/logout', { method: 'POST', credentials: 'same-origin' }).catch(() => {});
+    await post('/api/logout', '').catch(() => {});
     loggedOut('Logged out: run `diary web-login` on the server’s machine to log in again');
   });
   window.addEventListener('online', () => sendOutbox());
