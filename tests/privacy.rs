@@ -122,6 +122,20 @@ fn allow_file(dir: &Path, lines: &[String]) -> PathBuf {
 
 /// Two machines: diaryd in one, allowing one device (`NAME SCOPES`), and
 /// that device in the other. (Bound in this order, they drop server first.)
+/// diaryd on port 0 in the server's namespace, letting in the devices
+/// of `lines`; and the allow file it reads (in `dir`), to change.
+fn allowing(link: &Link, dir: &Path, lines: &[String]) -> (Server, PathBuf) {
+    let allow = allow_file(dir, lines);
+    let server = Server::start(
+        link,
+        &dir.join("d.log"),
+        0,
+        &["--allow", allow.to_str().unwrap()],
+    )
+    .unwrap();
+    (server, allow)
+}
+
 fn scene(device_line: &str) -> Option<(Link, tempfile::TempDir, Device, Server)> {
     let link = Link::new()?;
     let dir = tempfile::tempdir().unwrap();
@@ -401,14 +415,7 @@ fn a_revoked_device_is_refused_after_sighup_and_its_sessions_end() {
         format!("{} desk all", kept.public),
         format!("{} phone all", lost.public),
     ];
-    let allow = allow_file(dir.path(), &both);
-    let server = Server::start(
-        &link,
-        &dir.path().join("d.log"),
-        0,
-        &["--allow", allow.to_str().unwrap()],
-    )
-    .unwrap();
+    let (server, allow) = allowing(&link, dir.path(), &both);
     let addr = server.addr.to_string();
     for device in [&kept, &lost] {
         let out = device.run(&link, &addr, &["write", "before"]);
@@ -688,17 +695,8 @@ fn a_follow_ends_at_once_when_sighup_takes_its_scope() {
     let dir = tempfile::tempdir().unwrap();
     let (desk, phone) = (Device::new(), Device::new());
     let desk_line = format!("{} desk all", desk.public);
-    let allow = allow_file(
-        dir.path(),
-        &[desk_line.clone(), format!("{} phone all", phone.public)],
-    );
-    let server = Server::start(
-        &link,
-        &dir.path().join("d.log"),
-        0,
-        &["--allow", allow.to_str().unwrap()],
-    )
-    .unwrap();
+    let lines = [desk_line.clone(), format!("{} phone all", phone.public)];
+    let (server, allow) = allowing(&link, dir.path(), &lines);
     let addr = server.addr.to_string();
     let mut follower = phone.spawn(&link, &addr, &["follow"]);
     let lines = common::LineFeed::new(follower.stdout.take().unwrap());
