@@ -66,6 +66,8 @@ pub struct Server {
     gate: SharedGate,
     /// Under systemd: tell it when the server stops.
     reports_to_manager: bool,
+    /// The entry count in the status line the manager shows.
+    reported_entries: u64,
     /// Ping systemd's watchdog this often, from the loop, so that a stuck
     /// loop is noticed.
     watchdog: Option<Duration>,
@@ -144,6 +146,7 @@ impl Server {
             last_sweep: Instant::now(),
             gate,
             reports_to_manager: false,
+            reported_entries: 0,
             watchdog: None,
             last_watchdog: Instant::now(),
         })
@@ -188,10 +191,16 @@ impl Server {
         }
     }
 
-    /// Reports to systemd from now on: ready (now), the watchdog if it
-    /// asked for one, and stopping at shutdown. Outside systemd: nothing.
-    pub fn report_to_service_manager(&mut self, status: &str) {
-        service_manager::ready(status);
+    /// Reports to systemd from now on: ready (now), with a status line
+    /// whose entry count is brought up to date once a second at most, the
+    /// watchdog if it asked for one, and stopping at shutdown. Outside
+    /// systemd: nothing.
+    pub fn report_to_service_manager(&mut self) {
+        self.reported_entries = self.shared.store().len();
+        service_manager::ready(&service_manager::serving_status(
+            self.reported_entries,
+            self.local_addr(),
+        ));
         self.reports_to_manager = true;
         self.watchdog = service_manager::watchdog_interval();
     }
@@ -305,6 +314,14 @@ impl Server {
         timeout
     }
 
+    fn report_entry_count(&mut self) {
+        let entries = self.shared.store().len();
+        if self.reports_to_manager && entries != self.reported_entries {
+            self.reported_entries = entries;
+            service_manager::status(&service_manager::serving_status(entries, self.local_addr()));
+        }
+    }
+
     /// commit → patch acks → feed followers → sweep (once a second, with a
     /// look at the diary file) → flush → reap.
     fn end_iteration(&mut self) {
@@ -331,6 +348,7 @@ impl Server {
                 web.sweep(now, self.poll.registry(), self.shared.stats());
             }
             self.shared.watch_file();
+            self.report_entry_count();
         }
         let registry = self.poll.registry();
         let settled = self.shared.settled_batch();

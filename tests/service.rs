@@ -2,8 +2,9 @@
 //! (ready, watchdog, stopping), sockets handed over as systemd hands them
 //! (fds 3 and 4, `LISTEN_FDS`, `LISTEN_PID`), the unit files checked by
 //! `systemd-analyze verify`, and `diaryd --check` for backups and cron.
-//! No systemd runs here: the notify socket and the handed-over fds are
-//! made by the test, exactly as systemd makes them.
+//! The notify socket and the handed-over fds are made by the test, exactly
+//! as systemd makes them; tests/systemd.rs runs the installed units under
+//! a real one.
 
 mod common;
 
@@ -75,6 +76,14 @@ fn diaryd_says_ready_pings_the_watchdog_and_says_stopping() {
         started.elapsed() < Duration::from_millis(1500),
         "{:?}",
         started.elapsed()
+    );
+    // The status line keeps up with the diary, within a second or so.
+    let status = notes_until(&notify, Duration::from_secs(5), |n| n.contains("STATUS="));
+    assert!(
+        status
+            .iter()
+            .any(|n| n.contains("STATUS=serving 1 entry on")),
+        "{status:?}"
     );
     // SIGTERM: stopping first, then exit 0 with everything stored.
     let pid = daemon.child.id() as i32;

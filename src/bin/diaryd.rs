@@ -262,8 +262,7 @@ fn serve(args: &Args) -> Result<ExitCode, String> {
         None => Ok(()),
     })
     .and_then(|()| stdout.flush());
-    let status = format!("serving {entries} entries on {}", server.local_addr());
-    server.report_to_service_manager(&status);
+    server.report_to_service_manager();
     match server.run() {
         Ok(()) => {
             log::info!("stopped; everything acknowledged is in {}", path.display());

@@ -8,7 +8,7 @@
 //! It may import nothing else of the crate.
 
 use sd_notify::NotifyState;
-use std::net::{TcpListener, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::time::Duration;
 
 /// The sockets systemd handed over (a `diaryd.socket` with one
@@ -60,9 +60,20 @@ pub fn take_activated_sockets() -> Result<Option<(TcpListener, UdpSocket)>, Stri
     Ok(Some((listener, socket)))
 }
 
+/// The status line `systemctl status` shows while diaryd serves.
+pub fn serving_status(entries: u64, addr: SocketAddr) -> String {
+    let noun = if entries == 1 { "entry" } else { "entries" };
+    format!("serving {entries} {noun} on {addr}")
+}
+
 /// Tells the manager the server is serving (with a status line).
 pub fn ready(status: &str) {
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
+/// A new status line, once the one shown is out of date.
+pub fn status(status: &str) {
+    let _ = sd_notify::notify(&[NotifyState::Status(status)]);
 }
 
 /// Tells the manager the server is shutting down.
