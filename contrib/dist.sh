@@ -3,13 +3,19 @@
 # target/dist/: bin/, man/ (diary.1 and a page per command, diaryd.8,
 # diary-protocol.5, diary-file.5) and completions/ (bash, zsh, fish).
 # Install as README "Run it as a service" says.
+# DIARY_DIST_BINARIES=DIR takes diaryd and diary from DIR instead of a
+# release build, and DIARY_DIST_OUT=DIR writes there (the systemd test uses both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bin diaryd --bin diary
-dist=target/dist
+binaries=${DIARY_DIST_BINARIES:-}
+if [ -z "$binaries" ]; then
+    cargo build --release --bin diaryd --bin diary
+    binaries=target/release
+fi
+dist=${DIARY_DIST_OUT:-target/dist}
 rm -rf "$dist"
 mkdir -p "$dist/bin" "$dist/man" "$dist/completions"
-cp target/release/diaryd target/release/diary "$dist/bin/"
+cp "$binaries/diaryd" "$binaries/diary" "$dist/bin/"
 "$dist/bin/diary" generate-man "$dist/man"
 "$dist/bin/diaryd" --generate-man "$dist/man"
 for prog in diary diaryd; do
