@@ -16,6 +16,10 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
+/// The longest flush the histogram tells apart (a minute, in µs); longer
+/// ones count as this long.
+const LONGEST_FLUSH_US: u64 = 60_000_000;
+
 pub struct Syncer {
     requests: Option<Sender<()>>,
     results: Receiver<(io::Result<()>, Duration)>,
@@ -50,7 +54,9 @@ impl Syncer {
             results,
             in_flight: false,
             thread: Some(thread),
-            durations: Histogram::new(3).expect("3 significant figures are allowed"),
+            // Bounds, not `new`: `saturating_record` never grows a
+            // histogram, and `new`'s first range ends near 2 ms.
+            durations: Histogram::new_with_bounds(1, LONGEST_FLUSH_US, 3).expect("valid bounds"),
         })
     }
 
@@ -115,5 +121,31 @@ impl Drop for Syncer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_flush_is_counted_at_its_length() {
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let slow = Box::new(|| {
+            std::thread::sleep(Duration::from_millis(30));
+            Ok(())
+        });
+        let mut syncer = Syncer::start(slow, waker).unwrap();
+        syncer.request();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while syncer.try_result().is_none() {
+            assert!(Instant::now() < deadline, "the flush never returned");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (count, [p50, _, _, max]) = syncer.durations();
+        assert_eq!(count, 1);
+        assert!((30_000..1_000_000).contains(&max), "{max} µs");
+        assert!(p50 >= 29_000, "{p50} µs");
     }
 }
