@@ -13,6 +13,7 @@
 
 use crate::server::access::gatekeeper::{Gatekeeper, SharedGate};
 use crate::server::access::web_sessions::WebSessions;
+use crate::server::phases::Phase;
 use crate::server::service::{AckSite, Service};
 use crate::server::service_manager;
 use crate::server::state::ServerState;
@@ -228,6 +229,7 @@ impl Server {
                 }
                 return Err(e);
             }
+            self.shared.stats().phases.turn_begins();
             // Readiness first; UDP is served after, in one batch.
             for event in events.iter() {
                 match event.token() {
@@ -257,6 +259,7 @@ impl Server {
             if let Some(web) = &mut self.web {
                 web.serve_resumed(&mut self.shared);
             }
+            self.shared.stats().phases.phase_done(Phase::Serve);
             self.end_iteration();
         }
         self.shut_down();
@@ -326,10 +329,12 @@ impl Server {
     /// look at the diary file) → flush → reap.
     fn end_iteration(&mut self) {
         self.commit_and_patch();
+        self.shared.stats().phases.phase_done(Phase::Commit);
         self.tcp.feed_followers(&mut self.shared);
         if let Some(web) = &mut self.web {
             web.feed_followers(&mut self.shared);
         }
+        self.shared.stats().phases.phase_done(Phase::Feed);
         let now = Instant::now();
         self.shared.sync_if_due(now);
         if let Some(every) = self.watchdog
@@ -359,6 +364,7 @@ impl Server {
             web.flush(registry, self.shared.store());
             web.reap(registry, self.shared.stats());
         }
+        self.shared.stats().phases.phase_done(Phase::Flush);
     }
 
     /// Group commit, then every ack of a batch that failed this iteration

@@ -13,6 +13,7 @@ pub(crate) mod history;
 pub mod limits;
 pub mod logging;
 pub mod open_files;
+pub mod phases;
 pub(crate) mod replay;
 pub mod service;
 pub mod service_manager;

@@ -486,3 +486,33 @@ fn stats_show_the_flushes_and_their_durations() {
         "{figures:?}"
     );
 }
+
+/// `/stats` says where the loop's time goes: each phase of a turn, the
+/// wait of a written batch for its flush, and the batches' sizes.
+#[test]
+fn stats_show_where_the_loops_time_goes() {
+    let server = TestServer::start();
+    let mut tcp = Tcp::connect(server.addr);
+    for n in 0..5 {
+        tcp.write(&format!("timed {n}"));
+    }
+    let figures = stats(server.addr);
+    assert!(figure(&figures, "turns") >= 5, "{figures:?}");
+    assert!(figure(&figures, "batches") >= 5, "{figures:?}");
+    for phase in ["serve", "commit", "feed", "flush", "turn", "durable_wait"] {
+        let p50 = figure(&figures, &format!("{phase}_p50_us"));
+        let max = figure(&figures, &format!("{phase}_max_us"));
+        assert!(p50 <= max, "{phase}: {figures:?}");
+    }
+    // One write in flight at a time: one entry per batch.
+    assert_eq!(figure(&figures, "batch_entries_max"), 1, "{figures:?}");
+    // A batch waits at least for its fdatasync.
+    assert!(
+        figure(&figures, "durable_wait_max_us") >= figure(&figures, "fsync_p50_us"),
+        "{figures:?}"
+    );
+    assert!(
+        figure(&figures, "turn_max_us") >= figure(&figures, "serve_max_us"),
+        "{figures:?}"
+    );
+}

@@ -40,6 +40,8 @@ struct Written {
     first_id: u64,
     last_id: u64,
     sites: Vec<AckSite>,
+    /// When it was written: the wait for its flush is a phase of /stats.
+    written_at: Instant,
 }
 
 /// A batch whose commit failed: its acks are to become `line`.
@@ -181,11 +183,13 @@ impl ServerState {
                 let last_id = self.store.len();
                 if last_id >= first_id {
                     let sites = self.take_waiting();
+                    self.stats.phases.batch_written(last_id - first_id + 1);
                     self.unsynced.push_back(Written {
                         batch,
                         first_id,
                         last_id,
                         sites,
+                        written_at: Instant::now(),
                     });
                 }
                 // Sites still waiting belong to writes a loss took before
@@ -251,6 +255,7 @@ impl ServerState {
         }
         let durable = self.store.durable();
         while let Some(written) = self.unsynced.pop_front_if(|w| w.last_id <= durable) {
+            self.stats.phases.batch_durable(written.written_at);
             if self.spare_sites.len() < SPARE_SITE_LISTS {
                 let mut sites = written.sites;
                 sites.clear();

@@ -1,6 +1,7 @@
 //! Figures for `/stats`: counted by the loop's two sides and the handler,
 //! owned by the server, and lent to the handler as a reference to report.
 
+use crate::server::phases::Phases;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,6 +38,8 @@ pub struct Stats {
     pub plaintext_refused: u64,
     /// Serving plaintext to anyone (`--insecure-open`).
     pub insecure_open: bool,
+    /// Where the loop's time goes.
+    pub phases: Phases,
 }
 
 impl Default for Stats {
@@ -61,6 +64,7 @@ impl Default for Stats {
             cookie_replies: 0,
             plaintext_refused: 0,
             insecure_open: false,
+            phases: Phases::default(),
         }
     }
 }
@@ -99,6 +103,7 @@ impl Stats {
         for (device, sessions) in &self.device_sessions {
             figures.push((format!("sessions {device}"), *sessions));
         }
+        figures.extend(self.phases.figures());
         figures
     }
 }
