@@ -773,18 +773,24 @@ impl Store {
     }
 
     /// `/stats` figures of the flushes made off the loop (`--fsync
-    /// always`): how many, and how long they took.
+    /// always`): how many, how long they took, and how long each one's
+    /// result then waited for the loop.
     pub fn fsync_figures(&self) -> Vec<(String, u64)> {
         let Some(syncer) = &self.flush.syncer else {
             return Vec::new();
         };
         let (count, [p50, p99, p999, max]) = syncer.durations();
+        let (_, [h50, h99, h999, hmax]) = syncer.handoffs();
         [
             ("fsyncs", count),
             ("fsync_p50_us", p50),
             ("fsync_p99_us", p99),
             ("fsync_p999_us", p999),
             ("fsync_max_us", max),
+            ("fsync_handoff_p50_us", h50),
+            ("fsync_handoff_p99_us", h99),
+            ("fsync_handoff_p999_us", h999),
+            ("fsync_handoff_max_us", hmax),
         ]
         .into_iter()
         .map(|(name, value)| (name.to_string(), value))

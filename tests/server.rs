@@ -475,6 +475,11 @@ fn stats_show_the_flushes_and_their_durations() {
         figure(&figures, "fsync_max_us"),
     );
     assert!(p50 > 0 && p50 <= p99 && p99 <= max, "{figures:?}");
+    // And how long each result then waited for the loop to take it in.
+    assert!(
+        figure(&figures, "fsync_handoff_p50_us") <= figure(&figures, "fsync_handoff_max_us"),
+        "{figures:?}"
+    );
     // With nothing flushed off the loop there is nothing to say.
     let never = TestServer::start_with(
         diary::event_loop::Limits::default(),

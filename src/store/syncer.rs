@@ -22,12 +22,16 @@ const LONGEST_FLUSH_US: u64 = 60_000_000;
 
 pub struct Syncer {
     requests: Option<Sender<()>>,
-    results: Receiver<(io::Result<()>, Duration)>,
+    /// A flush's result, how long it took, and when it returned.
+    results: Receiver<(io::Result<()>, Duration, Instant)>,
     in_flight: bool,
     thread: Option<std::thread::JoinHandle<()>>,
     /// How long each flush took, in microseconds: what a durable reply
     /// waits for at the least (`/stats`: `fsync_…`).
     durations: Histogram<u64>,
+    /// How long a returned flush waited for the loop to take it in (the
+    /// wake-up, and the rest of a turn): `/stats`' `fsync_handoff_…`.
+    handoffs: Histogram<u64>,
 }
 
 impl Syncer {
@@ -41,7 +45,8 @@ impl Syncer {
                 while incoming.recv().is_ok() {
                     let started = Instant::now();
                     let result = sync();
-                    if done.send((result, started.elapsed())).is_err() {
+                    let finished = Instant::now();
+                    if done.send((result, finished - started, finished)).is_err() {
                         return;
                     }
                     // A loop that cannot be woken still sees the result at
@@ -57,19 +62,29 @@ impl Syncer {
             // Bounds, not `new`: `saturating_record` never grows a
             // histogram, and `new`'s first range ends near 2 ms.
             durations: Histogram::new_with_bounds(1, LONGEST_FLUSH_US, 3).expect("valid bounds"),
+            handoffs: Histogram::new_with_bounds(1, LONGEST_FLUSH_US, 3).expect("valid bounds"),
         })
     }
 
     /// Flushes done, and their durations' p50, p99, p99.9 and maximum in
     /// microseconds.
     pub fn durations(&self) -> (u64, [u64; 4]) {
-        let h = &self.durations;
-        let at = |q| h.value_at_quantile(q);
-        (h.len(), [at(0.5), at(0.99), at(0.999), h.max()])
+        quantiles(&self.durations)
     }
 
-    fn note(&mut self, (result, took): (io::Result<()>, Duration)) -> io::Result<()> {
+    /// The same of the waits between a flush's return and the loop's
+    /// taking it in.
+    pub fn handoffs(&self) -> (u64, [u64; 4]) {
+        quantiles(&self.handoffs)
+    }
+
+    fn note(
+        &mut self,
+        (result, took, finished): (io::Result<()>, Duration, Instant),
+    ) -> io::Result<()> {
         self.durations.saturating_record(took.as_micros() as u64);
+        self.handoffs
+            .saturating_record(finished.elapsed().as_micros() as u64);
         result
     }
 
@@ -115,6 +130,11 @@ impl Syncer {
     }
 }
 
+fn quantiles(h: &Histogram<u64>) -> (u64, [u64; 4]) {
+    let at = |q| h.value_at_quantile(q);
+    (h.len(), [at(0.5), at(0.99), at(0.999), h.max()])
+}
+
 impl Drop for Syncer {
     fn drop(&mut self) {
         self.requests = None;
@@ -138,14 +158,15 @@ mod tests {
         });
         let mut syncer = Syncer::start(slow, waker).unwrap();
         syncer.request();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while syncer.try_result().is_none() {
-            assert!(Instant::now() < deadline, "the flush never returned");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        // The loop takes the result in 50 ms after asking: 20 ms late.
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(syncer.try_result().is_some());
         let (count, [p50, _, _, max]) = syncer.durations();
         assert_eq!(count, 1);
         assert!((30_000..1_000_000).contains(&max), "{max} µs");
         assert!(p50 >= 29_000, "{p50} µs");
+        let (count, [_, _, _, late]) = syncer.handoffs();
+        assert_eq!(count, 1);
+        assert!((15_000..1_000_000).contains(&late), "{late} µs");
     }
 }
