@@ -120,7 +120,7 @@ pub(crate) enum ClientStream {
 
 impl ClientStream {
     /// Connects, with a handshake if there are keys.
-    pub fn connect(
+    pub(crate) fn connect(
         addr: SocketAddr,
         opts: &Options,
         creds: Option<&Credentials>,
@@ -146,7 +146,7 @@ impl ClientStream {
         }
     }
 
-    pub fn tcp(&self) -> &TcpStream {
+    pub(crate) fn tcp(&self) -> &TcpStream {
         match self {
             ClientStream::Plain(stream) => stream,
             ClientStream::Secure(secure) => secure.tcp(),

@@ -56,7 +56,7 @@ fn editable(store: &Store, id: u64) -> Result<(), String> {
 /// Buffers entry `text` (tagged `tag`, by `author`) and puts its ack in
 /// `out`: a `Write` request, or a plain line the TCP side took straight
 /// here ([`crate::protocol::plain_write`]).
-pub fn write(
+pub(crate) fn write(
     text: &str,
     (tag, author): (Option<&str>, Option<&str>),
     tcp: bool,
@@ -71,7 +71,7 @@ pub fn write(
 
 /// Answers one request, appending the reply to `out`; a write is
 /// recorded as `author`'s.
-pub fn handle(
+pub(crate) fn handle(
     req: &Request,
     (transport, author): (Transport, Option<&str>),
     store: &mut Store,

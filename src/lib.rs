@@ -20,6 +20,9 @@
 //!
 //! The `diary` binary's REPL, display, editor and outbox are private to it
 //! (`src/bin/diary/`); it links no `server`, `store` or side code.
+//!
+//! Items are `pub(crate)` unless a binary, a test, the bench or a fuzz
+//! target uses them: what is `pub` here is what those need, no more.
 
 pub mod client;
 pub mod event_loop;

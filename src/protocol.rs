@@ -84,23 +84,23 @@ pub enum WebCommand<'a> {
 /// `regex`, the newest `last` of them; always sent oldest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PastQuery<'a> {
-    pub last: Option<u64>,
-    pub since: Option<Since>,
+    pub(crate) last: Option<u64>,
+    pub(crate) since: Option<Since>,
     /// Up to this id (included), or before this time (excluded).
-    pub until: Option<Since>,
+    pub(crate) until: Option<Since>,
     /// Terms separated by tabs, each of which the text must contain.
-    pub grep: Option<&'a str>,
+    pub(crate) grep: Option<&'a str>,
     /// A regular expression (the `regex` crate's syntax) the text must match.
-    pub regex: Option<&'a str>,
+    pub(crate) regex: Option<&'a str>,
     /// `#tags` the text must hold (any case).
-    pub tags: Vec<&'a str>,
+    pub(crate) tags: Vec<&'a str>,
     /// grep and regex ignore case.
-    pub ignore_case: bool,
+    pub(crate) ignore_case: bool,
     /// Written by this author.
-    pub from: Option<&'a str>,
+    pub(crate) from: Option<&'a str>,
     /// Every version: amendment and deletion lines as they are, entries
     /// with their first text.
-    pub versions: bool,
+    pub(crate) versions: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,21 +113,21 @@ pub enum Since {
 
 /// The official client's wrapper around a request: `/id TAG [max=N] [cookie=C] [by=NAME] REQUEST`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Envelope<'a> {
-    pub tag: &'a str,
+pub(crate) struct Envelope<'a> {
+    pub(crate) tag: &'a str,
     /// Largest UDP reply the client can take.
-    pub max_reply: Option<usize>,
-    pub cookie: Option<&'a str>,
+    pub(crate) max_reply: Option<usize>,
+    pub(crate) cookie: Option<&'a str>,
     /// Who writes (`by=NAME`), recorded with a write from a client that has
     /// no device key; an encrypted session's device name overrides it.
-    pub by: Option<&'a str>,
+    pub(crate) by: Option<&'a str>,
 }
 
 /// A parsed request. The envelope is read even when the command is bad so
 /// that the error reply still carries the tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request<'a> {
-    pub envelope: Option<Envelope<'a>>,
+    pub(crate) envelope: Option<Envelope<'a>>,
     pub command: Result<Command<'a>, RequestError>,
 }
 
@@ -143,7 +143,7 @@ pub enum RequestError {
 }
 
 impl RequestError {
-    pub fn code(&self) -> ErrorCode {
+    pub(crate) fn code(&self) -> ErrorCode {
         match self {
             RequestError::InvalidUtf8 { .. } => ErrorCode::BadUtf8,
             RequestError::ControlByte { .. } => ErrorCode::BadByte,
@@ -157,7 +157,7 @@ impl RequestError {
 
 /// Every error code a reply can carry: `err CODE REASON`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
+pub(crate) enum ErrorCode {
     BadUtf8,
     BadByte,
     Empty,
@@ -197,7 +197,7 @@ impl ErrorCode {
         ErrorCode::Forbidden,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadUtf8 => "bad-utf8",
             ErrorCode::BadByte => "bad-byte",
@@ -414,7 +414,7 @@ fn parse_command(raw: &[u8], max_entry: usize) -> Result<Command<'_>, RequestErr
 
 /// Whether a web session may be called `name`: 1 to 64 letters, digits,
 /// `-`, `_` or `.` (it is written into entries as `by=NAME`).
-pub fn valid_session_name(name: &str) -> bool {
+pub(crate) fn valid_session_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
@@ -615,7 +615,7 @@ fn parse_follow(args: &str) -> Result<Command<'_>, RequestError> {
 
 /// `ID` (entries after it), a date `YYYY-MM-DD`, a local time
 /// `YYYY-MM-DDTHH:MM[:SS]`, or an RFC 3339 time with offset.
-pub fn parse_since(s: &str) -> Result<Since, String> {
+pub(crate) fn parse_since(s: &str) -> Result<Since, String> {
     use chrono::{Local, NaiveDate, NaiveDateTime, TimeZone};
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         return s
@@ -1005,7 +1005,7 @@ pub(crate) fn replace_ack(buf: &mut Vec<u8>, at: usize, line: &[u8], limit: usiz
 }
 
 /// The reply to `h` / `/help`, without its end line.
-pub const HELP: &str = "\
+pub(crate) const HELP: &str = "\
 diary: every line you send is stored as an entry and answered with \"ok ID TIME\".
   p                      past entries, oldest first
   h                      this help

@@ -24,13 +24,13 @@
 pub mod check;
 pub mod disk;
 mod id_digits;
-pub mod lines;
+pub(crate) mod lines;
 mod saved_index;
-pub mod scan;
+pub(crate) mod scan;
 pub mod syncer;
 mod watch;
 
-pub use watch::Lost;
+pub(crate) use watch::Lost;
 
 use crate::store::disk::Disk;
 use crate::store::scan::{CutReason, Index, Mode, ScanError};
@@ -87,7 +87,7 @@ impl fmt::Display for FsyncPolicy {
 }
 
 /// How long `interval` lets written data wait for its `fdatasync`.
-pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A small step back of the clock (NTP slewing, a VM's correction) is
 /// absorbed: the entry keeps the previous time. A bigger one is believed
@@ -134,7 +134,7 @@ impl fmt::Display for OpenError {
 impl std::error::Error for OpenError {}
 
 /// `path` quoted for a POSIX shell, for the commands hints suggest.
-pub fn shell_quote(path: &Path) -> String {
+pub(crate) fn shell_quote(path: &Path) -> String {
     let text = path.display().to_string();
     if !text.is_empty()
         && text
@@ -160,16 +160,16 @@ pub struct Recovery {
     /// The file's permission bits, when users other than its owner may
     /// read or write it (a diary begun by hand, or before diaryd made them
     /// private).
-    pub open_to_others: Option<u32>,
+    pub(crate) open_to_others: Option<u32>,
 }
 
 #[derive(Debug)]
 pub struct RecoveryCut {
-    pub bytes: usize,
+    pub(crate) bytes: usize,
     /// The file's line where the cut began.
-    pub line: u64,
-    pub why: CutReason,
-    pub side: PathBuf,
+    pub(crate) line: u64,
+    pub(crate) why: CutReason,
+    pub(crate) side: PathBuf,
 }
 
 impl Recovery {
@@ -215,21 +215,21 @@ impl Recovery {
 /// the file changed under them before they reached the disk): every id
 /// from `first_lost` on was forgotten, pending ones included.
 #[derive(Debug)]
-pub struct Loss {
-    pub first_lost: u64,
-    pub error: io::Error,
+pub(crate) struct Loss {
+    pub(crate) first_lost: u64,
+    pub(crate) error: io::Error,
 }
 
-/// A commit that did not reach the disk; every id from `first_lost` on was forgotten.
+/// A commit that did not reach the disk; every entry not committed before
+/// it was forgotten.
 #[derive(Debug)]
 pub struct CommitError {
-    pub first_lost: u64,
-    pub error: io::Error,
+    pub(crate) error: io::Error,
 }
 
 /// A line that changes an earlier entry, kept after it (append-only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Record {
+pub(crate) enum Record {
     /// Its text replaces entry N's (`amends=N`).
     Amends(u64),
     /// Entry N is hidden (`deletes=N`).
@@ -237,7 +237,7 @@ pub enum Record {
 }
 
 impl Record {
-    pub fn target(self) -> u64 {
+    pub(crate) fn target(self) -> u64 {
         match self {
             Record::Amends(n) | Record::Deletes(n) => n,
         }
@@ -251,7 +251,7 @@ impl Record {
     }
 
     /// The record a stored line is, if it is one.
-    pub fn of(line: &entry::EntryLine) -> Option<Record> {
+    pub(crate) fn of(line: &entry::EntryLine) -> Option<Record> {
         let number = |v: &str| v.parse().ok().filter(|&n| n > 0);
         if let Some(n) = line.attr(entry::AMENDS).and_then(number) {
             return Some(Record::Amends(n));
@@ -265,18 +265,18 @@ impl Record {
 /// How an entry was changed: the newest amendment (0: none), and whether
 /// it was deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Edit {
-    pub latest: u64,
-    pub deleted: bool,
+pub(crate) struct Edit {
+    pub(crate) latest: u64,
+    pub(crate) deleted: bool,
 }
 
 /// What [`Store::append`] gave a new entry.
 #[derive(Debug, Clone, Copy)]
 pub struct Appended<'a> {
-    pub id: u64,
+    pub(crate) id: u64,
     /// `id` in decimal.
-    pub id_text: &'a str,
-    pub timestamp: &'a str,
+    pub(crate) id_text: &'a str,
+    pub(crate) timestamp: &'a str,
 }
 
 /// The device and inode of a file: what "the same file" means.
@@ -461,22 +461,22 @@ impl Store {
     }
 
     /// How entry `id` was changed since it was written, if it was.
-    pub fn edit_of(&self, id: u64) -> Option<Edit> {
+    pub(crate) fn edit_of(&self, id: u64) -> Option<Edit> {
         self.journal.edits.get(&id).copied()
     }
 
     /// Whether any entry was ever amended or deleted.
-    pub fn has_edits(&self) -> bool {
+    pub(crate) fn has_edits(&self) -> bool {
         !self.journal.edits.is_empty()
     }
 
     /// Whether line `id` is an amendment or a deletion.
-    pub fn is_record(&self, id: u64) -> bool {
+    pub(crate) fn is_record(&self, id: u64) -> bool {
         self.journal.records.contains(&id)
     }
 
     /// Committed line `id`, without its newline.
-    pub fn read_line(&self, id: u64) -> io::Result<Vec<u8>> {
+    pub(crate) fn read_line(&self, id: u64) -> io::Result<Vec<u8>> {
         let mut lines = self.lines(id, id + 1, 4096);
         let line = lines.next_line()?.map_or(&[][..], |(_, line)| line);
         Ok(line.strip_suffix(b"\n").unwrap_or(line).to_vec())
@@ -484,7 +484,7 @@ impl Store {
 
     /// Buffers an amendment or a deletion of an entry: a line of its own,
     /// after everything, the entry's line untouched (append-only).
-    pub fn append_record(
+    pub(crate) fn append_record(
         &mut self,
         text: &str,
         req: Option<&str>,
@@ -497,7 +497,7 @@ impl Store {
     /// Saves the index beside the diary (`FILE.index`) for a quick next
     /// start. Only at a clean stop: everything written durable, the file at
     /// the path the one written, and as long as it was written.
-    pub fn save_index(&self) -> io::Result<()> {
+    pub(crate) fn save_index(&self) -> io::Result<()> {
         let settled = !self.has_pending()
             && self.flush.durable == self.written()
             && self.committed == self.index.len()
@@ -525,17 +525,13 @@ impl Store {
         )
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The diary's unique id, from its header.
     pub fn identity(&self) -> &str {
         &self.identity
     }
 
     /// Why writes are refused, if they are.
-    pub fn lost(&self) -> Option<&Lost> {
+    pub(crate) fn lost(&self) -> Option<&Lost> {
         self.watched.lost.as_ref()
     }
 
@@ -547,14 +543,19 @@ impl Store {
     }
 
     /// As [`Store::append`], recording who wrote it (`by=`).
-    pub fn append_by(&mut self, text: &str, req: Option<&str>, by: Option<&str>) -> Appended<'_> {
+    pub(crate) fn append_by(
+        &mut self,
+        text: &str,
+        req: Option<&str>,
+        by: Option<&str>,
+    ) -> Appended<'_> {
         self.append_entry(text, req, by, None, None)
     }
 
     /// Buffers an entry from elsewhere with its own time (RFC 3339, kept as
     /// written) and author, marked `imported=IMPORTER` (`-`: unknown).
     /// Times need not be in order: the index is built for that.
-    pub fn append_imported(
+    pub(crate) fn append_imported(
         &mut self,
         text: &str,
         req: Option<&str>,
@@ -667,7 +668,7 @@ impl Store {
         stamp
     }
 
-    pub fn has_pending(&self) -> bool {
+    pub(crate) fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }
 
@@ -689,7 +690,7 @@ impl Store {
     /// small: then it keeps growing until the flush returns, so that each
     /// flush covers as many writes as came during the one before (fewer,
     /// larger writes; the loop serves meanwhile). Whether it was written.
-    pub fn commit_when_due(&mut self) -> Result<bool, CommitError> {
+    pub(crate) fn commit_when_due(&mut self) -> Result<bool, CommitError> {
         const SMALL: usize = 64 * 1024;
         if self.pending.is_empty()
             || (self.flush.syncer.as_ref().is_some_and(Syncer::in_flight)
@@ -746,10 +747,9 @@ impl Store {
     }
 
     fn forget_batch(&mut self, error: io::Error) -> CommitError {
-        let first_lost = self.committed as u64 + 1;
         self.index.truncate(self.committed);
         self.pending.clear();
-        CommitError { first_lost, error }
+        CommitError { error }
     }
 
     /// How far the file is written.
@@ -764,7 +764,10 @@ impl Store {
     /// For policy `always`: flushes run on a thread of their own from now
     /// on, and `waker` wakes the loop when one returns. Writes of a batch
     /// are then durable only once [`Store::durable`] covers them.
-    pub fn flush_off_the_loop(&mut self, waker: std::sync::Arc<mio::Waker>) -> io::Result<()> {
+    pub(crate) fn flush_off_the_loop(
+        &mut self,
+        waker: std::sync::Arc<mio::Waker>,
+    ) -> io::Result<()> {
         if self.policy == FsyncPolicy::Always {
             self.flush.syncer = Some(Syncer::start(self.disk.sync_handle()?, waker.clone())?);
             self.flush.waker = Some(waker);
@@ -775,7 +778,7 @@ impl Store {
     /// `/stats` figures of the flushes made off the loop (`--fsync
     /// always`): how many, how long they took, and how long each one's
     /// result then waited for the loop.
-    pub fn fsync_figures(&self) -> Vec<(String, u64)> {
+    pub(crate) fn fsync_figures(&self) -> Vec<(String, u64)> {
         let Some(syncer) = &self.flush.syncer else {
             return Vec::new();
         };
@@ -799,7 +802,7 @@ impl Store {
 
     /// Entries that have reached the disk as the policy promises; with
     /// flushes off the loop, fewer than [`Store::len`] while one runs.
-    pub fn durable(&self) -> u64 {
+    pub(crate) fn durable(&self) -> u64 {
         self.flush.durable.entries as u64
     }
 
@@ -817,7 +820,7 @@ impl Store {
     }
 
     /// Takes in a flush that returned, if one has.
-    pub fn poll_sync(&mut self) {
+    pub(crate) fn poll_sync(&mut self) {
         if let Some(result) = self.flush.syncer.as_mut().and_then(Syncer::try_result) {
             self.sync_returned(result);
         }
@@ -863,17 +866,17 @@ impl Store {
     }
 
     /// The losses since the last call, oldest first.
-    pub fn take_losses(&mut self) -> Vec<Loss> {
+    pub(crate) fn take_losses(&mut self) -> Vec<Loss> {
         std::mem::take(&mut self.flush.losses)
     }
 
     /// For policy `interval`: how long until written data is due for its flush.
-    pub fn sync_deadline(&self) -> Option<Instant> {
+    pub(crate) fn sync_deadline(&self) -> Option<Instant> {
         self.flush.unsynced_since.map(|t| t + SYNC_INTERVAL)
     }
 
     /// For policy `interval`: flushes if the deadline has passed.
-    pub fn sync_if_due(&mut self, now: Instant) -> io::Result<()> {
+    pub(crate) fn sync_if_due(&mut self, now: Instant) -> io::Result<()> {
         match self.sync_deadline() {
             Some(deadline) if now >= deadline => self.sync_now(),
             _ => Ok(()),
@@ -882,7 +885,7 @@ impl Store {
 
     /// Flushes whatever was written (used at shutdown whatever the policy).
     /// Until a flush succeeds after one failed, every commit fails.
-    pub fn sync_now(&mut self) -> io::Result<()> {
+    pub(crate) fn sync_now(&mut self) -> io::Result<()> {
         self.flush.unsynced_since = None;
         if let Some(result) = self.flush.syncer.as_mut().and_then(Syncer::wait) {
             self.sync_returned(result);
@@ -905,7 +908,7 @@ impl Store {
     }
 
     /// Bytes of the file as written (committed entries and other lines).
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.committed_len
     }
 
@@ -913,12 +916,12 @@ impl Store {
     /// `millis` (len + 1 if none): none before it is. Times need not be in
     /// order, so entries from it on must still be checked with
     /// [`Store::millis_of`].
-    pub fn first_at_or_after(&self, millis: i64) -> u64 {
+    pub(crate) fn first_at_or_after(&self, millis: i64) -> u64 {
         self.index.first_candidate(millis, self.committed)
     }
 
     /// The time of committed entry `id`.
-    pub fn millis_of(&self, id: u64) -> i64 {
+    pub(crate) fn millis_of(&self, id: u64) -> i64 {
         self.index.millis[(id - 1) as usize]
     }
 
@@ -933,14 +936,14 @@ impl Store {
 
     /// Size in bytes of the committed entries `first..end` (ids, end
     /// exclusive), with any other lines among them.
-    pub fn span_len(&self, first: u64, end: u64) -> u64 {
+    pub(crate) fn span_len(&self, first: u64, end: u64) -> u64 {
         self.offset_of(end) - self.offset_of(first)
     }
 
     /// The first entry after `first` at least `bytes` further into the
     /// file (the end of the committed entries if none is): where a scan
     /// that may read only so much stops.
-    pub fn id_after_bytes(&self, first: u64, bytes: u64) -> u64 {
+    pub(crate) fn id_after_bytes(&self, first: u64, bytes: u64) -> u64 {
         let end = self.len() + 1;
         if first >= end {
             return end;
@@ -953,7 +956,7 @@ impl Store {
     /// The first of the entries before `end` that take up at most `bytes`
     /// of the file (at least one entry, if there is one): where a scan back
     /// from `end` that may read only so much stops.
-    pub fn id_before_bytes(&self, end: u64, bytes: u64) -> u64 {
+    pub(crate) fn id_before_bytes(&self, end: u64, bytes: u64) -> u64 {
         let end = end.min(self.len() + 1);
         if end <= 1 {
             return 1;
@@ -997,7 +1000,7 @@ impl Store {
     /// the importer of an imported entry, otherwise its author. Only lines
     /// holding a tag are looked at, and only those fields: every line here
     /// passed the scan already.
-    pub fn recent_requests(
+    pub(crate) fn recent_requests(
         &self,
         limit: usize,
         mut f: impl FnMut((Option<&str>, &str), u64, &str),
@@ -1037,8 +1040,6 @@ fn wall_clock() -> i64 {
 /// The mode of the files diaryd creates: the diary, its side files.
 const PRIVATE: u32 = 0o600;
 
-/// Opens the diary for reading and appending, created if missing, and
-/// takes its lock. `Err(None)`: another process holds the lock.
 /// The index of the diary at `path`: from the index saved at the last
 /// clean stop when it matches the file exactly, else by reading the file;
 /// and whether it came from the saved one.
@@ -1122,6 +1123,8 @@ fn give_identity(file: &mut File, scan: &mut scan::Scan) -> io::Result<String> {
     Ok(identity)
 }
 
+/// Opens the diary for reading and appending, created if missing, and
+/// takes its lock. `Err(None)`: another process holds the lock.
 fn open_locked(path: &Path) -> Result<File, Option<io::Error>> {
     use std::os::unix::fs::OpenOptionsExt;
     // Only you may read a new diary, whatever the umask (as with the key).

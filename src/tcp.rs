@@ -248,7 +248,7 @@ pub(crate) struct TcpSide {
 }
 
 impl TcpSide {
-    pub fn new(listener: TcpListener, limits: &Limits, gate: SharedGate) -> TcpSide {
+    pub(crate) fn new(listener: TcpListener, limits: &Limits, gate: SharedGate) -> TcpSide {
         let plaintext = gate.lock().plaintext_rule();
         TcpSide {
             listener: Some(listener),
@@ -285,7 +285,7 @@ impl TcpSide {
 
     /// Accepts every waiting connection, within the connection limit.
     /// Connection `key`'s token is `Token(key)`.
-    pub fn accept(&mut self, registry: &Registry, stats: &mut Stats) {
+    pub(crate) fn accept(&mut self, registry: &Registry, stats: &mut Stats) {
         let Some(listener) = self.listener.as_ref() else {
             return;
         };
@@ -630,7 +630,7 @@ impl TcpSide {
     }
 
     /// Lets go of what waited for batches up to `settled`.
-    pub fn release(&mut self, settled: u64) {
+    pub(crate) fn release(&mut self, settled: u64) {
         let mut held = conns::take_sorted(&mut self.held);
         held.retain(|&key| match self.conns.get_mut(key) {
             Some(conn) => {
@@ -699,7 +699,7 @@ impl TcpSide {
     }
 
     /// Sends what the touched connections have queued.
-    pub fn flush(&mut self, registry: &Registry, store: &Store) {
+    pub(crate) fn flush(&mut self, registry: &Registry, store: &Store) {
         for key in conns::take_sorted(&mut self.touched) {
             self.flush_conn(key, registry, store);
         }

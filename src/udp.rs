@@ -91,7 +91,12 @@ pub(crate) struct UdpSide {
 }
 
 impl UdpSide {
-    pub fn new(socket: UdpSocket, token: Token, limits: &Limits, gate: SharedGate) -> UdpSide {
+    pub(crate) fn new(
+        socket: UdpSocket,
+        token: Token,
+        limits: &Limits,
+        gate: SharedGate,
+    ) -> UdpSide {
         let plaintext = gate.lock().plaintext_rule();
         UdpSide {
             socket,
@@ -112,7 +117,7 @@ impl UdpSide {
         }
     }
 
-    pub fn register(&mut self, registry: &Registry) -> io::Result<()> {
+    pub(crate) fn register(&mut self, registry: &Registry) -> io::Result<()> {
         datagrams::report_arrival(&self.socket)?;
         registry.register(&mut self.socket, self.token, Interest::READABLE)
     }
@@ -127,7 +132,7 @@ impl UdpSide {
     }
 
     /// Reads and answers waiting datagrams, up to a budget per iteration.
-    pub fn serve(&mut self, service: &mut impl Service) {
+    pub(crate) fn serve(&mut self, service: &mut impl Service) {
         if !self.readable {
             return;
         }
@@ -393,7 +398,7 @@ impl UdpSide {
     /// Sends the queued replies whose batch is settled, until one is held
     /// or the socket would block; asks for a writable event only while the
     /// socket is what they wait for.
-    pub fn flush(&mut self, registry: &Registry, stats: &mut Stats, settled: u64) {
+    pub(crate) fn flush(&mut self, registry: &Registry, stats: &mut Stats, settled: u64) {
         let left = self.send_queued(stats, settled);
         if left != self.writable_interest {
             let interest = if left {
@@ -497,7 +502,7 @@ impl RecentSources {
             .retain(|_, t| now.duration_since(*t) < Self::WINDOW);
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.seen.len()
     }
 }

@@ -57,7 +57,7 @@ pub enum Silence {
 
 impl Silence {
     /// What a failed attempt's I/O error says about the server.
-    pub fn of(e: &io::Error) -> Silence {
+    pub(crate) fn of(e: &io::Error) -> Silence {
         match e.kind() {
             io::ErrorKind::ConnectionRefused => Silence::NothingListens,
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Silence::Quiet,
@@ -69,10 +69,10 @@ impl Silence {
 /// A server key that differs from the pinned one.
 #[derive(Debug)]
 pub struct KeyChange {
-    pub server: String,
-    pub pinned: PublicKey,
-    pub offered: PublicKey,
-    pub pin: Pin,
+    pub(crate) server: String,
+    pub(crate) pinned: PublicKey,
+    pub(crate) offered: PublicKey,
+    pub(crate) pin: Pin,
 }
 
 impl fmt::Display for ClientError {

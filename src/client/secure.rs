@@ -317,7 +317,7 @@ impl SecureStream {
         })
     }
 
-    pub fn tcp(&self) -> &TcpStream {
+    pub(crate) fn tcp(&self) -> &TcpStream {
         &self.stream
     }
 

@@ -48,7 +48,7 @@ impl std::str::FromStr for PublicKey {
 }
 
 impl PublicKey {
-    pub fn from_slice(bytes: &[u8]) -> Option<PublicKey> {
+    pub(crate) fn from_slice(bytes: &[u8]) -> Option<PublicKey> {
         bytes.try_into().ok().map(PublicKey)
     }
 }
@@ -56,7 +56,7 @@ impl PublicKey {
 /// A private key and its public half.
 #[derive(Clone)]
 pub struct KeyPair {
-    pub private: [u8; KEY_LEN],
+    pub(crate) private: [u8; KEY_LEN],
     pub public: PublicKey,
 }
 

@@ -16,7 +16,7 @@ pub const INIT: u8 = 1;
 /// Handshake, second message (responder → initiator).
 pub const REPLY: u8 = 2;
 /// A request for the server's public key (first contact), and its answer.
-pub const KEY: u8 = 3;
+pub(crate) const KEY: u8 = 3;
 /// An encrypted message of an established session.
 pub const DATA: u8 = 4;
 /// The server will not go on: why, in a code and a few words.
@@ -97,7 +97,7 @@ impl Refusal {
 
     /// The few words sent with the code (short: a refusal must stay
     /// within three times the request it answers).
-    pub fn words(self) -> &'static str {
+    pub(crate) fn words(self) -> &'static str {
         match self {
             Refusal::UnknownDevice => "device key not allowed",
             Refusal::BadHandshake => "handshake failed",
@@ -177,7 +177,7 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
 }
 
 /// Whether a datagram or stream starts as an encrypted message would.
-pub fn is_encrypted(first: u8) -> bool {
+pub(crate) fn is_encrypted(first: u8) -> bool {
     (INIT..=INIT_WITH_COOKIE).contains(&first)
 }
 

@@ -6,4 +6,4 @@
 
 pub mod allow;
 pub mod gatekeeper;
-pub mod web_sessions;
+pub(crate) mod web_sessions;

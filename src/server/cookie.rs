@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 
 /// A cookie as the hex text sent to the client: 96 bits of MAC, so that a
 /// reply to `/id T /cookie` stays within 3x its request.
-pub type Cookie = [u8; 2 * MAC_BYTES];
+pub(crate) type Cookie = [u8; 2 * MAC_BYTES];
 const MAC_BYTES: usize = 12;
 // The same cookie comes back in a handshake's first message.
 const _: () = assert!(2 * MAC_BYTES == crate::secure::noise::COOKIE_LEN);
@@ -63,12 +63,12 @@ impl CookieJar {
     }
 
     /// The cookie for `ip` now.
-    pub fn issue(&self, ip: IpAddr, now: Instant) -> Cookie {
+    pub(crate) fn issue(&self, ip: IpAddr, now: Instant) -> Cookie {
         self.make(ip, self.epoch(now))
     }
 
     /// Whether `cookie` was issued to `ip` in this epoch or the one before.
-    pub fn check(&self, ip: IpAddr, cookie: &str, now: Instant) -> bool {
+    pub(crate) fn check(&self, ip: IpAddr, cookie: &str, now: Instant) -> bool {
         let epoch = self.epoch(now);
         let mut valid = subtle::Choice::from(0);
         for e in [epoch, epoch - 1] {

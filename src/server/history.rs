@@ -168,7 +168,7 @@ fn end_selected(store: &Store, query: &PastQuery) -> u64 {
 }
 
 /// The entries a query selects, as a cursor to stream oldest first.
-pub fn cursor(store: &Store, query: &PastQuery) -> io::Result<PastCursor> {
+pub(crate) fn cursor(store: &Store, query: &PastQuery) -> io::Result<PastCursor> {
     let end = end_selected(store, query);
     let first = first_selected(store, query.since).min(end);
     let filter = Filter::new(query);
@@ -208,7 +208,7 @@ fn first_selected(store: &Store, since: Option<Since>) -> u64 {
 /// Appends about `budget` more bytes of the reply, looking at entries
 /// that take up at most about `scan` bytes of the file (at least one);
 /// once the cursor is used up, appends the end line and returns true.
-pub fn fill(
+pub(crate) fn fill(
     store: &Store,
     cursor: &mut PastCursor,
     out: &mut Vec<u8>,

@@ -59,7 +59,7 @@ pub(crate) struct Throttle {
 }
 
 impl Throttle {
-    pub const fn new(burst: u32, period: Duration) -> Throttle {
+    pub(crate) const fn new(burst: u32, period: Duration) -> Throttle {
         Throttle {
             period,
             burst,
@@ -71,7 +71,7 @@ impl Throttle {
 
     /// `Some(held back since the last one)` when this message may be
     /// logged now, `None` when it is to be held back.
-    pub fn allow(&mut self, now: Instant) -> Option<u64> {
+    pub(crate) fn allow(&mut self, now: Instant) -> Option<u64> {
         let start = *self.window_start.get_or_insert(now);
         if now.duration_since(start) >= self.period {
             self.window_start = Some(now);

@@ -34,7 +34,7 @@ impl Figure {
 
 /// The phases of a turn, in the order the loop runs them.
 #[derive(Debug, Clone, Copy)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Readiness: reading, parsing and answering requests.
     Serve,
     /// The group commit (the look at the file at its path included) and
@@ -48,7 +48,7 @@ pub enum Phase {
 
 /// The histograms, kept from the start.
 #[derive(Clone)]
-pub struct Phases {
+pub(crate) struct Phases {
     figures: [Figure; 7],
     turn_started: Instant,
     phase_started: Instant,
@@ -91,14 +91,14 @@ fn micros(d: Duration) -> u64 {
 
 impl Phases {
     /// A turn begins: poll returned.
-    pub fn turn_begins(&mut self) {
+    pub(crate) fn turn_begins(&mut self) {
         let now = Instant::now();
         self.turn_started = now;
         self.phase_started = now;
     }
 
     /// `phase` is over; the next one begins now. Flush ends the turn.
-    pub fn phase_done(&mut self, phase: Phase) {
+    pub(crate) fn phase_done(&mut self, phase: Phase) {
         let now = Instant::now();
         let took = micros(now - self.phase_started);
         self.figures[phase as usize].samples.saturating_record(took);
@@ -110,14 +110,14 @@ impl Phases {
     }
 
     /// A batch of `entries` was written to the file.
-    pub fn batch_written(&mut self, entries: u64) {
+    pub(crate) fn batch_written(&mut self, entries: u64) {
         self.figures[BATCH_ENTRIES]
             .samples
             .saturating_record(entries);
     }
 
     /// A batch written at `written` is durable, as the loop learned now.
-    pub fn batch_durable(&mut self, written: Instant) {
+    pub(crate) fn batch_durable(&mut self, written: Instant) {
         self.figures[DURABLE_WAIT]
             .samples
             .saturating_record(micros(written.elapsed()));
@@ -125,7 +125,7 @@ impl Phases {
 
     /// `NAME_p50_us`, `_p99_us`, `_p999_us` and `_max_us` of each figure
     /// with samples (`turns` and `batches` count them), for `/stats`.
-    pub fn figures(&self) -> Vec<(String, u64)> {
+    pub(crate) fn figures(&self) -> Vec<(String, u64)> {
         let mut out = Vec::new();
         let turns = self.figures[TURN].samples.len();
         let batches = self.figures[BATCH_ENTRIES].samples.len();

@@ -55,8 +55,8 @@ const STAMP_LEN: usize = 40;
 /// A remembered write: what its ack said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Remembered<'a> {
-    pub id: u64,
-    pub timestamp: &'a str,
+    pub(crate) id: u64,
+    pub(crate) timestamp: &'a str,
 }
 
 /// Short text held inline.
@@ -84,7 +84,7 @@ impl<const N: usize> Inline<N> {
 }
 
 impl ReplayMemory {
-    pub fn new(capacity: usize) -> ReplayMemory {
+    pub(crate) fn new(capacity: usize) -> ReplayMemory {
         let capacity = capacity.min(u32::MAX as usize);
         ReplayMemory {
             slots: Vec::new(),
@@ -116,7 +116,7 @@ impl ReplayMemory {
     }
 
     /// The write `writer` tagged `tag`, if it is remembered.
-    pub fn get(&self, writer: Option<&str>, tag: &str) -> Option<Remembered<'_>> {
+    pub(crate) fn get(&self, writer: Option<&str>, tag: &str) -> Option<Remembered<'_>> {
         let tag = Inline::new(tag)?;
         let writer = self.writer(writer);
         let slot = &self.slots[self.find(self.hash(writer, &tag), writer, &tag)?];

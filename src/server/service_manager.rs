@@ -61,32 +61,32 @@ pub fn take_activated_sockets() -> Result<Option<(TcpListener, UdpSocket)>, Stri
 }
 
 /// The status line `systemctl status` shows while diaryd serves.
-pub fn serving_status(entries: u64, addr: SocketAddr) -> String {
+pub(crate) fn serving_status(entries: u64, addr: SocketAddr) -> String {
     let noun = if entries == 1 { "entry" } else { "entries" };
     format!("serving {entries} {noun} on {addr}")
 }
 
 /// Tells the manager the server is serving (with a status line).
-pub fn ready(status: &str) {
+pub(crate) fn ready(status: &str) {
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
 /// A new status line, once the one shown is out of date.
-pub fn status(status: &str) {
+pub(crate) fn status(status: &str) {
     let _ = sd_notify::notify(&[NotifyState::Status(status)]);
 }
 
 /// Tells the manager the server is shutting down.
-pub fn stopping() {
+pub(crate) fn stopping() {
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
 }
 
 /// How often to ping the watchdog (half of `WatchdogSec=`), if it is on.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled().map(|timeout| timeout / 2)
 }
 
 /// The loop still turns.
-pub fn watchdog_ping() {
+pub(crate) fn watchdog_ping() {
     let _ = sd_notify::notify(&[NotifyState::Watchdog]);
 }

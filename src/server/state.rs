@@ -47,9 +47,9 @@ struct Written {
 /// A batch whose commit failed: its acks are to become `line`.
 #[derive(Debug)]
 pub struct FailedBatch {
-    pub line: Vec<u8>,
+    pub(crate) line: Vec<u8>,
     /// In the order the writes were answered.
-    pub sites: Vec<AckSite>,
+    pub(crate) sites: Vec<AckSite>,
 }
 
 pub struct ServerState {

@@ -8,38 +8,38 @@ use std::time::Instant;
 
 #[derive(Debug, Clone)]
 pub struct Stats {
-    pub started: Instant,
-    pub udp_writes: u64,
-    pub tcp_writes: u64,
-    pub udp_reads: u64,
-    pub tcp_reads: u64,
-    pub tcp_clients: u64,
+    pub(crate) started: Instant,
+    pub(crate) udp_writes: u64,
+    pub(crate) tcp_writes: u64,
+    pub(crate) udp_reads: u64,
+    pub(crate) tcp_reads: u64,
+    pub(crate) tcp_clients: u64,
     /// Open connections of the web side (`--web`).
-    pub web_clients: u64,
+    pub(crate) web_clients: u64,
     /// Open web pages: event streams of logged-in browsers.
-    pub web_pages: u64,
+    pub(crate) web_pages: u64,
     /// UDP source addresses heard from in the last minute.
-    pub udp_sources: u64,
-    pub followers: u64,
-    pub dropped_followers: u64,
+    pub(crate) udp_sources: u64,
+    pub(crate) followers: u64,
+    pub(crate) dropped_followers: u64,
     /// Most reply bytes ever queued for one follower.
-    pub follower_queue_peak: u64,
-    pub failed_commits: u64,
+    pub(crate) follower_queue_peak: u64,
+    pub(crate) failed_commits: u64,
     /// UDP replies dropped because the send queue was full or the send failed.
-    pub dropped_replies: u64,
+    pub(crate) dropped_replies: u64,
     /// Open encrypted sessions (UDP and TCP) per allowed device.
-    pub device_sessions: BTreeMap<Arc<str>, u64>,
+    pub(crate) device_sessions: BTreeMap<Arc<str>, u64>,
     /// Handshakes refused (unknown key, bad or replayed first message).
-    pub auth_failures: u64,
+    pub(crate) auth_failures: u64,
     /// UDP first messages answered with a cookie only (the server was
     /// under a handshake load).
-    pub cookie_replies: u64,
+    pub(crate) cookie_replies: u64,
     /// Plaintext requests refused from where keys are required.
-    pub plaintext_refused: u64,
+    pub(crate) plaintext_refused: u64,
     /// Serving plaintext to anyone (`--insecure-open`).
-    pub insecure_open: bool,
+    pub(crate) insecure_open: bool,
     /// Where the loop's time goes.
-    pub phases: Phases,
+    pub(crate) phases: Phases,
 }
 
 impl Default for Stats {
@@ -72,7 +72,7 @@ impl Default for Stats {
 impl Stats {
     /// The `/stats` figures by name, in the order they are sent, with the
     /// diary's `entries` and `bytes`; `insecure_open` only when it is.
-    pub fn figures(&self, entries: u64, bytes: u64) -> Vec<(String, u64)> {
+    pub(crate) fn figures(&self, entries: u64, bytes: u64) -> Vec<(String, u64)> {
         let mut figures: Vec<(String, u64)> = [
             ("uptime_seconds", self.started.elapsed().as_secs()),
             ("entries", entries),

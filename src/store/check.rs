@@ -15,25 +15,25 @@ use std::path::{Path, PathBuf};
 /// What a check found.
 #[derive(Debug)]
 pub struct Check {
-    pub path: PathBuf,
-    pub bytes: u64,
-    pub lines: u64,
-    pub entries: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) bytes: u64,
+    pub(crate) lines: u64,
+    pub(crate) entries: u64,
     /// Amendment and deletion lines among the entries.
-    pub records: u64,
+    pub(crate) records: u64,
     /// `2` with a `# diary v2` header; `1` for a file begun without one.
-    pub format: u32,
-    pub identity: Option<String>,
-    pub first_time: Option<String>,
-    pub last_time: Option<String>,
+    pub(crate) format: u32,
+    pub(crate) identity: Option<String>,
+    pub(crate) first_time: Option<String>,
+    pub(crate) last_time: Option<String>,
     /// A torn end diaryd's next start would set aside: (line, bytes, why).
-    pub torn: Option<(u64, u64, &'static str)>,
+    pub(crate) torn: Option<(u64, u64, &'static str)>,
     /// A line diaryd would refuse to start on: (line, why).
-    pub refused: Option<(u64, String)>,
+    pub(crate) refused: Option<(u64, String)>,
     /// Whether the index saved at the last stop matches the file, and why not.
-    pub saved_index: Result<(), String>,
+    pub(crate) saved_index: Result<(), String>,
     /// A running diaryd holds the file.
-    pub in_use: bool,
+    pub(crate) in_use: bool,
 }
 
 impl Check {

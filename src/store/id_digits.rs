@@ -24,7 +24,7 @@ impl Default for IdDigits {
 
 impl IdDigits {
     /// `id` in decimal.
-    pub fn of(&mut self, id: u64) -> &str {
+    pub(crate) fn of(&mut self, id: u64) -> &str {
         if self.id.checked_add(1) != Some(id) || !self.increment() {
             let mut digits = itoa::Buffer::new();
             let digits = digits.format(id).as_bytes();

@@ -12,7 +12,7 @@ use std::io;
 
 /// Entries `first..end` (ids, end exclusive), oldest first. Each line is
 /// handed out with its newline.
-pub struct Lines<'s> {
+pub(crate) struct Lines<'s> {
     store: &'s Store,
     /// The next entry to hand out (or, searching, to look at).
     next: u64,
@@ -29,7 +29,7 @@ pub struct Lines<'s> {
 
 impl Store {
     /// A cursor over committed entries `first..end`, oldest first.
-    pub fn lines(&self, first: u64, end: u64, chunk: usize) -> Lines<'_> {
+    pub(crate) fn lines(&self, first: u64, end: u64, chunk: usize) -> Lines<'_> {
         let end = end.min(self.len() + 1);
         Lines {
             store: self,
@@ -45,7 +45,7 @@ impl Store {
     }
 
     /// A cursor over committed entries `first..end`, newest first.
-    pub fn lines_rev(&self, first: u64, end: u64) -> LinesRev<'_> {
+    pub(crate) fn lines_rev(&self, first: u64, end: u64) -> LinesRev<'_> {
         let end = end.min(self.len() + 1);
         LinesRev {
             store: self,
@@ -61,7 +61,7 @@ impl Store {
 impl Lines<'_> {
     /// The entry the cursor would look at next: where a reader that
     /// stopped resumes.
-    pub fn position(&self) -> u64 {
+    pub(crate) fn position(&self) -> u64 {
         self.next
     }
 
@@ -80,7 +80,7 @@ impl Lines<'_> {
     }
 
     /// The next entry and its line.
-    pub fn next_line(&mut self) -> io::Result<Option<(u64, &[u8])>> {
+    pub(crate) fn next_line(&mut self) -> io::Result<Option<(u64, &[u8])>> {
         if self.next >= self.end {
             return Ok(None);
         }
@@ -96,7 +96,7 @@ impl Lines<'_> {
     /// The next entry whose line holds `needle` (anywhere in the line: the
     /// reader still checks its own rule). An entry without it is never
     /// handed out, nor decoded.
-    pub fn next_holding(
+    pub(crate) fn next_holding(
         &mut self,
         needle: &memchr::memmem::Finder,
     ) -> io::Result<Option<(u64, &[u8])>> {
@@ -131,7 +131,7 @@ impl Lines<'_> {
 
 /// Entries `first..end`, newest first. Each line is handed out without
 /// its newline.
-pub struct LinesRev<'s> {
+pub(crate) struct LinesRev<'s> {
     store: &'s Store,
     first: u64,
     /// One past the next entry to hand out.
@@ -143,7 +143,7 @@ pub struct LinesRev<'s> {
 }
 
 impl LinesRev<'_> {
-    pub fn next_line(&mut self) -> io::Result<Option<(u64, &[u8])>> {
+    pub(crate) fn next_line(&mut self) -> io::Result<Option<(u64, &[u8])>> {
         const CHUNK: u64 = 64 * 1024;
         if self.next <= self.first {
             return Ok(None);

@@ -63,7 +63,7 @@ impl FileState {
 
 /// Saves the index of `file` (held at `diary`, `lines` lines, with its
 /// `identity`), which must be whole and flushed: nothing pending.
-pub fn save(
+pub(crate) fn save(
     diary: &Path,
     file: &File,
     index: &Index,
@@ -125,7 +125,7 @@ pub fn save(
 /// The scan of `file` (held at `diary`, with metadata `meta`) that its
 /// saved index gives, if there is one and it matches the file exactly;
 /// why not, otherwise (for the log).
-pub fn load(diary: &Path, file: &File, meta: &Metadata) -> Result<Scan, String> {
+pub(crate) fn load(diary: &Path, file: &File, meta: &Metadata) -> Result<Scan, String> {
     let mut saved = match File::open(path_for(diary)) {
         Ok(saved) => saved,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err("none saved".into()),

@@ -38,15 +38,15 @@ pub(crate) const FORMAT: u32 = 2;
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Index {
     /// `offsets[i]` is where entry `i + 1` starts.
-    pub offsets: Vec<u64>,
+    pub(crate) offsets: Vec<u64>,
     /// `millis[i]` is entry `i + 1`'s own time.
-    pub millis: Vec<i64>,
+    pub(crate) millis: Vec<i64>,
     /// `block_max[b]`: the latest time among entries `1..=(b + 1) * BLOCK`.
     block_max: Vec<i64>,
 }
 
 impl Index {
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.offsets.len()
     }
 
@@ -68,7 +68,7 @@ impl Index {
     }
 
     #[inline]
-    pub fn push(&mut self, offset: u64, millis: i64) {
+    pub(crate) fn push(&mut self, offset: u64, millis: i64) {
         let i = self.offsets.len();
         self.offsets.push(offset);
         self.millis.push(millis);
@@ -80,7 +80,7 @@ impl Index {
         }
     }
 
-    pub fn truncate(&mut self, len: usize) {
+    pub(crate) fn truncate(&mut self, len: usize) {
         self.offsets.truncate(len);
         self.millis.truncate(len);
         self.block_max.truncate(len.div_ceil(BLOCK));
@@ -111,30 +111,30 @@ impl Index {
 /// What a scan found.
 #[derive(Debug, Default)]
 pub(crate) struct Scan {
-    pub index: Index,
+    pub(crate) index: Index,
     /// Bytes of complete, kept lines (where the file is cut to, if cut).
-    pub len: u64,
+    pub(crate) len: u64,
     /// Complete, kept lines, of every kind.
-    pub lines: u64,
+    pub(crate) lines: u64,
     /// The diary's identity, from its header or identity line.
-    pub identity: Option<String>,
+    pub(crate) identity: Option<String>,
     /// What recovery would cut off the end: from `at` on.
-    pub cut: Option<Cut>,
+    pub(crate) cut: Option<Cut>,
     /// Amendment and deletion lines: their ids, in order.
-    pub records: Vec<u64>,
+    pub(crate) records: Vec<u64>,
 }
 
 #[derive(Debug, Clone)]
 pub(crate) struct Cut {
     /// Offset of the first byte cut.
-    pub at: u64,
+    pub(crate) at: u64,
     /// Line number (1-based) of the first line cut.
-    pub line: u64,
-    pub why: CutReason,
+    pub(crate) line: u64,
+    pub(crate) why: CutReason,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CutReason {
+pub(crate) enum CutReason {
     /// The last line has no newline.
     Unfinished,
     /// A hole of NUL bytes, and after it at most one batch.
@@ -145,8 +145,8 @@ pub enum CutReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct BadLine {
     /// Line number, 1-based.
-    pub line: u64,
-    pub reason: String,
+    pub(crate) line: u64,
+    pub(crate) reason: String,
 }
 
 impl fmt::Display for BadLine {
@@ -168,10 +168,10 @@ pub(crate) enum Mode {
 /// Where a scan starts: at the beginning of the file, or after what is
 /// already indexed.
 #[derive(Debug, Clone, Copy)]
-pub struct From {
-    pub offset: u64,
-    pub line: u64,
-    pub next_id: u64,
+pub(crate) struct From {
+    pub(crate) offset: u64,
+    pub(crate) line: u64,
+    pub(crate) next_id: u64,
 }
 
 impl From {

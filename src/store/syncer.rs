@@ -68,13 +68,13 @@ impl Syncer {
 
     /// Flushes done, and their durations' p50, p99, p99.9 and maximum in
     /// microseconds.
-    pub fn durations(&self) -> (u64, [u64; 4]) {
+    pub(crate) fn durations(&self) -> (u64, [u64; 4]) {
         quantiles(&self.durations)
     }
 
     /// The same of the waits between a flush's return and the loop's
     /// taking it in.
-    pub fn handoffs(&self) -> (u64, [u64; 4]) {
+    pub(crate) fn handoffs(&self) -> (u64, [u64; 4]) {
         quantiles(&self.handoffs)
     }
 
@@ -118,7 +118,7 @@ impl Syncer {
     }
 
     /// Waits for the flush in flight, if any.
-    pub fn wait(&mut self) -> Option<io::Result<()>> {
+    pub(crate) fn wait(&mut self) -> Option<io::Result<()>> {
         if !self.in_flight {
             return None;
         }

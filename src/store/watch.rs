@@ -21,7 +21,7 @@ use std::path::PathBuf;
 /// Why writes are refused: the file at the path is not the diary diaryd
 /// holds, or not as it left it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lost {
+pub(crate) enum Lost {
     /// Nothing is at the path any more (removed, or renamed away).
     Removed,
     /// Another file is at the path, and it is not this diary.
@@ -79,7 +79,7 @@ impl Store {
     /// diary saved over it is re-opened, anything else refuses writes until
     /// it is put right. Returns whether the index changed. Call it only
     /// with no batch pending (a commit does so itself).
-    pub fn watch(&mut self) -> bool {
+    pub(crate) fn watch(&mut self) -> bool {
         if !self.disk.is_the_file() {
             return false;
         }
@@ -411,7 +411,7 @@ impl Store {
     }
 
     /// What happened to the file and what to do, for the log and `err io`.
-    pub fn describe(&self, lost: &Lost) -> String {
+    pub(crate) fn describe(&self, lost: &Lost) -> String {
         let p = self.path.display();
         let n = self.committed;
         let keep = format!(

@@ -38,7 +38,7 @@ pub(crate) enum Fed {
 impl Follower {
     /// Starts a follow of the entries after `after` (after the newest when
     /// `None`) and queues the line that says so.
-    pub fn start(after: Option<u64>, store: &Store, out: &mut Vec<u8>) -> Follower {
+    pub(crate) fn start(after: Option<u64>, store: &Store, out: &mut Vec<u8>) -> Follower {
         let head = store.durable();
         let after = after.unwrap_or(head);
         protocol::push_following(out, after, store.identity());
@@ -52,7 +52,7 @@ impl Follower {
     /// `limit` bytes of backlog.
     /// Only durable entries are fed: a follower never sees one that a
     /// failed flush then takes back.
-    pub fn feed(&mut self, out: &mut OutBuf, store: &Store, limit: usize) -> Fed {
+    pub(crate) fn feed(&mut self, out: &mut OutBuf, store: &Store, limit: usize) -> Fed {
         let head = store.durable();
         if self.next > head {
             return Fed::Following;

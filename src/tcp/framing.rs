@@ -187,7 +187,7 @@ impl OutBuf {
     }
 
     /// Where byte `index` of `buf` is in the stream.
-    pub fn position(&self, index: usize) -> u64 {
+    pub(crate) fn position(&self, index: usize) -> u64 {
         self.base + index as u64
     }
 

@@ -57,7 +57,7 @@ pub struct SecureLink {
 }
 
 impl SecureLink {
-    pub fn peer(&self) -> Option<&Peer> {
+    pub(crate) fn peer(&self) -> Option<&Peer> {
         self.peer.as_ref()
     }
 
@@ -87,12 +87,12 @@ impl SecureLink {
     }
 
     /// When the session was made (it is renewed by a new connection).
-    pub fn started(&self) -> Option<Instant> {
+    pub(crate) fn started(&self) -> Option<Instant> {
         self.started
     }
 
     /// Sealed bytes not yet taken by the socket.
-    pub fn unsent(&self) -> usize {
+    pub(crate) fn unsent(&self) -> usize {
         self.tx.len() - self.tx_sent
     }
 
@@ -174,12 +174,12 @@ impl SecureLink {
     }
 
     /// Requests, opened from the frames `stream` brings.
-    pub fn reader<'a, S: Read>(&'a mut self, stream: &'a mut S) -> Opener<'a, S> {
+    pub(crate) fn reader<'a, S: Read>(&'a mut self, stream: &'a mut S) -> Opener<'a, S> {
         Opener { link: self, stream }
     }
 
     /// Replies, sealed into frames as `stream` takes them.
-    pub fn writer<'a, S: Write>(&'a mut self, stream: &'a mut S) -> Sealer<'a, S> {
+    pub(crate) fn writer<'a, S: Write>(&'a mut self, stream: &'a mut S) -> Sealer<'a, S> {
         Sealer { link: self, stream }
     }
 
@@ -238,7 +238,7 @@ fn broken(why: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why)
 }
 
-pub struct Opener<'a, S> {
+pub(crate) struct Opener<'a, S> {
     link: &'a mut SecureLink,
     stream: &'a mut S,
 }
@@ -286,7 +286,7 @@ impl<S: Read> Read for Opener<'_, S> {
     }
 }
 
-pub struct Sealer<'a, S> {
+pub(crate) struct Sealer<'a, S> {
     link: &'a mut SecureLink,
     stream: &'a mut S,
 }

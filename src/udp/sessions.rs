@@ -111,10 +111,10 @@ impl HandshakeLoad {
 
 /// What a datagram that opened holds.
 pub struct SessionRequest {
-    pub index: u32,
-    pub peer: Peer,
+    pub(crate) index: u32,
+    pub(crate) peer: Peer,
     /// It came from the session's proven address.
-    pub proven: bool,
+    pub(crate) proven: bool,
 }
 
 pub struct UdpSessions {
@@ -140,7 +140,7 @@ impl UdpSessions {
     pub(crate) const CONFIRM_WITHIN: Duration = Duration::from_secs(30);
 
     /// Sessions forgotten after `limits.session_lifetime`.
-    pub fn new(limits: &Limits) -> UdpSessions {
+    pub(crate) fn new(limits: &Limits) -> UdpSessions {
         UdpSessions {
             sessions: HashMap::new(),
             generation: 0,
@@ -151,11 +151,7 @@ impl UdpSessions {
         }
     }
 
-    /// Sessions held (the fuzz target checks a refused one makes none).
-    pub fn len(&self) -> usize {
-        self.sessions.len()
-    }
-
+    /// Whether no session is held (the fuzz target checks a refused one makes none).
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty()
     }
@@ -315,7 +311,7 @@ impl UdpSessions {
 
     /// Seals `plain` for session `index` into `out`; `None` if the session
     /// is gone. It goes to the source of the request it answers.
-    pub fn seal(&mut self, index: u32, plain: &[u8], out: &mut Vec<u8>) -> Option<()> {
+    pub(crate) fn seal(&mut self, index: u32, plain: &[u8], out: &mut Vec<u8>) -> Option<()> {
         let session = self.sessions.get_mut(&index)?;
         let nonce = session.next_nonce;
         session.next_nonce += 1;
@@ -324,7 +320,7 @@ impl UdpSessions {
 
     /// Session `index` has proven it receives at `addr` (a cookie came
     /// back from there): replies there are no longer held to the 3x rule.
-    pub fn prove(&mut self, index: u32, addr: SocketAddr) {
+    pub(crate) fn prove(&mut self, index: u32, addr: SocketAddr) {
         if let Some(session) = self.sessions.get_mut(&index) {
             session.proven = addr;
         }

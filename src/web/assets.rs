@@ -5,8 +5,8 @@
 
 /// One file of the page.
 pub(crate) struct Asset {
-    pub content_type: &'static str,
-    pub body: &'static [u8],
+    pub(crate) content_type: &'static str,
+    pub(crate) body: &'static [u8],
 }
 
 const INDEX: Asset = Asset {

@@ -20,19 +20,19 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
 /// One parsed request; every slice borrows the connection's input.
 #[derive(Debug)]
 pub(crate) struct HttpRequest<'a> {
-    pub method: &'a str,
+    pub(crate) method: &'a str,
     /// The path without its query.
-    pub path: &'a str,
-    pub query: &'a str,
-    pub host: Option<&'a str>,
-    pub origin: Option<&'a str>,
+    pub(crate) path: &'a str,
+    pub(crate) query: &'a str,
+    pub(crate) host: Option<&'a str>,
+    pub(crate) origin: Option<&'a str>,
     /// `Sec-Fetch-Site`, which browsers send with every request.
-    pub fetch_site: Option<&'a str>,
-    pub cookie: Option<&'a str>,
-    pub last_event_id: Option<&'a str>,
+    pub(crate) fetch_site: Option<&'a str>,
+    pub(crate) cookie: Option<&'a str>,
+    pub(crate) last_event_id: Option<&'a str>,
     /// The client asked to close after this request (or spoke HTTP/1.0).
-    pub close: bool,
-    pub body: &'a [u8],
+    pub(crate) close: bool,
+    pub(crate) body: &'a [u8],
 }
 
 /// What the input holds.

@@ -51,7 +51,7 @@ pub(crate) struct TlsStream {
 }
 
 impl WebStream {
-    pub fn new(socket: TcpStream, tls: Option<&Arc<ServerConfig>>) -> io::Result<WebStream> {
+    pub(crate) fn new(socket: TcpStream, tls: Option<&Arc<ServerConfig>>) -> io::Result<WebStream> {
         Ok(match tls {
             None => WebStream::Plain(socket),
             Some(config) => WebStream::Tls(Box::new(TlsStream {
@@ -61,7 +61,7 @@ impl WebStream {
         })
     }
 
-    pub fn socket(&mut self) -> &mut TcpStream {
+    pub(crate) fn socket(&mut self) -> &mut TcpStream {
         match self {
             WebStream::Plain(socket) => socket,
             WebStream::Tls(stream) => &mut stream.socket,
@@ -69,7 +69,7 @@ impl WebStream {
     }
 
     /// Encrypted bytes waiting for the socket to take them.
-    pub fn pending(&self) -> bool {
+    pub(crate) fn pending(&self) -> bool {
         match self {
             WebStream::Plain(_) => false,
             WebStream::Tls(stream) => stream.tls.wants_write(),
@@ -77,7 +77,7 @@ impl WebStream {
     }
 
     /// Sends what TLS has waiting, until done or the socket would block.
-    pub fn flush_pending(&mut self) -> io::Result<()> {
+    pub(crate) fn flush_pending(&mut self) -> io::Result<()> {
         match self {
             WebStream::Plain(_) => Ok(()),
             WebStream::Tls(stream) => stream.send_records(),

@@ -100,7 +100,7 @@ impl TextMatch {
         Some(self.byte_terms.iter().all(|t| t.find(text).is_some()))
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.terms.is_empty() && self.tags.is_empty() && self.regex.is_none() && self.from.is_none()
     }
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 /// scopes of their own: a sensor that may only add lines cannot rewrite
 /// or forge the diary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Scopes(u8);
+pub(crate) struct Scopes(u8);
 
 impl Scopes {
     pub(crate) const WRITE: Scopes = Scopes(1);
@@ -32,7 +32,7 @@ impl Scopes {
         Scopes(self.0 | other.0)
     }
 
-    pub fn contains(self, other: Scopes) -> bool {
+    pub(crate) fn contains(self, other: Scopes) -> bool {
         self.0 & other.0 == other.0
     }
 
@@ -51,7 +51,7 @@ impl Scopes {
     }
 
     /// The name of a single scope, for error replies.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Scopes::WRITE => "write",
             Scopes::READ => "read",
@@ -114,9 +114,9 @@ impl std::str::FromStr for Scopes {
 
 /// One allowed device.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Device {
-    pub name: Arc<str>,
-    pub scopes: Scopes,
+pub(crate) struct Device {
+    pub(crate) name: Arc<str>,
+    pub(crate) scopes: Scopes,
 }
 
 /// The devices of an allow file, by public key.
@@ -126,11 +126,11 @@ pub(crate) struct AllowList {
 }
 
 impl AllowList {
-    pub fn get(&self, key: &PublicKey) -> Option<&Device> {
+    pub(crate) fn get(&self, key: &PublicKey) -> Option<&Device> {
         self.devices.get(key)
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.devices.len()
     }
 
@@ -138,14 +138,14 @@ impl AllowList {
     /// A file that others may write (or that sits in a directory others
     /// may write without the sticky bit) is refused: whoever can change it
     /// can let their own key in.
-    pub fn load(path: &Path) -> Result<AllowList, String> {
+    pub(crate) fn load(path: &Path) -> Result<AllowList, String> {
         check_not_writable_by_others(path)?;
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read allow file {}: {e}", path.display()))?;
         AllowList::parse(&text, &path.display().to_string())
     }
 
-    pub fn parse(text: &str, file: &str) -> Result<AllowList, String> {
+    pub(crate) fn parse(text: &str, file: &str) -> Result<AllowList, String> {
         let mut devices = HashMap::new();
         let mut names: HashMap<Arc<str>, usize> = HashMap::new();
         for (n, line) in text.lines().enumerate() {

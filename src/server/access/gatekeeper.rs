@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 /// Shared by the loop's two sides.
 #[derive(Clone)]
-pub struct SharedGate(Arc<Mutex<Gatekeeper>>);
+pub(crate) struct SharedGate(Arc<Mutex<Gatekeeper>>);
 
 impl SharedGate {
-    pub fn lock(&self) -> MutexGuard<'_, Gatekeeper> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Gatekeeper> {
         // A panic elsewhere cannot leave it half-changed: reload swaps whole lists.
         self.0
             .lock()
@@ -39,7 +39,7 @@ impl PlaintextRule {
     /// Whether a plaintext request is served, given whether it provably
     /// came from this machine: the transport's word, never the address
     /// alone (a UDP source can be forged; see `UdpSide` and `TcpSide`).
-    pub fn allows(self, local: bool) -> bool {
+    pub(crate) fn allows(self, local: bool) -> bool {
         !self.keys_required || (!self.auth_loopback && local)
     }
 }
@@ -59,9 +59,9 @@ pub struct AccessConfig {
 /// An established session's device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
-    pub key: PublicKey,
-    pub name: Arc<str>,
-    pub scopes: Scopes,
+    pub(crate) key: PublicKey,
+    pub(crate) name: Arc<str>,
+    pub(crate) scopes: Scopes,
 }
 
 pub struct Gatekeeper {
@@ -96,20 +96,20 @@ impl Gatekeeper {
     }
 
     /// Plaintext from everyone, and no keys: tests and the seed's setup.
-    pub fn open() -> Gatekeeper {
+    pub(crate) fn open() -> Gatekeeper {
         Gatekeeper::new(KeyPair::generate(), AccessConfig::default()).expect("no file to read")
     }
 
-    pub fn shared(self) -> SharedGate {
+    pub(crate) fn shared(self) -> SharedGate {
         SharedGate(Arc::new(Mutex::new(self)))
     }
 
     /// Lets browsers in through `sessions` (the web side is on).
-    pub fn enable_web(&mut self, sessions: WebSessions) {
+    pub(crate) fn enable_web(&mut self, sessions: WebSessions) {
         self.web = Some(sessions);
     }
 
-    pub fn web_sessions_mut(&mut self) -> Option<&mut WebSessions> {
+    pub(crate) fn web_sessions_mut(&mut self) -> Option<&mut WebSessions> {
         self.web.as_mut()
     }
 
@@ -142,7 +142,7 @@ impl Gatekeeper {
         self.allow.as_ref().map_or(0, AllowList::len)
     }
 
-    pub fn insecure_open(&self) -> bool {
+    pub(crate) fn insecure_open(&self) -> bool {
         self.config.insecure_open
     }
 
@@ -155,11 +155,11 @@ impl Gatekeeper {
 
     /// Re-reads the allow file; on error the old list stays. Returns how
     /// many devices it now allows.
-    pub fn has_allow_file(&self) -> bool {
+    pub(crate) fn has_allow_file(&self) -> bool {
         self.config.allow.is_some()
     }
 
-    pub fn reload(&mut self) -> Result<usize, String> {
+    pub(crate) fn reload(&mut self) -> Result<usize, String> {
         let Some(path) = &self.config.allow else {
             return Err("no --allow file to re-read".into());
         };
@@ -175,7 +175,7 @@ impl Gatekeeper {
     }
 
     /// The device `key` is now, after a reload: `None` once it is removed.
-    pub fn device(&self, key: &PublicKey) -> Option<&Device> {
+    pub(crate) fn device(&self, key: &PublicKey) -> Option<&Device> {
         self.allow.as_ref()?.get(key)
     }
 
@@ -189,14 +189,14 @@ impl Gatekeeper {
     /// that proved it receives at its address (a TCP peer, or a UDP first
     /// message that brought its cookie back): counting a forged source
     /// would let anyone lock a real device out by sending in its name.
-    pub fn failed(&mut self, over: Over, ip: IpAddr, now: Instant) {
+    pub(crate) fn failed(&mut self, over: Over, ip: IpAddr, now: Instant) {
         self.failures.failed((over, holder(ip)), now);
     }
 
     /// The responder's side of a first message: the device, and the
     /// handshake ready to write its reply. The caller counts a failure if
     /// its source is proven.
-    pub fn accept(&mut self, first: &[u8]) -> Result<(snow::HandshakeState, Peer), Refusal> {
+    pub(crate) fn accept(&mut self, first: &[u8]) -> Result<(snow::HandshakeState, Peer), Refusal> {
         self.check(first)
     }
 
@@ -230,7 +230,7 @@ impl Gatekeeper {
 
 /// Whether `ip` is a loopback address, `::ffff:127.0.0.1` included. On
 /// its own it proves nothing about where a datagram came from.
-pub fn is_loopback(ip: IpAddr) -> bool {
+pub(crate) fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
         IpAddr::V6(v6) => {
@@ -241,7 +241,7 @@ pub fn is_loopback(ip: IpAddr) -> bool {
 
 /// Which side a handshake came in on: failures on one never gate the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Over {
+pub(crate) enum Over {
     Udp,
     Tcp,
 }

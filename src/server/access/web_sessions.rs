@@ -30,10 +30,10 @@ pub(crate) const SCOPES: Scopes = Scopes::WRITE
     .with(Scopes::FOLLOW)
     .with(Scopes::EDIT);
 /// The cookie that carries a session.
-pub const COOKIE_NAME: &str = "diary_session";
+pub(crate) const COOKIE_NAME: &str = "diary_session";
 
 /// A BLAKE3 hash of a token or cookie: all that is kept of it.
-pub type Digest = [u8; 32];
+pub(crate) type Digest = [u8; 32];
 
 fn digest(secret: &str) -> Digest {
     *blake3::hash(secret.as_bytes()).as_bytes()
@@ -53,14 +53,14 @@ struct LoginToken {
 
 /// A logged-in browser.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WebSession {
-    pub name: Arc<str>,
+pub(crate) struct WebSession {
+    pub(crate) name: Arc<str>,
     /// Seconds since the epoch.
-    pub created: u64,
+    pub(crate) created: u64,
 }
 
 /// The login tokens and sessions of the web side.
-pub struct WebSessions {
+pub(crate) struct WebSessions {
     file: PathBuf,
     base_url: String,
     tokens: Vec<LoginToken>,
@@ -72,7 +72,7 @@ pub struct WebSessions {
 impl WebSessions {
     /// Opens the sessions file (a missing one is empty); `base_url` is
     /// what login URLs start with, e.g. `http://127.0.0.1:8080`.
-    pub fn open(file: PathBuf, base_url: String) -> Result<WebSessions, String> {
+    pub(crate) fn open(file: PathBuf, base_url: String) -> Result<WebSessions, String> {
         let sessions = read_file(&file)?;
         Ok(WebSessions {
             file,
@@ -83,17 +83,13 @@ impl WebSessions {
         })
     }
 
-    pub fn base_url(&self) -> &str {
-        &self.base_url
-    }
-
-    pub fn file(&self) -> &Path {
+    pub(crate) fn file(&self) -> &Path {
         &self.file
     }
 
     /// A fresh one-time login URL; the session it opens is called `name`
     /// (or `web-` and four random hex digits).
-    pub fn login_url(&mut self, name: Option<&str>) -> String {
+    pub(crate) fn login_url(&mut self, name: Option<&str>) -> String {
         let token = random_hex(16);
         let now = Instant::now();
         self.tokens.retain(|t| t.expires > now);
@@ -110,7 +106,7 @@ impl WebSessions {
 
     /// Exchanges a login token for a new session: its cookie value and
     /// name. The token is forgotten either way once it matched.
-    pub fn exchange(&mut self, token: &str) -> Result<(String, Arc<str>), String> {
+    pub(crate) fn exchange(&mut self, token: &str) -> Result<(String, Arc<str>), String> {
         let now = Instant::now();
         self.tokens.retain(|t| t.expires > now);
         let wanted = digest(token.trim());
@@ -170,19 +166,19 @@ impl WebSessions {
 
     /// The session a cookie's value stands for: its hash (the session's
     /// key) and its name.
-    pub fn session(&self, cookie: &str) -> Option<(Digest, Arc<str>)> {
+    pub(crate) fn session(&self, cookie: &str) -> Option<(Digest, Arc<str>)> {
         let digest = digest(cookie);
         let session = self.sessions.get(&digest)?;
         Some((digest, session.name.clone()))
     }
 
     /// Whether the session with this hash is still open.
-    pub fn is_open(&self, digest: &Digest) -> bool {
+    pub(crate) fn is_open(&self, digest: &Digest) -> bool {
         self.sessions.contains_key(digest)
     }
 
     /// Logs out the sessions called `name` (`all`: every one); how many.
-    pub fn revoke(&mut self, name: &str) -> io::Result<usize> {
+    pub(crate) fn revoke(&mut self, name: &str) -> io::Result<usize> {
         let before = self.sessions.len();
         self.sessions
             .retain(|_, s| name != "all" && &*s.name != name);
@@ -195,7 +191,7 @@ impl WebSessions {
     }
 
     /// The sessions, oldest first.
-    pub fn list(&self) -> Vec<WebSession> {
+    pub(crate) fn list(&self) -> Vec<WebSession> {
         let mut all: Vec<WebSession> = self.sessions.values().cloned().collect();
         all.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
         all
@@ -203,7 +199,7 @@ impl WebSessions {
 
     /// Re-reads the sessions file (SIGHUP): a line taken out logs its
     /// browser out. A file that cannot be read keeps the sessions known.
-    pub fn reload(&mut self) -> Result<usize, String> {
+    pub(crate) fn reload(&mut self) -> Result<usize, String> {
         self.sessions = read_file(&self.file)?;
         self.generation += 1;
         Ok(self.sessions.len())
