@@ -38,7 +38,7 @@ enum Cmd {
     /// Drive a load at a running server.
     Load {
         /// The server to load.
-        #[arg(long, default_value = "127.0.0.1:8888")]
+        #[arg(long, default_value = diary::protocol::DEFAULT_ADDR)]
         server: SocketAddr,
         #[command(flatten)]
         load: LoadArgs,
