@@ -137,7 +137,7 @@ fn phase(target: &Target, creds: &Credentials, rate: u64, span: Duration) -> io:
         (Some(a), Some(b)) => (b - a) / elapsed,
         _ => 0.0,
     };
-    let stats = stats(target.addr)?;
+    let stats = crate::server_stats(target.addr)?;
     let figure = |name: &str| stats.iter().find(|(k, _)| k == name).map_or(0, |(_, v)| *v);
     Ok(Phase {
         flood_rate: sent.load(Ordering::Relaxed) as f64 / elapsed,
@@ -243,23 +243,4 @@ fn summary(tried: u64, mut took: Vec<Duration>) -> Sessions {
         p99_ms: at(0.99),
         max_ms: took.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
     }
-}
-
-/// `/stats` over plaintext TCP (loopback is served without keys).
-fn stats(to: SocketAddr) -> io::Result<Vec<(String, u64)>> {
-    let mut stream = TcpStream::connect(to)?;
-    stream.write_all(b"/stats\n")?;
-    let mut figures = Vec::new();
-    for line in BufReader::new(stream).lines() {
-        let line = line?;
-        if line == "end" {
-            break;
-        }
-        if let Some((name, value)) = line.rsplit_once(' ')
-            && let Ok(value) = value.parse()
-        {
-            figures.push((name.to_string(), value));
-        }
-    }
-    Ok(figures)
 }

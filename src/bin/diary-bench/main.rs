@@ -42,6 +42,10 @@ enum Cmd {
         server: SocketAddr,
         #[command(flatten)]
         load: LoadArgs,
+        /// Then print the server's `/stats` (its flushes and loop phases
+        /// included): where a reply's time went.
+        #[arg(long)]
+        stats: bool,
     },
     /// Run the same load at a baseline and at diaryd, each spawned here on a
     /// fresh diary, and print both and their ratio.
@@ -215,10 +219,30 @@ fn main() -> ExitCode {
             append,
             sync,
         } => run_echo(listen, append, sync),
-        Cmd::Load { server, load } => {
+        Cmd::Load {
+            server,
+            load,
+            stats,
+        } => {
             let load = load.load();
-            load.run(server, &|| None).map(|report| {
-                print(cli.json, &report, || describe("server", &report));
+            load.run(server, &|| None).and_then(|report| {
+                if !stats {
+                    print(cli.json, &report, || describe("server", &report));
+                    return Ok(());
+                }
+                let figures = server_stats(server)?;
+                let both = LoadAndStats {
+                    load: &report,
+                    server_stats: figures.iter().cloned().collect(),
+                };
+                print(cli.json, &both, || {
+                    let mut text = describe("server", &report);
+                    for (name, value) in &figures {
+                        text.push_str(&format!("{name} {value}\n"));
+                    }
+                    text
+                });
+                Ok(())
             })
         }
         Cmd::Compare {
@@ -269,6 +293,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `load --stats --json`: the load's report and the server's figures after it.
+#[derive(Serialize)]
+struct LoadAndStats<'a> {
+    load: &'a Report,
+    server_stats: std::collections::BTreeMap<String, u64>,
 }
 
 fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {
@@ -521,17 +552,33 @@ struct IdleReport {
     bytes_per_connection: f64,
 }
 
-/// Connections the server counts (the asking one not included).
-fn tcp_clients(addr: SocketAddr) -> io::Result<u64> {
-    let mut stream = TcpStream::connect(addr)?;
+/// `/stats` over plaintext TCP (loopback is served without keys).
+fn server_stats(to: SocketAddr) -> io::Result<Vec<(String, u64)>> {
+    let mut stream = TcpStream::connect(to)?;
     stream.write_all(b"/stats\n")?;
+    let mut figures = Vec::new();
     for line in BufReader::new(stream).lines() {
         let line = line?;
-        if let Some(n) = line.strip_prefix("tcp_clients ") {
-            return n.parse::<u64>().map(|n| n - 1).map_err(io::Error::other);
+        if line == "end" {
+            break;
+        }
+        if let Some((name, value)) = line.rsplit_once(' ')
+            && let Ok(value) = value.parse()
+        {
+            figures.push((name.to_string(), value));
         }
     }
-    Err(io::Error::other("no tcp_clients in /stats"))
+    Ok(figures)
+}
+
+/// Connections the server counts (the asking one not included).
+fn tcp_clients(addr: SocketAddr) -> io::Result<u64> {
+    let figures = server_stats(addr)?;
+    let (_, n) = figures
+        .iter()
+        .find(|(name, _)| name == "tcp_clients")
+        .ok_or_else(|| io::Error::other("no tcp_clients in /stats"))?;
+    Ok(n - 1)
 }
 
 fn idle(connections: usize, json: bool) -> io::Result<()> {
