@@ -40,7 +40,9 @@ fn missing() -> Option<String> {
 /// machine's directory: its `/usr` and `/etc` are overlays whose changes
 /// are kept there, its `/var/lib` is there; `/run`, `/tmp` and `/var/log`
 /// are fresh at each boot (systemd empties `/tmp` at boot: the host's
-/// must stay out of its reach).
+/// must stay out of its reach). It boots to `basic.target`, which holds
+/// `sockets.target` where the diary's socket is enabled, and not the host's
+/// own services (`multi-user.target`: cron, sshd, … on a developer's machine).
 const BOOT: &str = r#"
 set -e
 m=$1
@@ -55,7 +57,7 @@ done
 mkdir -p "$m/var-lib"
 mount --bind "$m/var-lib" /var/lib
 ip link set lo up
-exec "$2" --system --unit=multi-user.target
+exec "$2" --system --unit=basic.target
 "#;
 
 /// A booted machine; powered off (or killed) on drop.
